@@ -1,0 +1,311 @@
+//! The [`Component`] trait a resource implements, its name, its options and its health.
+
+use std::any::Any;
+use std::borrow::{Borrow, Cow};
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::{Context, Dependency};
+
+/// The error a hook returns: any error type converts into it with `?`.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+/// The name of a registered component, unique within a registry.
+///
+/// Reports, errors, logs and dependency declarations all refer to a component by this name.
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ComponentId(Cow<'static, str>);
+
+impl ComponentId {
+    /// A component name.
+    pub fn new(name: impl Into<Cow<'static, str>>) -> Self {
+        Self(name.into())
+    }
+
+    /// The default name of a component of type `T`: its type name without path or generics, in
+    /// snake_case (`HttpServer` becomes `http_server`).
+    pub fn of_type<T: ?Sized>() -> Self {
+        Self::of_type_name(std::any::type_name::<T>())
+    }
+
+    pub(crate) fn of_type_name(full: &str) -> Self {
+        let without_generics = full.split('<').next().unwrap_or(full);
+        let short = without_generics.rsplit("::").next().unwrap_or(without_generics);
+        Self(Cow::Owned(snake_case(short)))
+    }
+
+    /// The name as a string slice.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+fn snake_case(name: &str) -> String {
+    let mut out = String::with_capacity(name.len() + 4);
+    let chars: Vec<char> = name.chars().collect();
+    for (i, &c) in chars.iter().enumerate() {
+        if c.is_uppercase() {
+            // A new word starts at an upper-case letter after a lower-case one, or at the last
+            // capital of an acronym followed by a lower-case letter (`HTTPServer` -> `http_server`).
+            let prev_lower = i > 0 && (chars[i - 1].is_lowercase() || chars[i - 1].is_ascii_digit());
+            let acronym_end = i > 0
+                && chars[i - 1].is_uppercase()
+                && chars.get(i + 1).is_some_and(|n| n.is_lowercase());
+            if prev_lower || acronym_end {
+                out.push('_');
+            }
+            out.extend(c.to_lowercase());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+impl fmt::Display for ComponentId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl fmt::Debug for ComponentId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&*self.0, f)
+    }
+}
+
+impl From<&'static str> for ComponentId {
+    fn from(name: &'static str) -> Self {
+        Self(Cow::Borrowed(name))
+    }
+}
+
+impl From<String> for ComponentId {
+    fn from(name: String) -> Self {
+        Self(Cow::Owned(name))
+    }
+}
+
+impl Borrow<str> for ComponentId {
+    fn borrow(&self) -> &str {
+        &self.0
+    }
+}
+
+/// The health a component reports when asked (for readiness endpoints and the report).
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Health {
+    /// Working normally.
+    Healthy,
+    /// Working, with a problem worth showing.
+    Degraded(String),
+    /// Not able to do its work.
+    Unhealthy(String),
+}
+
+impl Health {
+    /// Whether the component can serve (healthy or degraded).
+    pub fn is_serving(&self) -> bool {
+        !matches!(self, Health::Unhealthy(_))
+    }
+}
+
+/// How long a component's hooks may take and what its failure means for the service.
+///
+/// Built with [`ComponentOptions::new`] and its setters; a timeout left unset takes the registry's
+/// default (see [`RegistryBuilder::default_start_timeout`](crate::RegistryBuilder::default_start_timeout)).
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ComponentOptions {
+    /// Limit for the start hook.
+    pub start_timeout: Option<Duration>,
+    /// Limit for the stop hook together with waiting for the component's tasks; always cut short
+    /// by the global shutdown deadline.
+    pub stop_timeout: Option<Duration>,
+    /// When true (the default) a failure to start rolls the whole start back, and a task that fails
+    /// while running stops the service with a non-zero exit code. When false the failure is reported
+    /// and the service carries on without it.
+    pub critical: bool,
+}
+
+impl Default for ComponentOptions {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl ComponentOptions {
+    /// Registry-default timeouts, critical.
+    pub const fn new() -> Self {
+        Self { start_timeout: None, stop_timeout: None, critical: true }
+    }
+
+    /// Sets the start timeout.
+    #[must_use]
+    pub const fn start_timeout(mut self, timeout: Duration) -> Self {
+        self.start_timeout = Some(timeout);
+        self
+    }
+
+    /// Sets the stop timeout.
+    #[must_use]
+    pub const fn stop_timeout(mut self, timeout: Duration) -> Self {
+        self.stop_timeout = Some(timeout);
+        self
+    }
+
+    /// Sets whether the component is critical.
+    #[must_use]
+    pub const fn critical(mut self, critical: bool) -> Self {
+        self.critical = critical;
+        self
+    }
+}
+
+/// A resource with a lifecycle: a pool, a cache, a server, a worker, a registry entry.
+///
+/// Every hook has a default that does nothing, so a component implements only what it needs. The
+/// registry calls the hooks in this order, each at most once:
+///
+/// 1. [`start`](Component::start) once every dependency has started; it returns when the component
+///    is ready and leaves long-running work to tasks spawned through [`Context::tasks`].
+/// 2. [`drain`](Component::drain) when shutdown begins and the service turns unready, on every
+///    component at once, before anything stops: deregister from service discovery here.
+/// 3. [`stop`](Component::stop) after every component that depends on this one has stopped. Just
+///    before it, the component's [`Context::token`] is cancelled; after it, the registry waits for
+///    the component's tasks. All of this runs within the stop timeout.
+///
+/// ```
+/// use lifecycle_core::{BoxError, Component, ComponentOptions, Context};
+/// use std::time::Duration;
+///
+/// struct Ticker;
+///
+/// impl Component for Ticker {
+///     fn options(&self) -> ComponentOptions {
+///         ComponentOptions::new().stop_timeout(Duration::from_secs(2))
+///     }
+///
+///     async fn start(&self, ctx: &Context) -> Result<(), BoxError> {
+///         let token = ctx.token().clone();
+///         ctx.tasks().spawn("tick", async move {
+///             let mut tick = tokio::time::interval(Duration::from_secs(1));
+///             loop {
+///                 tokio::select! {
+///                     _ = token.cancelled() => return,
+///                     _ = tick.tick() => tracing::info!("tick"),
+///                 }
+///             }
+///         });
+///         Ok(())
+///     }
+/// }
+/// ```
+pub trait Component: Send + Sync + 'static {
+    /// The component's unique name. Defaults to the type name in snake_case.
+    fn name(&self) -> ComponentId {
+        ComponentId::of_type::<Self>()
+    }
+
+    /// What this component needs started before it, and stopped after it.
+    ///
+    /// Return [`Dep::dependency`](crate::Dep::dependency) for each [`Dep`](crate::Dep) field, or
+    /// name a dependency with [`Dependency::on`] or [`Dependency::on_type`].
+    fn dependencies(&self) -> Vec<Dependency> {
+        Vec::new()
+    }
+
+    /// Timeouts and criticality; registration can override them.
+    fn options(&self) -> ComponentOptions {
+        ComponentOptions::new()
+    }
+
+    /// Acquires the resource and spawns the component's tasks; returns once it is ready.
+    fn start(&self, ctx: &Context) -> impl Future<Output = Result<(), BoxError>> + Send {
+        let _ = ctx;
+        async { Ok(()) }
+    }
+
+    /// Called when the service turns unready, before any component stops.
+    fn drain(&self, ctx: &Context) -> impl Future<Output = Result<(), BoxError>> + Send {
+        let _ = ctx;
+        async { Ok(()) }
+    }
+
+    /// Releases the resource. The component's token is already cancelled.
+    fn stop(&self, ctx: &Context) -> impl Future<Output = Result<(), BoxError>> + Send {
+        let _ = ctx;
+        async { Ok(()) }
+    }
+
+    /// A cheap check of whether the component can do its work.
+    fn health(&self) -> impl Future<Output = Health> + Send {
+        async { Health::Healthy }
+    }
+}
+
+pub(crate) type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// [`Component`] with boxed futures, so components of different types live in one registry.
+pub(crate) trait ErasedComponent: Send + Sync + 'static {
+    fn start<'a>(&'a self, ctx: &'a Context) -> BoxFuture<'a, Result<(), BoxError>>;
+    fn drain<'a>(&'a self, ctx: &'a Context) -> BoxFuture<'a, Result<(), BoxError>>;
+    fn stop<'a>(&'a self, ctx: &'a Context) -> BoxFuture<'a, Result<(), BoxError>>;
+    fn health(&self) -> BoxFuture<'_, Health>;
+}
+
+impl<T: Component> ErasedComponent for T {
+    fn start<'a>(&'a self, ctx: &'a Context) -> BoxFuture<'a, Result<(), BoxError>> {
+        Box::pin(Component::start(self, ctx))
+    }
+
+    fn drain<'a>(&'a self, ctx: &'a Context) -> BoxFuture<'a, Result<(), BoxError>> {
+        Box::pin(Component::drain(self, ctx))
+    }
+
+    fn stop<'a>(&'a self, ctx: &'a Context) -> BoxFuture<'a, Result<(), BoxError>> {
+        Box::pin(Component::stop(self, ctx))
+    }
+
+    fn health(&self) -> BoxFuture<'_, Health> {
+        Box::pin(Component::health(self))
+    }
+}
+
+/// A registered component in both of the forms the registry needs: callable hooks, and a value
+/// that typed handles downcast from.
+#[derive(Clone)]
+pub(crate) struct SharedComponent {
+    pub(crate) hooks: Arc<dyn ErasedComponent>,
+    pub(crate) value: Arc<dyn Any + Send + Sync>,
+    pub(crate) type_name: &'static str,
+}
+
+impl SharedComponent {
+    pub(crate) fn new<T: Component>(component: Arc<T>) -> Self {
+        Self { hooks: component.clone(), value: component, type_name: std::any::type_name::<T>() }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct HttpServer;
+    struct HTTPServer;
+    struct Pool<T>(T);
+    struct Db2Pool;
+
+    #[test]
+    fn default_names_are_snake_case_type_names() {
+        assert_eq!(ComponentId::of_type::<HttpServer>().as_str(), "http_server");
+        assert_eq!(ComponentId::of_type::<HTTPServer>().as_str(), "http_server");
+        assert_eq!(ComponentId::of_type::<Pool<u8>>().as_str(), "pool");
+        assert_eq!(ComponentId::of_type::<Db2Pool>().as_str(), "db2_pool");
+        let _ = Pool(0u8).0;
+    }
+}

@@ -1,0 +1,142 @@
+//! What a component's hooks receive: its name, cancellation token, tasks and dependencies.
+
+use std::fmt;
+use std::sync::Arc;
+
+use tokio::task::JoinHandle;
+use tokio_util::sync::{CancellationToken, WaitForCancellationFuture};
+
+use crate::component::SharedComponent;
+use crate::error::DependencyError;
+use crate::tasks::TaskOutput;
+use crate::{Component, ComponentId, Dep, LifecycleHandle, Shutdown, Tasks};
+
+/// A component's view of the run. Cheap to clone; a clone can move into tasks.
+#[derive(Clone)]
+pub struct Context {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    id: ComponentId,
+    token: CancellationToken,
+    tasks: Tasks,
+    lifecycle: LifecycleHandle,
+    dependencies: Vec<(ComponentId, SharedComponent)>,
+}
+
+impl Context {
+    pub(crate) fn new(
+        id: ComponentId,
+        token: CancellationToken,
+        tasks: Tasks,
+        lifecycle: LifecycleHandle,
+        dependencies: Vec<(ComponentId, SharedComponent)>,
+    ) -> Self {
+        Self { inner: Arc::new(Inner { id, token, tasks, lifecycle, dependencies }) }
+    }
+
+    /// The component's name.
+    pub fn name(&self) -> &ComponentId {
+        &self.inner.id
+    }
+
+    /// Cancelled when this component begins to stop (after every component that depends on it
+    /// has stopped), or when the run is forced to end. A child of the run's root token: make
+    /// child tokens of it for finer-grained work.
+    pub fn token(&self) -> &CancellationToken {
+        &self.inner.token
+    }
+
+    /// Completes when [`token`](Context::token) is cancelled.
+    pub fn cancelled(&self) -> WaitForCancellationFuture<'_> {
+        self.inner.token.cancelled()
+    }
+
+    /// The component's tasks.
+    pub fn tasks(&self) -> &Tasks {
+        &self.inner.tasks
+    }
+
+    /// Shorthand for `ctx.tasks().spawn(name, task)`.
+    pub fn spawn<F>(&self, name: impl Into<std::borrow::Cow<'static, str>>, task: F) -> JoinHandle<()>
+    where
+        F: std::future::Future + Send + 'static,
+        F::Output: TaskOutput,
+    {
+        self.inner.tasks.spawn(name, task)
+    }
+
+    /// The run's phase, readiness, components and health.
+    pub fn lifecycle(&self) -> &LifecycleHandle {
+        &self.inner.lifecycle
+    }
+
+    /// The handle that requests a shutdown.
+    pub fn shutdown(&self) -> &Shutdown {
+        self.inner.lifecycle.shutdown()
+    }
+
+    /// The one declared dependency of type `T`.
+    pub fn dep<T: Component>(&self) -> Result<Dep<T>, DependencyError> {
+        let candidates: Vec<&(ComponentId, SharedComponent)> =
+            self.inner.dependencies.iter().filter(|(_, c)| c.value.is::<T>()).collect();
+        match candidates.as_slice() {
+            [(id, component)] => Ok(typed(id, component)?),
+            [] => Err(DependencyError::NotDeclared {
+                component: self.inner.id.clone(),
+                type_name: std::any::type_name::<T>(),
+                declared: self.inner.dependencies.iter().map(|(id, _)| id.clone()).collect(),
+            }),
+            many => Err(DependencyError::Ambiguous {
+                component: self.inner.id.clone(),
+                type_name: std::any::type_name::<T>(),
+                candidates: many.iter().map(|(id, _)| id.clone()).collect(),
+            }),
+        }
+        .map_err(|e| self.owned_error(e))
+    }
+
+    /// The declared dependency named `name`, as a `T`.
+    pub fn dep_named<T: Component>(&self, name: &str) -> Result<Dep<T>, DependencyError> {
+        match self.inner.dependencies.iter().find(|(id, _)| id.as_str() == name) {
+            Some((id, component)) => typed(id, component).map_err(|e| self.owned_error(e)),
+            None => Err(DependencyError::NotDeclared {
+                component: self.inner.id.clone(),
+                type_name: std::any::type_name::<T>(),
+                declared: self.inner.dependencies.iter().map(|(id, _)| id.clone()).collect(),
+            }),
+        }
+    }
+
+    fn owned_error(&self, error: DependencyError) -> DependencyError {
+        match error {
+            DependencyError::WrongType { name, type_name, actual, .. } => {
+                DependencyError::WrongType { component: self.inner.id.clone(), name, type_name, actual }
+            }
+            other => other,
+        }
+    }
+}
+
+fn typed<T: Component>(id: &ComponentId, component: &SharedComponent) -> Result<Dep<T>, DependencyError> {
+    match Arc::clone(&component.value).downcast::<T>() {
+        Ok(value) => Ok(Dep::new(id.clone(), value)),
+        Err(_) => Err(DependencyError::WrongType {
+            component: id.clone(),
+            name: id.clone(),
+            type_name: std::any::type_name::<T>(),
+            actual: component.type_name,
+        }),
+    }
+}
+
+impl fmt::Debug for Context {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Context")
+            .field("name", &self.inner.id)
+            .field("cancelled", &self.inner.token.is_cancelled())
+            .field("tasks", &self.inner.tasks)
+            .finish()
+    }
+}

@@ -1,0 +1,128 @@
+//! Errors in how components were put together, found before anything starts.
+
+use std::fmt;
+
+use crate::{ComponentId, Dependency};
+
+/// Why [`RegistryBuilder::build`](crate::RegistryBuilder::build) rejected the components.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum BuildError {
+    /// Two components have the same name.
+    #[error("component name `{name}` is used twice: by `{first_type}` and by `{second_type}`; give one of them another name")]
+    DuplicateName {
+        /// The name used twice.
+        name: ComponentId,
+        /// Type of the first component with this name.
+        first_type: &'static str,
+        /// Type of the second component with this name.
+        second_type: &'static str,
+    },
+    /// A component depends on something that is not registered.
+    #[error("component `{component}` depends on {dependency}, which is not registered{}", Suggestions(.suggestions))]
+    MissingDependency {
+        /// The component that declared the dependency.
+        component: ComponentId,
+        /// The dependency that was not found.
+        dependency: Dependency,
+        /// Registered names close to the one asked for.
+        suggestions: Vec<ComponentId>,
+    },
+    /// A dependency by type matches more than one component.
+    #[error("component `{component}` depends on {dependency}, but {} components have that type ({}); depend on one by name", .candidates.len(), List(.candidates))]
+    AmbiguousDependency {
+        /// The component that declared the dependency.
+        component: ComponentId,
+        /// The dependency by type.
+        dependency: Dependency,
+        /// Every component of that type.
+        candidates: Vec<ComponentId>,
+    },
+    /// Components depend on each other in a circle.
+    #[error("dependency cycle: {}", Cycle(.path))]
+    Cycle {
+        /// The components on the cycle, the first repeated at the end.
+        path: Vec<ComponentId>,
+    },
+}
+
+/// Why [`Context::dep`](crate::Context::dep) found no handle.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum DependencyError {
+    /// None of the component's declared dependencies has the type asked for.
+    #[error("component `{component}` asked for a dependency of type `{type_name}`, but declares none of that type (it declares: {})", List(.declared))]
+    NotDeclared {
+        /// The component that asked.
+        component: ComponentId,
+        /// The type asked for.
+        type_name: &'static str,
+        /// What the component does depend on.
+        declared: Vec<ComponentId>,
+    },
+    /// Several declared dependencies have the type asked for.
+    #[error("component `{component}` asked for its dependency of type `{type_name}`, but it has several ({}); use `dep_named`", List(.candidates))]
+    Ambiguous {
+        /// The component that asked.
+        component: ComponentId,
+        /// The type asked for.
+        type_name: &'static str,
+        /// The dependencies of that type.
+        candidates: Vec<ComponentId>,
+    },
+    /// The named dependency has another type.
+    #[error("component `{component}` asked for dependency `{name}` as `{type_name}`, but it is a `{actual}`")]
+    WrongType {
+        /// The component that asked.
+        component: ComponentId,
+        /// The dependency's name.
+        name: ComponentId,
+        /// The type asked for.
+        type_name: &'static str,
+        /// The dependency's real type.
+        actual: &'static str,
+    },
+}
+
+struct List<'a>(&'a [ComponentId]);
+
+impl fmt::Display for List<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.0.is_empty() {
+            return f.write_str("nothing");
+        }
+        for (i, id) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str(", ")?;
+            }
+            write!(f, "`{id}`")?;
+        }
+        Ok(())
+    }
+}
+
+struct Suggestions<'a>(&'a [ComponentId]);
+
+impl fmt::Display for Suggestions<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0 {
+            [] => Ok(()),
+            [one] => write!(f, "; did you mean `{one}`?"),
+            many => write!(f, "; did you mean one of {}?", List(many)),
+        }
+    }
+}
+
+struct Cycle<'a>(&'a [ComponentId]);
+
+impl fmt::Display for Cycle<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, id) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str(" -> ")?;
+            }
+            write!(f, "`{id}`")?;
+        }
+        Ok(())
+    }
+}

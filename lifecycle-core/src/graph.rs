@@ -1,0 +1,201 @@
+//! The dependency graph: resolving declared dependencies to components, and rejecting cycles.
+
+use std::collections::HashMap;
+
+use crate::dependency::Target;
+use crate::error::BuildError;
+use crate::{ComponentId, Dependency};
+
+/// What the graph needs to know about one component.
+pub(crate) struct GraphInput<'a> {
+    pub(crate) id: &'a ComponentId,
+    pub(crate) type_id: std::any::TypeId,
+    pub(crate) type_name: &'static str,
+    pub(crate) dependencies: &'a [Dependency],
+}
+
+/// Components by index, with edges both ways. Indices are registration order.
+#[derive(Debug)]
+pub(crate) struct Graph {
+    dependencies: Vec<Vec<usize>>,
+    dependents: Vec<Vec<usize>>,
+}
+
+impl Graph {
+    /// Resolves every declared dependency and checks names are unique and edges form no cycle.
+    pub(crate) fn build(nodes: &[GraphInput<'_>]) -> Result<Self, BuildError> {
+        let mut by_name: HashMap<&str, usize> = HashMap::with_capacity(nodes.len());
+        for (index, node) in nodes.iter().enumerate() {
+            if let Some(&first) = by_name.get(node.id.as_str()) {
+                return Err(BuildError::DuplicateName {
+                    name: node.id.clone(),
+                    first_type: nodes[first].type_name,
+                    second_type: node.type_name,
+                });
+            }
+            by_name.insert(node.id.as_str(), index);
+        }
+
+        let mut dependencies = vec![Vec::new(); nodes.len()];
+        let mut dependents = vec![Vec::new(); nodes.len()];
+        for (index, node) in nodes.iter().enumerate() {
+            for dependency in node.dependencies {
+                let target = resolve(nodes, &by_name, node.id, dependency)?;
+                // A dependency declared twice is one edge.
+                if !dependencies[index].contains(&target) {
+                    dependencies[index].push(target);
+                    dependents[target].push(index);
+                }
+            }
+        }
+
+        let graph = Self { dependencies, dependents };
+        if let Some(cycle) = graph.find_cycle() {
+            return Err(BuildError::Cycle {
+                path: cycle.into_iter().map(|i| nodes[i].id.clone()).collect(),
+            });
+        }
+        Ok(graph)
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.dependencies.len()
+    }
+
+    /// What `index` depends on.
+    pub(crate) fn dependencies(&self, index: usize) -> &[usize] {
+        &self.dependencies[index]
+    }
+
+    /// What depends on `index`.
+    pub(crate) fn dependents(&self, index: usize) -> &[usize] {
+        &self.dependents[index]
+    }
+
+    /// A cycle as a path whose first node is repeated at its end, if there is one.
+    fn find_cycle(&self) -> Option<Vec<usize>> {
+        #[derive(Clone, Copy, PartialEq)]
+        enum Mark {
+            New,
+            OnPath,
+            Done,
+        }
+        let mut marks = vec![Mark::New; self.len()];
+        // Iterative depth-first search: a 1,000-deep chain must not overflow the stack.
+        for root in 0..self.len() {
+            if marks[root] != Mark::New {
+                continue;
+            }
+            let mut path: Vec<(usize, usize)> = vec![(root, 0)];
+            marks[root] = Mark::OnPath;
+            while let Some(&mut (node, ref mut next_edge)) = path.last_mut() {
+                if let Some(&next) = self.dependencies[node].get(*next_edge) {
+                    *next_edge += 1;
+                    match marks[next] {
+                        Mark::New => {
+                            marks[next] = Mark::OnPath;
+                            path.push((next, 0));
+                        }
+                        Mark::OnPath => {
+                            let start = path.iter().position(|&(n, _)| n == next).unwrap_or(0);
+                            let mut cycle: Vec<usize> = path[start..].iter().map(|&(n, _)| n).collect();
+                            cycle.push(next);
+                            return Some(cycle);
+                        }
+                        Mark::Done => {}
+                    }
+                } else {
+                    marks[node] = Mark::Done;
+                    path.pop();
+                }
+            }
+        }
+        None
+    }
+}
+
+fn resolve(
+    nodes: &[GraphInput<'_>],
+    by_name: &HashMap<&str, usize>,
+    component: &ComponentId,
+    dependency: &Dependency,
+) -> Result<usize, BuildError> {
+    match &dependency.target {
+        Target::Name(name) => by_name.get(name.as_str()).copied().ok_or_else(|| BuildError::MissingDependency {
+            component: component.clone(),
+            dependency: dependency.clone(),
+            suggestions: suggest(name.as_str(), nodes.iter().map(|n| n.id)),
+        }),
+        Target::Type { id, name } => {
+            let matches: Vec<usize> = (0..nodes.len()).filter(|&i| nodes[i].type_id == *id).collect();
+            match matches.as_slice() {
+                [one] => Ok(*one),
+                [] => Err(BuildError::MissingDependency {
+                    component: component.clone(),
+                    dependency: dependency.clone(),
+                    suggestions: suggest(
+                        &ComponentId::of_type_name(name).to_string(),
+                        nodes.iter().map(|n| n.id),
+                    ),
+                }),
+                many => Err(BuildError::AmbiguousDependency {
+                    component: component.clone(),
+                    dependency: dependency.clone(),
+                    candidates: many.iter().map(|&i| nodes[i].id.clone()).collect(),
+                }),
+            }
+        }
+    }
+}
+
+/// Registered names close enough to `wanted` to be what the user meant, closest first.
+fn suggest<'a>(wanted: &str, names: impl Iterator<Item = &'a ComponentId>) -> Vec<ComponentId> {
+    let wanted_lower = wanted.to_lowercase();
+    let limit = (wanted.chars().count() / 3).max(2);
+    let mut close: Vec<(usize, &ComponentId)> = names
+        .filter_map(|name| {
+            let candidate = name.as_str().to_lowercase();
+            let distance = edit_distance(&wanted_lower, &candidate);
+            let related = candidate.contains(&wanted_lower) || wanted_lower.contains(&candidate);
+            (distance <= limit || related).then_some((distance, name))
+        })
+        .collect();
+    close.sort_by(|a, b| a.0.cmp(&b.0).then_with(|| a.1.cmp(b.1)));
+    close.into_iter().take(3).map(|(_, name)| name.clone()).collect()
+}
+
+/// Levenshtein distance between two strings, by characters.
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut diagonal = row[0];
+        row[0] = i + 1;
+        for (j, &cb) in b.iter().enumerate() {
+            let above = row[j + 1];
+            row[j + 1] = (diagonal + usize::from(ca != cb)).min(row[j] + 1).min(above + 1);
+            diagonal = above;
+        }
+    }
+    row[b.len()]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn edit_distance_counts_single_character_edits() {
+        assert_eq!(edit_distance("database", "databse"), 1);
+        assert_eq!(edit_distance("cache", "cahce"), 2);
+        assert_eq!(edit_distance("", "abc"), 3);
+        assert_eq!(edit_distance("same", "same"), 0);
+    }
+
+    #[test]
+    fn suggestions_are_close_names_only() {
+        let names = [ComponentId::from("database"), ComponentId::from("cache"), ComponentId::from("http")];
+        assert_eq!(suggest("databse", names.iter()), vec![ComponentId::from("database")]);
+        assert!(suggest("metrics", names.iter()).is_empty());
+    }
+}

@@ -1,0 +1,123 @@
+//! A cheap handle on a registry's run: phase, readiness, component states, health and shutdown.
+
+use std::fmt;
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+
+use crate::component::ErasedComponent;
+use crate::progress::{ComponentStatus, Progress};
+use crate::{ComponentId, Health, Phase, Shutdown};
+
+/// Observes and steers one run from anywhere: an HTTP readiness endpoint, a signal handler of
+/// your own, a test. Cloning is cheap.
+#[derive(Clone)]
+pub struct LifecycleHandle {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    phase: watch::Sender<Phase>,
+    shutdown: Shutdown,
+    progress: Arc<Progress>,
+    // Weak: a component that keeps its context (and so this handle) must not keep itself alive.
+    components: Vec<(ComponentId, Weak<dyn ErasedComponent>)>,
+    health_timeout: Duration,
+}
+
+impl LifecycleHandle {
+    pub(crate) fn new(
+        shutdown: Shutdown,
+        progress: Arc<Progress>,
+        components: Vec<(ComponentId, Weak<dyn ErasedComponent>)>,
+        health_timeout: Duration,
+    ) -> Self {
+        let (phase, _) = watch::channel(Phase::Starting);
+        Self { inner: Arc::new(Inner { phase, shutdown, progress, components, health_timeout }) }
+    }
+
+    /// The current phase.
+    pub fn phase(&self) -> Phase {
+        *self.inner.phase.borrow()
+    }
+
+    /// A receiver that sees every phase change.
+    pub fn watch_phase(&self) -> watch::Receiver<Phase> {
+        self.inner.phase.subscribe()
+    }
+
+    /// Completes once the service has reached `phase` (or a later one).
+    pub async fn reached(&self, phase: Phase) {
+        let mut receiver = self.watch_phase();
+        // The sender lives in `self`, so the channel cannot close while we wait.
+        let _ = receiver.wait_for(|current| *current >= phase).await;
+    }
+
+    /// Whether the service should receive traffic: true only in [`Phase::Ready`], so it turns
+    /// false first thing when shutdown begins.
+    pub fn is_ready(&self) -> bool {
+        self.phase() == Phase::Ready
+    }
+
+    /// The handle that requests a shutdown.
+    pub fn shutdown(&self) -> &Shutdown {
+        &self.inner.shutdown
+    }
+
+    /// What every component is doing, in registration order.
+    pub fn components(&self) -> Vec<ComponentStatus> {
+        self.inner.progress.statuses()
+    }
+
+    /// Asks every component for its health at once, each bounded by the health timeout (a check
+    /// that takes longer is unhealthy). Components that are not running are reported unhealthy.
+    pub async fn health(&self) -> Vec<(ComponentId, Health)> {
+        let statuses = self.components();
+        let mut results: Vec<(ComponentId, Health)> = self
+            .inner
+            .components
+            .iter()
+            .map(|(id, _)| (id.clone(), Health::Unhealthy("not running".into())))
+            .collect();
+        let mut checks = JoinSet::new();
+        for (index, (_, component)) in self.inner.components.iter().enumerate() {
+            let running = statuses[index].stage.is_some_and(|s| s == crate::Stage::Running);
+            let Some(component) = component.upgrade().filter(|_| running) else { continue };
+            let timeout = self.inner.health_timeout;
+            checks.spawn(async move {
+                let health = tokio::time::timeout(timeout, component.health())
+                    .await
+                    .unwrap_or_else(|_| Health::Unhealthy(format!("health check took over {timeout:?}")));
+                (index, health)
+            });
+        }
+        while let Some(joined) = checks.join_next().await {
+            match joined {
+                Ok((index, health)) => results[index].1 = health,
+                Err(error) => tracing::warn!(%error, "health check panicked"),
+            }
+        }
+        results
+    }
+
+    pub(crate) fn set_phase(&self, phase: Phase) {
+        tracing::debug!(%phase, "lifecycle phase");
+        self.inner.phase.send_replace(phase);
+    }
+
+    pub(crate) fn progress(&self) -> &Arc<Progress> {
+        &self.inner.progress
+    }
+}
+
+impl fmt::Debug for LifecycleHandle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LifecycleHandle")
+            .field("phase", &self.phase())
+            .field("shutdown", &self.inner.shutdown)
+            .field("components", &self.inner.components.len())
+            .finish()
+    }
+}

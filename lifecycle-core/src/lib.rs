@@ -1,0 +1,93 @@
+//! Start, run and stop a tokio service as a set of named components, without losing a request.
+//!
+//! A service registers its resources (pools, caches, servers, workers, registry entries) as
+//! [`Component`]s with dependencies. [`Registry::run`] then:
+//!
+//! 1. starts them in dependency order, independent ones in parallel, each within its start
+//!    timeout, and rolls back (stops what started, in reverse) if a critical one fails;
+//! 2. turns ready, and waits for a shutdown request: `SIGTERM` or `SIGINT`, a call to
+//!    [`Shutdown::request`], or a critical component's task failing;
+//! 3. turns unready first, runs every [`drain`](Component::drain) hook, and waits the drain delay
+//!    while still serving;
+//! 4. stops components in reverse dependency order, independent ones in parallel, each within its
+//!    stop timeout and all within one global deadline; a component that hangs is abandoned and
+//!    reported while everything that does not depend on it still stops;
+//! 5. returns a [`Report`] with the reason, every component's outcome and the exit code.
+//!
+//! A second signal ends the wait at once, still with a report; a watchdog thread ends the process
+//! at the deadline even if every runtime thread is stuck.
+//!
+//! ```no_run
+//! use lifecycle_core::{BoxError, Component, Context, Dep, Dependency, Registry};
+//!
+//! struct Database;
+//! impl Component for Database {
+//!     async fn start(&self, _ctx: &Context) -> Result<(), BoxError> {
+//!         Ok(()) // connect
+//!     }
+//! }
+//!
+//! struct Worker {
+//!     db: Dep<Database>,
+//! }
+//! impl Component for Worker {
+//!     fn dependencies(&self) -> Vec<Dependency> {
+//!         vec![self.db.dependency()]
+//!     }
+//!     async fn start(&self, ctx: &Context) -> Result<(), BoxError> {
+//!         let token = ctx.token().clone();
+//!         ctx.tasks().spawn("poll", async move { token.cancelled().await });
+//!         Ok(())
+//!     }
+//! }
+//!
+//! #[tokio::main]
+//! async fn main() {
+//!     let mut builder = Registry::builder();
+//!     let db = builder.add(Database).dep();
+//!     builder.add(Worker { db });
+//!     let registry = builder.build().unwrap_or_else(|error| panic!("{error}"));
+//!     registry.run().await.exit();
+//! }
+//! ```
+
+mod component;
+mod context;
+mod dependency;
+mod error;
+mod graph;
+mod handle;
+mod panic;
+mod phase;
+mod progress;
+mod registry;
+mod report;
+mod run;
+mod shutdown;
+mod signal;
+mod tasks;
+mod watchdog;
+
+pub use component::{BoxError, Component, ComponentId, ComponentOptions, Health};
+pub use context::Context;
+pub use dependency::{Dep, Dependency};
+pub use error::{BuildError, DependencyError};
+pub use handle::LifecycleHandle;
+pub use phase::Phase;
+pub use progress::ComponentStatus;
+pub use registry::{Registration, Registry, RegistryBuilder};
+pub use report::{
+    ComponentReport, EXIT_DEADLINE, EXIT_FAILURE, Failure, Outcome, Report, RunError, SharedError, Stage,
+    TaskFailure,
+};
+pub use shutdown::{Shutdown, ShutdownReason};
+pub use signal::{Signal, Signals};
+pub use tasks::{TaskCount, TaskOutput, Tasks};
+
+pub use tokio_util::sync::CancellationToken;
+
+/// Locks a mutex, ignoring poisoning: every value behind these locks stays valid if a holder
+/// panicked, because none is left half-updated across a call that could panic.
+pub(crate) fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}

@@ -1,0 +1,352 @@
+//! The value a run returns: why it stopped, what happened to each component, and the exit code.
+
+use std::error::Error;
+use std::fmt::{self, Write as _};
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::signal::Signal;
+use crate::tasks::TaskCount;
+use crate::{ComponentId, ShutdownReason};
+
+/// An error shared between the report, logs and the shutdown reason.
+pub type SharedError = Arc<dyn Error + Send + Sync + 'static>;
+
+/// Where in its life a component was.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Stage {
+    /// In its start hook.
+    Starting,
+    /// Started; its tasks run.
+    Running,
+    /// In its drain hook.
+    Draining,
+    /// In its stop hook.
+    Stopping,
+    /// Stop hook done; waiting for its tasks to end.
+    WaitingForTasks,
+}
+
+impl fmt::Display for Stage {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Stage::Starting => "starting",
+            Stage::Running => "running",
+            Stage::Draining => "draining",
+            Stage::Stopping => "stopping",
+            Stage::WaitingForTasks => "waiting for tasks",
+        })
+    }
+}
+
+/// How a hook or task failed.
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub enum Failure {
+    /// It returned an error.
+    Error(SharedError),
+    /// It panicked, with this message.
+    Panic(String),
+    /// It did not finish within its timeout.
+    TimedOut(Duration),
+}
+
+impl fmt::Display for Failure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Failure::Error(error) => {
+                write!(f, "failed: {error}")?;
+                let mut source = error.source();
+                while let Some(cause) = source {
+                    write!(f, ": {cause}")?;
+                    source = cause.source();
+                }
+                Ok(())
+            }
+            Failure::Panic(message) => write!(f, "panicked: {message}"),
+            Failure::TimedOut(after) => write!(f, "timed out after {}", Elapsed(*after)),
+        }
+    }
+}
+
+impl Error for Failure {}
+
+/// How a component's life ended.
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub enum Outcome {
+    /// Started and stopped cleanly.
+    Stopped,
+    /// Never started: the run stopped before its turn.
+    NotStarted,
+    /// Its start was cancelled by a shutdown requested during start.
+    StartCancelled,
+    /// A hook or, for a critical component, a task failed at this stage. After a failure the
+    /// component is still stopped as far as it can be.
+    Failed {
+        /// Where it failed.
+        stage: Stage,
+        /// How.
+        failure: Failure,
+    },
+    /// Still in this stage when the run stopped waiting (second signal or global deadline).
+    Abandoned {
+        /// Where it was.
+        stage: Stage,
+        /// How long it had been there.
+        after: Duration,
+    },
+}
+
+impl Outcome {
+    /// Whether this outcome makes the exit code non-zero.
+    pub fn is_failure(&self) -> bool {
+        matches!(self, Outcome::Failed { .. } | Outcome::Abandoned { .. })
+    }
+}
+
+impl fmt::Display for Outcome {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Outcome::Stopped => f.write_str("stopped"),
+            Outcome::NotStarted => f.write_str("not started"),
+            Outcome::StartCancelled => f.write_str("start cancelled"),
+            Outcome::Failed { stage, failure } => write!(f, "{failure} ({stage})"),
+            Outcome::Abandoned { stage, after } => {
+                write!(f, "abandoned while {stage} after {}", Elapsed(*after))
+            }
+        }
+    }
+}
+
+/// A task that returned an error or panicked.
+#[derive(Clone, Debug)]
+pub struct TaskFailure {
+    /// The task's name.
+    pub task: String,
+    /// How it failed.
+    pub failure: Failure,
+}
+
+/// What happened to one component.
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct ComponentReport {
+    /// Its name.
+    pub name: ComponentId,
+    /// Whether it was critical.
+    pub critical: bool,
+    /// How its life ended.
+    pub outcome: Outcome,
+    /// How long its start hook took, if it finished.
+    pub start_duration: Option<Duration>,
+    /// How long its stop took (hook and tasks), if it began stopping.
+    pub stop_duration: Option<Duration>,
+    /// Its tasks still running when the report was made.
+    pub outstanding_tasks: Vec<TaskCount>,
+    /// Its tasks that failed.
+    pub task_failures: Vec<TaskFailure>,
+}
+
+/// The result of a run: returned by [`Registry::run`](crate::Registry::run), printed by its
+/// `Display` as a table, and emitted as `tracing` events.
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct Report {
+    /// Why the service stopped.
+    pub reason: ShutdownReason,
+    /// The exit code the process should end with.
+    pub exit_code: i32,
+    /// The second signal that made the run stop waiting, if one came.
+    pub forced_by: Option<Signal>,
+    /// Whether the global shutdown deadline passed before everything stopped.
+    pub deadline_exceeded: bool,
+    /// Every component, in registration order.
+    pub components: Vec<ComponentReport>,
+    /// From the start of the run to the report.
+    pub total: Duration,
+    /// From the shutdown request to the report.
+    pub shutdown: Duration,
+}
+
+/// Exit code used when the service failed for a reason that carries none of its own.
+pub const EXIT_FAILURE: i32 = 1;
+
+/// Exit code of a process ended by the watchdog because the global deadline passed.
+pub const EXIT_DEADLINE: i32 = 124;
+
+impl Report {
+    /// The report of one component.
+    pub fn component(&self, name: &str) -> Option<&ComponentReport> {
+        self.components.iter().find(|c| c.name.as_str() == name)
+    }
+
+    /// Whether the run ended with exit code 0.
+    pub fn is_success(&self) -> bool {
+        self.exit_code == 0
+    }
+
+    /// `Ok(self)` for exit code 0, otherwise an error that says why and carries the report.
+    pub fn into_result(self) -> Result<Report, RunError> {
+        if self.is_success() { Ok(self) } else { Err(RunError { report: Box::new(self) }) }
+    }
+
+    /// Writes the report to standard error and ends the process with its exit code.
+    ///
+    /// Exiting here, rather than returning from `main`, does not wait for tasks that were
+    /// abandoned: a hung thread cannot keep the process alive.
+    pub fn exit(self) -> ! {
+        eprintln!("{self}");
+        std::process::exit(self.exit_code)
+    }
+
+    /// Emits one `tracing` event for the run and one per component, with the component's name
+    /// as the `component` field.
+    pub fn emit(&self) {
+        for c in &self.components {
+            let start_ms = c.start_duration.map(|d| d.as_secs_f64() * 1e3);
+            let stop_ms = c.stop_duration.map(|d| d.as_secs_f64() * 1e3);
+            let outstanding = TaskList(&c.outstanding_tasks).to_string();
+            if c.outcome.is_failure() || !c.task_failures.is_empty() {
+                tracing::error!(component = %c.name, outcome = %c.outcome, start_ms, stop_ms, %outstanding, task_failures = c.task_failures.len(), "component report");
+            } else {
+                tracing::info!(component = %c.name, outcome = %c.outcome, start_ms, stop_ms, "component report");
+            }
+        }
+        let total_ms = self.total.as_secs_f64() * 1e3;
+        let shutdown_ms = self.shutdown.as_secs_f64() * 1e3;
+        if self.is_success() {
+            tracing::info!(reason = %self.reason, exit_code = self.exit_code, total_ms, shutdown_ms, "lifecycle run finished");
+        } else {
+            tracing::error!(reason = %self.reason, exit_code = self.exit_code, total_ms, shutdown_ms, "lifecycle run failed");
+        }
+    }
+}
+
+impl fmt::Display for Report {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "lifecycle report: {}", self.reason)?;
+        write!(
+            f,
+            "exit code {}, run {}, shutdown {}",
+            self.exit_code,
+            Elapsed(self.total),
+            Elapsed(self.shutdown)
+        )?;
+        if let Some(signal) = self.forced_by {
+            write!(f, ", forced by a second {signal}")?;
+        }
+        if self.deadline_exceeded {
+            f.write_str(", shutdown deadline exceeded")?;
+        }
+        f.write_char('\n')?;
+
+        let rows: Vec<[String; 5]> = self
+            .components
+            .iter()
+            .map(|c| {
+                [
+                    if c.critical { c.name.to_string() } else { format!("{} (non-critical)", c.name) },
+                    c.outcome.to_string(),
+                    c.start_duration.map_or_else(|| "-".into(), |d| Elapsed(d).to_string()),
+                    c.stop_duration.map_or_else(|| "-".into(), |d| Elapsed(d).to_string()),
+                    TaskList(&c.outstanding_tasks).to_string(),
+                ]
+            })
+            .collect();
+        let header = ["component", "outcome", "start", "stop", "tasks still running"];
+        let mut widths = header.map(str::len);
+        for row in &rows {
+            for (width, cell) in widths.iter_mut().zip(row) {
+                *width = (*width).max(cell.chars().count());
+            }
+        }
+        for row in std::iter::once(&header.map(String::from)).chain(&rows) {
+            let line: Vec<String> =
+                row.iter().zip(widths).map(|(cell, width)| format!("{cell:<width$}")).collect();
+            writeln!(f, "  {}", line.join("  ").trim_end())?;
+        }
+        for c in &self.components {
+            for failure in &c.task_failures {
+                writeln!(f, "  task `{}` of `{}` {}", failure.task, c.name, failure.failure)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A failed run, carrying its report. Its `Display` is the reason; its source is the failure.
+#[derive(Debug)]
+pub struct RunError {
+    report: Box<Report>,
+}
+
+impl RunError {
+    /// The full report.
+    pub fn report(&self) -> &Report {
+        &self.report
+    }
+
+    /// The report, by value.
+    pub fn into_report(self) -> Report {
+        *self.report
+    }
+}
+
+impl fmt::Display for RunError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.report.reason {
+            ShutdownReason::StartFailed { component, .. } => {
+                write!(f, "component `{component}` failed to start")
+            }
+            ShutdownReason::ComponentFailed { component, task, .. } => {
+                write!(f, "component `{component}` failed while running (task `{task}`)")
+            }
+            reason => write!(f, "the service stopped with exit code {} ({reason})", self.report.exit_code),
+        }
+    }
+}
+
+impl Error for RunError {
+    fn source(&self) -> Option<&(dyn Error + 'static)> {
+        self.report.reason.failure().map(|(_, failure)| failure as &(dyn Error + 'static))
+    }
+}
+
+/// A duration written for people: `850µs`, `12.3ms`, `4.02s`.
+pub(crate) struct Elapsed(pub(crate) Duration);
+
+impl fmt::Display for Elapsed {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let micros = self.0.as_micros();
+        if micros < 1_000 {
+            write!(f, "{micros}µs")
+        } else if micros < 1_000_000 {
+            write!(f, "{:.1}ms", self.0.as_secs_f64() * 1e3)
+        } else {
+            write!(f, "{:.2}s", self.0.as_secs_f64())
+        }
+    }
+}
+
+struct TaskList<'a>(&'a [TaskCount]);
+
+impl fmt::Display for TaskList<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.0.is_empty() {
+            return f.write_str("-");
+        }
+        for (i, task) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str(", ")?;
+            }
+            if task.count == 1 {
+                write!(f, "{}", task.name)?;
+            } else {
+                write!(f, "{} x{}", task.name, task.count)?;
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,171 @@
+//! Asking the service to stop: who asked, why, and with which exit code.
+
+use std::fmt;
+use std::sync::{Arc, Mutex};
+
+use tokio_util::sync::{CancellationToken, WaitForCancellationFuture};
+
+use crate::report::Failure;
+use crate::signal::Signal;
+use crate::{ComponentId, lock};
+
+/// Why the service stopped. The first request wins; later ones are ignored.
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub enum ShutdownReason {
+    /// The process received a signal.
+    Signal(Signal),
+    /// [`Shutdown::request`] was called.
+    Requested {
+        /// What the caller said.
+        message: String,
+        /// The exit code the caller asked for.
+        exit_code: i32,
+    },
+    /// A critical component failed while running: one of its tasks returned an error or panicked.
+    ComponentFailed {
+        /// The component.
+        component: ComponentId,
+        /// The task that failed.
+        task: String,
+        /// How it failed.
+        failure: Failure,
+    },
+    /// A critical component failed to start, so the start was rolled back.
+    StartFailed {
+        /// The component.
+        component: ComponentId,
+        /// How its start failed.
+        failure: Failure,
+    },
+}
+
+impl ShutdownReason {
+    /// The exit code this reason asks for: 0 for a signal, the caller's for a request, 1 for a
+    /// failure.
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            ShutdownReason::Signal(_) => 0,
+            ShutdownReason::Requested { exit_code, .. } => *exit_code,
+            ShutdownReason::ComponentFailed { .. } | ShutdownReason::StartFailed { .. } => 1,
+        }
+    }
+
+    /// The failure behind this reason, if it is one.
+    pub fn failure(&self) -> Option<(&ComponentId, &Failure)> {
+        match self {
+            ShutdownReason::ComponentFailed { component, failure, .. }
+            | ShutdownReason::StartFailed { component, failure } => Some((component, failure)),
+            ShutdownReason::Signal(_) | ShutdownReason::Requested { .. } => None,
+        }
+    }
+}
+
+impl fmt::Display for ShutdownReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ShutdownReason::Signal(signal) => write!(f, "{signal} received"),
+            ShutdownReason::Requested { message, exit_code } => {
+                write!(f, "shutdown requested: {message} (exit code {exit_code})")
+            }
+            ShutdownReason::ComponentFailed { component, task, failure } => {
+                write!(f, "component `{component}` failed while running: task `{task}` {failure}")
+            }
+            ShutdownReason::StartFailed { component, failure } => {
+                write!(f, "component `{component}` failed to start: {failure}")
+            }
+        }
+    }
+}
+
+/// A cheap, cloneable handle that asks the service to stop, and tells whether it was asked.
+///
+/// ```
+/// # async fn example(handle: lifecycle_core::LifecycleHandle) {
+/// let shutdown = handle.shutdown().clone();
+/// shutdown.request("configuration reloaded", 0);
+/// assert!(shutdown.is_requested());
+/// # }
+/// ```
+#[derive(Clone)]
+pub struct Shutdown {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    requested: CancellationToken,
+    reason: Mutex<Option<ShutdownReason>>,
+    forced: CancellationToken,
+    forced_by: Mutex<Option<Signal>>,
+}
+
+impl Shutdown {
+    pub(crate) fn new() -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                requested: CancellationToken::new(),
+                reason: Mutex::new(None),
+                forced: CancellationToken::new(),
+                forced_by: Mutex::new(None),
+            }),
+        }
+    }
+
+    /// Asks the service to stop gracefully and exit with `exit_code`. Returns false when a
+    /// shutdown was already requested, in which case the first reason stands.
+    pub fn request(&self, message: impl Into<String>, exit_code: i32) -> bool {
+        self.trigger(ShutdownReason::Requested { message: message.into(), exit_code })
+    }
+
+    /// Records `reason` and starts the shutdown, unless one already started.
+    pub(crate) fn trigger(&self, reason: ShutdownReason) -> bool {
+        {
+            let mut slot = lock(&self.inner.reason);
+            if slot.is_some() {
+                return false;
+            }
+            *slot = Some(reason);
+        }
+        // Cancelled after the reason is stored, so whoever wakes on it finds the reason.
+        self.inner.requested.cancel();
+        true
+    }
+
+    /// Stops waiting for anything: the run returns at once with what it knows.
+    pub(crate) fn force(&self, signal: Signal) {
+        lock(&self.inner.forced_by).get_or_insert(signal);
+        self.inner.forced.cancel();
+    }
+
+    /// Whether a shutdown was requested.
+    pub fn is_requested(&self) -> bool {
+        self.inner.requested.is_cancelled()
+    }
+
+    /// Completes once a shutdown is requested.
+    pub fn requested(&self) -> WaitForCancellationFuture<'_> {
+        self.inner.requested.cancelled()
+    }
+
+    /// Why the service is stopping, once it is.
+    pub fn reason(&self) -> Option<ShutdownReason> {
+        lock(&self.inner.reason).clone()
+    }
+
+    pub(crate) fn forced(&self) -> WaitForCancellationFuture<'_> {
+        self.inner.forced.cancelled()
+    }
+
+    pub(crate) fn forced_by(&self) -> Option<Signal> {
+        *lock(&self.inner.forced_by)
+    }
+}
+
+impl fmt::Debug for Shutdown {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Shutdown")
+            .field("reason", &self.reason())
+            .field("forced", &self.forced_by())
+            .finish()
+    }
+}
