@@ -51,9 +51,8 @@ fn snake_case(name: &str) -> String {
             // A new word starts at an upper-case letter after a lower-case one, or at the last
             // capital of an acronym followed by a lower-case letter (`HTTPServer` -> `http_server`).
             let prev_lower = i > 0 && (chars[i - 1].is_lowercase() || chars[i - 1].is_ascii_digit());
-            let acronym_end = i > 0
-                && chars[i - 1].is_uppercase()
-                && chars.get(i + 1).is_some_and(|n| n.is_lowercase());
+            let acronym_end =
+                i > 0 && chars[i - 1].is_uppercase() && chars.get(i + 1).is_some_and(|n| n.is_lowercase());
             if prev_lower || acronym_end {
                 out.push('_');
             }

@@ -112,9 +112,6 @@ impl<T> Deref for Dep<T> {
 
 impl<T> fmt::Debug for Dep<T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Dep")
-            .field("id", &self.id)
-            .field("type", &std::any::type_name::<T>())
-            .finish()
+        f.debug_struct("Dep").field("id", &self.id).field("type", &std::any::type_name::<T>()).finish()
     }
 }

@@ -9,7 +9,9 @@ use crate::{ComponentId, Dependency};
 #[non_exhaustive]
 pub enum BuildError {
     /// Two components have the same name.
-    #[error("component name `{name}` is used twice: by `{first_type}` and by `{second_type}`; give one of them another name")]
+    #[error(
+        "component name `{name}` is used twice: by `{first_type}` and by `{second_type}`; give one of them another name"
+    )]
     DuplicateName {
         /// The name used twice.
         name: ComponentId,

@@ -51,9 +51,7 @@ impl Graph {
 
         let graph = Self { dependencies, dependents };
         if let Some(cycle) = graph.find_cycle() {
-            return Err(BuildError::Cycle {
-                path: cycle.into_iter().map(|i| nodes[i].id.clone()).collect(),
-            });
+            return Err(BuildError::Cycle { path: cycle.into_iter().map(|i| nodes[i].id.clone()).collect() });
         }
         Ok(graph)
     }
@@ -121,11 +119,13 @@ fn resolve(
     dependency: &Dependency,
 ) -> Result<usize, BuildError> {
     match &dependency.target {
-        Target::Name(name) => by_name.get(name.as_str()).copied().ok_or_else(|| BuildError::MissingDependency {
-            component: component.clone(),
-            dependency: dependency.clone(),
-            suggestions: suggest(name.as_str(), nodes.iter().map(|n| n.id)),
-        }),
+        Target::Name(name) => {
+            by_name.get(name.as_str()).copied().ok_or_else(|| BuildError::MissingDependency {
+                component: component.clone(),
+                dependency: dependency.clone(),
+                suggestions: suggest(name.as_str(), nodes.iter().map(|n| n.id)),
+            })
+        }
         Target::Type { id, name } => {
             let matches: Vec<usize> = (0..nodes.len()).filter(|&i| nodes[i].type_id == *id).collect();
             match matches.as_slice() {

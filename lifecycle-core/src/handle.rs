@@ -103,8 +103,12 @@ impl LifecycleHandle {
     }
 
     pub(crate) fn set_phase(&self, phase: Phase) {
+        self.inner.phase.send_if_modified(|current| {
+            let changed = *current != phase;
+            *current = phase;
+            changed
+        });
         tracing::debug!(%phase, "lifecycle phase");
-        self.inner.phase.send_replace(phase);
     }
 
     pub(crate) fn progress(&self) -> &Arc<Progress> {

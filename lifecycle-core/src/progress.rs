@@ -25,6 +25,8 @@ pub struct ComponentStatus {
     pub start_duration: Option<Duration>,
     /// How long its stop took, once it finished.
     pub stop_duration: Option<Duration>,
+    /// How many of its tasks failed so far.
+    pub task_failures: usize,
 }
 
 pub(crate) struct Progress {
@@ -132,6 +134,7 @@ impl Progress {
                 outcome: e.outcome.clone(),
                 start_duration: e.start_duration,
                 stop_duration: e.stop_duration,
+                task_failures: self.tasks[i].failure_count(),
             })
             .collect()
     }
@@ -175,7 +178,7 @@ impl Progress {
             })
             .collect();
         let mut exit_code = forced_by.map_or_else(|| reason.exit_code(), Signal::forced_exit_code);
-        if exit_code == 0 && components.iter().any(|c| c.outcome.is_failure()) {
+        if exit_code == 0 && components.iter().any(|c| c.critical && c.outcome.is_failure()) {
             exit_code = crate::report::EXIT_FAILURE;
         }
         Report {

@@ -234,7 +234,6 @@ impl fmt::Debug for RegistryBuilder {
 }
 
 /// One component being registered: add dependencies and options, then take its typed handle.
-#[must_use = "a registration does nothing more until you call its methods; drop it to keep the component as declared"]
 pub struct Registration<'a, T> {
     entry: &'a mut Entry,
     dep: Dep<T>,

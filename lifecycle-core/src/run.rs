@@ -75,17 +75,21 @@ pub(crate) async fn run(registry: Registry) -> Report {
         let listener = SignalListener::new(&run.config.signals);
         background.spawn(listen(listener, run.shutdown.clone(), listening.clone()));
     }
-    let mut watchdog =
-        run.config.watchdog.then(|| Watchdog::start(Arc::clone(&run.progress), run.shutdown.clone())).flatten();
+    let mut watchdog = run
+        .config
+        .watchdog
+        .then(|| Watchdog::start(Arc::clone(&run.progress), run.shutdown.clone()))
+        .flatten();
 
     run.handle.set_phase(Phase::Starting);
     let (started, start_failure) = run.start_all().await;
+    let start_complete = start_failure.is_none();
     if let Some(reason) = start_failure {
         run.shutdown.trigger(reason);
     }
-    let all_started = started.iter().all(|s| *s == Started::Yes);
-    // Readiness is only ever announced when everything started and nobody asked to stop yet.
-    let announced = all_started && !run.shutdown.is_requested();
+    // Readiness is only ever announced when every critical component started and nobody asked
+    // to stop yet.
+    let announced = start_complete && !run.shutdown.is_requested();
     if announced {
         run.handle.set_phase(Phase::Ready);
         tracing::info!(components = run.components.len(), "lifecycle ready");
@@ -134,7 +138,8 @@ pub(crate) async fn run(registry: Registry) -> Report {
     // With nothing left behind, the process can outlive the run (embedding, tests). With a hung
     // hook or task left behind, returning from `main` could block on it, so the watchdog stays
     // armed and still ends the process at the deadline.
-    let left_behind = !run.hooks.is_empty() || report.components.iter().any(|c| !c.outstanding_tasks.is_empty());
+    let left_behind =
+        !run.hooks.is_empty() || report.components.iter().any(|c| !c.outstanding_tasks.is_empty());
     if let Some(watchdog) = watchdog.take() {
         if left_behind {
             watchdog.keep_armed();
@@ -257,8 +262,9 @@ impl Run {
             let component = Arc::clone(&self.components[index].hooks);
             let ctx = self.contexts[index].clone();
             let span = tracing::info_span!("lifecycle", component = %ctx.name(), hook = "drain");
-            let hook =
-                self.hooks.spawn(async move { CatchUnwind::new(component.drain(&ctx)).await }.instrument(span));
+            let hook = self
+                .hooks
+                .spawn(async move { CatchUnwind::new(component.drain(&ctx)).await }.instrument(span));
             let limit = (Instant::now() + self.limits[index].stop_timeout).min(deadline);
             running.spawn(async move { (index, supervise(hook, limit).await) });
         }
@@ -294,7 +300,8 @@ impl Run {
 
         // Reverse registration order among the ready ones, so a chain registered in dependency
         // order reads naturally in the logs; correctness comes from the counts alone.
-        let mut ready: Vec<usize> = (0..count).rev().filter(|&i| touched(i) && dependents_left[i] == 0).collect();
+        let mut ready: Vec<usize> =
+            (0..count).rev().filter(|&i| touched(i) && dependents_left[i] == 0).collect();
         loop {
             while let Some(index) = ready.pop() {
                 if Instant::now() < deadline {
@@ -304,8 +311,7 @@ impl Run {
                 // Out of time before its turn came: cancel what it runs and report it as it is.
                 deadline_exceeded = true;
                 self.contexts[index].token().cancel();
-                let (stage, since) =
-                    self.progress.stage(index).unwrap_or((Stage::Running, Instant::now()));
+                let (stage, since) = self.progress.stage(index).unwrap_or((Stage::Running, Instant::now()));
                 self.progress.finish(index, Outcome::Abandoned { stage, after: since.elapsed() });
                 self.release_dependencies(index, started, &mut dependents_left, &mut ready);
             }

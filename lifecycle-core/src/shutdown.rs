@@ -163,9 +163,6 @@ impl Shutdown {
 
 impl fmt::Debug for Shutdown {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Shutdown")
-            .field("reason", &self.reason())
-            .field("forced", &self.forced_by())
-            .finish()
+        f.debug_struct("Shutdown").field("reason", &self.reason()).field("forced", &self.forced_by()).finish()
     }
 }

@@ -112,7 +112,11 @@ impl Shared {
     fn count_in(self: &Arc<Self>, name: Cow<'static, str>) -> LiveGuard {
         let mut names = lock(&self.names);
         let entry = names.entry(name).or_insert_with_key(|name| {
-            Arc::new(NameCount { name: name.clone(), live: AtomicUsize::new(0), shared: Arc::downgrade(self) })
+            Arc::new(NameCount {
+                name: name.clone(),
+                live: AtomicUsize::new(0),
+                shared: Arc::downgrade(self),
+            })
         });
         entry.live.fetch_add(1, Ordering::AcqRel);
         LiveGuard(Arc::clone(entry))
@@ -217,6 +221,11 @@ impl Tasks {
         lock(&self.shared.failures).clone()
     }
 
+    /// How many tasks returned an error or panicked.
+    pub fn failure_count(&self) -> usize {
+        lock(&self.shared.failures).len()
+    }
+
     /// Marks the set closed: [`wait`](Tasks::wait) completes once it is closed and empty.
     /// Tasks can still be spawned; they are waited for too.
     pub fn close(&self) -> bool {
@@ -265,10 +274,7 @@ mod tests {
         tasks.spawn("poller", async move { g.cancelled().await });
         assert_eq!(
             tasks.outstanding(),
-            vec![
-                TaskCount { name: "conn".into(), count: 3 },
-                TaskCount { name: "poller".into(), count: 1 }
-            ]
+            vec![TaskCount { name: "conn".into(), count: 3 }, TaskCount { name: "poller".into(), count: 1 }]
         );
         gate.cancel();
         tasks.close();
@@ -299,7 +305,8 @@ mod tests {
         tasks.close();
         tasks.wait().await;
         assert!(!shutdown.is_requested());
-        let mut failures: Vec<String> = tasks.failures().iter().map(|f| format!("{} {}", f.task, f.failure)).collect();
+        let mut failures: Vec<String> =
+            tasks.failures().iter().map(|f| format!("{} {}", f.task, f.failure)).collect();
         failures.sort();
         assert_eq!(failures, vec!["bad panicked: boom", "bad_blocking panicked: blocking boom"]);
     }

@@ -73,17 +73,14 @@ fn watch(shared: &(Mutex<State>, Condvar), progress: &Progress, shutdown: &Shutd
                 if now >= deadline {
                     break;
                 }
-                wake.wait_timeout(guard, deadline - now)
-                    .unwrap_or_else(std::sync::PoisonError::into_inner)
-                    .0
+                wake.wait_timeout(guard, deadline - now).unwrap_or_else(std::sync::PoisonError::into_inner).0
             }
         };
     }
     drop(guard);
-    let reason = shutdown.reason().unwrap_or_else(|| ShutdownReason::Requested {
-        message: "unknown".into(),
-        exit_code: EXIT_DEADLINE,
-    });
+    let reason = shutdown
+        .reason()
+        .unwrap_or_else(|| ShutdownReason::Requested { message: "unknown".into(), exit_code: EXIT_DEADLINE });
     let mut report = progress.report(reason, shutdown.forced_by(), true);
     report.exit_code = EXIT_DEADLINE;
     eprintln!("lifecycle: shutdown deadline passed; ending the process now\n{report}");

@@ -1,0 +1,127 @@
+//! Mistakes in how components are put together are refused at `build()` with a message that
+//! names the components at fault.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+
+use lifecycle_core::{BuildError, Component, Dependency, Registry};
+use support::{Log, Probe, builder};
+
+fn build_error(probes: Vec<Probe>) -> BuildError {
+    let mut b = builder();
+    for probe in probes {
+        b.add(probe);
+    }
+    b.build().expect_err("build must fail")
+}
+
+#[test]
+fn duplicate_name_names_both_types() {
+    struct Cache;
+    impl Component for Cache {}
+    mod other {
+        pub(super) struct Cache;
+        impl lifecycle_core::Component for Cache {}
+    }
+    let mut b = Registry::builder();
+    b.add(Cache);
+    b.add(other::Cache);
+    let error = b.build().unwrap_err();
+    assert!(matches!(error, BuildError::DuplicateName { .. }));
+    assert_eq!(
+        error.to_string(),
+        "component name `cache` is used twice: by `build_errors::duplicate_name_names_both_types::Cache` and by \
+         `build_errors::duplicate_name_names_both_types::other::Cache`; give one of them another name"
+    );
+}
+
+#[test]
+fn missing_dependency_names_both_sides_and_suggests_close_names() {
+    let log = Log::default();
+    let error = build_error(vec![Probe::new("database", &log), Probe::new("api", &log).deps(&["databse"])]);
+    assert_eq!(
+        error.to_string(),
+        "component `api` depends on `databse`, which is not registered; did you mean `database`?"
+    );
+
+    let error = build_error(vec![Probe::new("api", &log).deps(&["metrics"])]);
+    assert_eq!(error.to_string(), "component `api` depends on `metrics`, which is not registered");
+}
+
+#[test]
+fn missing_dependency_by_type_names_the_type() {
+    struct Pool;
+    impl Component for Pool {}
+    struct Api;
+    impl Component for Api {
+        fn dependencies(&self) -> Vec<Dependency> {
+            vec![Dependency::on_type::<Pool>()]
+        }
+    }
+    let log = Log::default();
+    let mut b = Registry::builder();
+    b.add(Api);
+    b.add(Probe::new("pool_main", &log));
+    let error = b.build().unwrap_err();
+    assert_eq!(
+        error.to_string(),
+        "component `api` depends on type `build_errors::missing_dependency_by_type_names_the_type::Pool`, which is \
+         not registered; did you mean `pool_main`?"
+    );
+}
+
+#[test]
+fn ambiguous_dependency_by_type_lists_the_candidates() {
+    let log = Log::default();
+    let mut b = Registry::builder();
+    b.add(Probe::new("primary", &log));
+    b.add(Probe::new("replica", &log));
+    b.add(Probe::new("api", &log)).depends_on(Dependency::on_type::<Probe>());
+    let error = b.build().unwrap_err();
+    assert!(matches!(error, BuildError::AmbiguousDependency { .. }));
+    assert!(
+        error.to_string().ends_with(
+            "but 3 components have that type (`primary`, `replica`, `api`); depend on one by name"
+        ),
+        "{error}"
+    );
+}
+
+#[test]
+fn cycle_prints_its_path() {
+    let log = Log::default();
+    let error = build_error(vec![
+        Probe::new("a", &log).deps(&["b"]),
+        Probe::new("b", &log).deps(&["c"]),
+        Probe::new("c", &log).deps(&["a"]),
+        Probe::new("d", &log).deps(&["a"]),
+    ]);
+    assert_eq!(error.to_string(), "dependency cycle: `a` -> `b` -> `c` -> `a`");
+}
+
+#[test]
+fn dependency_on_itself_is_a_cycle() {
+    let log = Log::default();
+    let error = build_error(vec![Probe::new("loner", &log).deps(&["loner"])]);
+    assert_eq!(error.to_string(), "dependency cycle: `loner` -> `loner`");
+}
+
+#[test]
+fn a_long_chain_builds_without_overflowing_the_stack() {
+    let log = Log::default();
+    let names: Vec<String> = (0..20_000).map(|i| format!("n{i}")).collect();
+    let probes = names
+        .iter()
+        .enumerate()
+        .map(|(i, n)| {
+            let deps: Vec<&str> = if i == 0 { vec![] } else { vec![names[i - 1].as_str()] };
+            Probe::new(n, &log).deps(&deps)
+        })
+        .collect::<Vec<_>>();
+    let mut b = builder();
+    for probe in probes {
+        b.add(probe);
+    }
+    assert!(b.build().is_ok());
+}
