@@ -156,6 +156,7 @@ impl Progress {
             .map(|(i, e)| {
                 let mut outcome = match (&e.outcome, e.stage, e.since) {
                     (Some(outcome), _, _) => outcome.clone(),
+                    (None, Some(Stage::Running), _) => Outcome::NotStopped,
                     (None, Some(stage), Some(since)) => Outcome::Abandoned { stage, after: now - since },
                     (None, _, _) => Outcome::NotStarted,
                 };

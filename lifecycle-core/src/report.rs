@@ -90,6 +90,9 @@ pub enum Outcome {
         /// How.
         failure: Failure,
     },
+    /// Started, but the run ended (second signal or global deadline) before its turn to stop;
+    /// its token was cancelled.
+    NotStopped,
     /// Still in this stage when the run stopped waiting (second signal or global deadline).
     Abandoned {
         /// Where it was.
@@ -100,9 +103,9 @@ pub enum Outcome {
 }
 
 impl Outcome {
-    /// Whether this outcome makes the exit code non-zero.
+    /// Whether this outcome, for a critical component, makes the exit code non-zero.
     pub fn is_failure(&self) -> bool {
-        matches!(self, Outcome::Failed { .. } | Outcome::Abandoned { .. })
+        matches!(self, Outcome::Failed { .. } | Outcome::NotStopped | Outcome::Abandoned { .. })
     }
 }
 
@@ -112,6 +115,7 @@ impl fmt::Display for Outcome {
             Outcome::Stopped => f.write_str("stopped"),
             Outcome::NotStarted => f.write_str("not started"),
             Outcome::StartCancelled => f.write_str("start cancelled"),
+            Outcome::NotStopped => f.write_str("not stopped: the run ended before its turn"),
             Outcome::Failed { stage, failure } => write!(f, "{failure} ({stage})"),
             Outcome::Abandoned { stage, after } => {
                 write!(f, "abandoned while {stage} after {}", Elapsed(*after))

@@ -311,8 +311,7 @@ impl Run {
                 // Out of time before its turn came: cancel what it runs and report it as it is.
                 deadline_exceeded = true;
                 self.contexts[index].token().cancel();
-                let (stage, since) = self.progress.stage(index).unwrap_or((Stage::Running, Instant::now()));
-                self.progress.finish(index, Outcome::Abandoned { stage, after: since.elapsed() });
+                self.progress.finish(index, Outcome::NotStopped);
                 self.release_dependencies(index, started, &mut dependents_left, &mut ready);
             }
             if running.is_empty() {
@@ -368,11 +367,13 @@ impl Run {
     ) {
         let component = Arc::clone(&self.components[index].hooks);
         let ctx = self.contexts[index].clone();
+        // Cancelled here rather than inside the hook's task: tokio queues the tasks this wakes on
+        // the current worker, which must not be the one a blocking stop hook is about to hold.
+        ctx.token().cancel();
         let progress = Arc::clone(&self.progress);
         let span = tracing::info_span!("lifecycle", component = %ctx.name(), hook = "stop");
         let hook = self.hooks.spawn(
             async move {
-                ctx.token().cancel();
                 if started == Started::Yes {
                     progress.enter(index, Stage::Stopping);
                     let result = CatchUnwind::new(component.stop(&ctx)).await;

@@ -1,0 +1,154 @@
+//! A small service for the real-process tests: `fixture [options]`.
+//!
+//! Prints `ready` when every component started, `draining` when shutdown begins, then ends with
+//! the report on standard error and its exit code. Options:
+//! `--current-thread` (a single runtime thread), `--deadline MS`, `--drain-delay MS`,
+//! `--slow-stop MS` (a component whose stop takes that long), `--block-stop` (a component whose
+//! stop hook blocks its thread forever), `--blocking-task` (a `spawn_blocking` that never returns).
+
+use std::time::Duration;
+
+use lifecycle_core::{
+    BoxError, Component, ComponentId, ComponentOptions, Context, Dependency, Phase, Registry,
+};
+
+struct Database;
+
+impl Component for Database {
+    async fn start(&self, _ctx: &Context) -> Result<(), BoxError> {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        Ok(())
+    }
+}
+
+/// A worker whose stop can be slow, blocking, or leave a blocking task behind.
+struct Worker {
+    slow_stop: Option<Duration>,
+    block_stop: bool,
+    blocking_task: bool,
+}
+
+impl Component for Worker {
+    fn name(&self) -> ComponentId {
+        "worker".into()
+    }
+
+    fn dependencies(&self) -> Vec<Dependency> {
+        vec![Dependency::on_type::<Database>()]
+    }
+
+    fn options(&self) -> ComponentOptions {
+        ComponentOptions::new().stop_timeout(Duration::from_secs(30))
+    }
+
+    async fn start(&self, ctx: &Context) -> Result<(), BoxError> {
+        let token = ctx.token().clone();
+        ctx.tasks().spawn("poll_loop", async move { token.cancelled().await });
+        if self.blocking_task {
+            ctx.tasks().spawn_blocking("stuck_file_read", || -> () {
+                loop {
+                    std::thread::park();
+                }
+            });
+        }
+        Ok(())
+    }
+
+    async fn stop(&self, _ctx: &Context) -> Result<(), BoxError> {
+        if self.block_stop {
+            // Blocks the runtime thread: no timeout inside the runtime can interrupt this.
+            loop {
+                std::thread::park();
+            }
+        }
+        if let Some(slow) = self.slow_stop {
+            tokio::time::sleep(slow).await;
+        }
+        Ok(())
+    }
+}
+
+struct Options {
+    current_thread: bool,
+    deadline: Option<Duration>,
+    drain_delay: Option<Duration>,
+    worker: Worker,
+}
+
+fn parse() -> Result<Options, String> {
+    let mut options = Options {
+        current_thread: false,
+        deadline: None,
+        drain_delay: None,
+        worker: Worker { slow_stop: None, block_stop: false, blocking_task: false },
+    };
+    let mut args = std::env::args().skip(1);
+    let millis = |value: Option<String>, flag: &str| -> Result<Duration, String> {
+        value
+            .and_then(|v| v.parse().ok())
+            .map(Duration::from_millis)
+            .ok_or_else(|| format!("{flag} takes milliseconds"))
+    };
+    while let Some(arg) = args.next() {
+        match arg.as_str() {
+            "--current-thread" => options.current_thread = true,
+            "--deadline" => options.deadline = Some(millis(args.next(), "--deadline")?),
+            "--drain-delay" => options.drain_delay = Some(millis(args.next(), "--drain-delay")?),
+            "--slow-stop" => options.worker.slow_stop = Some(millis(args.next(), "--slow-stop")?),
+            "--block-stop" => options.worker.block_stop = true,
+            "--blocking-task" => options.worker.blocking_task = true,
+            other => return Err(format!("unknown option `{other}`")),
+        }
+    }
+    Ok(options)
+}
+
+fn main() {
+    tracing_subscriber::fmt().with_writer(std::io::stderr).with_ansi(false).init();
+    let options = match parse() {
+        Ok(options) => options,
+        Err(message) => {
+            eprintln!("fixture: {message}");
+            std::process::exit(2);
+        }
+    };
+    let runtime = if options.current_thread {
+        tokio::runtime::Builder::new_current_thread().enable_all().build()
+    } else {
+        tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()
+    };
+    let runtime = match runtime {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("fixture: cannot build the runtime: {error}");
+            std::process::exit(2);
+        }
+    };
+    runtime.block_on(async {
+        let mut builder = Registry::builder();
+        if let Some(deadline) = options.deadline {
+            builder.shutdown_deadline(deadline);
+        }
+        if let Some(delay) = options.drain_delay {
+            builder.drain_delay(delay);
+        }
+        builder.add(Database);
+        builder.add(options.worker);
+        let registry = match builder.build() {
+            Ok(registry) => registry,
+            Err(error) => {
+                eprintln!("fixture: {error}");
+                std::process::exit(2);
+            }
+        };
+        let handle = registry.handle();
+        let announce = async {
+            handle.reached(Phase::Ready).await;
+            println!("ready");
+            handle.reached(Phase::Draining).await;
+            println!("draining");
+        };
+        let (report, ()) = tokio::join!(registry.run(), announce);
+        report.exit()
+    })
+}

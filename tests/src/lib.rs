@@ -1,0 +1,106 @@
+//! Helpers for tests that run a service as a real child process and signal it.
+
+use std::io::{BufRead, BufReader, Read};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, channel};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+/// A child process whose standard output is read line by line and whose standard error is
+/// collected whole.
+#[derive(Debug)]
+pub struct Service {
+    child: Child,
+    lines: Receiver<String>,
+    stderr: Option<JoinHandle<String>>,
+    started: Instant,
+}
+
+impl Service {
+    /// Starts `program` with `args`, standard output and error piped.
+    pub fn spawn(program: &str, args: &[&str]) -> std::io::Result<Self> {
+        let mut child = Command::new(program)
+            .args(args)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()?;
+        let stdout = child.stdout.take().ok_or_else(|| std::io::Error::other("no stdout"))?;
+        let mut stderr = child.stderr.take().ok_or_else(|| std::io::Error::other("no stderr"))?;
+        let (sender, lines) = channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if sender.send(line).is_err() {
+                    return;
+                }
+            }
+        });
+        let stderr = std::thread::spawn(move || {
+            let mut text = String::new();
+            let _ = stderr.read_to_string(&mut text);
+            text
+        });
+        Ok(Self { child, lines, stderr: Some(stderr), started: Instant::now() })
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Waits until the child prints `wanted` on a line of its own, up to `limit`.
+    pub fn wait_for_line(&self, wanted: &str, limit: Duration) -> Result<(), String> {
+        let until = Instant::now() + limit;
+        loop {
+            let left = until.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) if line.trim() == wanted => return Ok(()),
+                Ok(_) => {}
+                Err(RecvTimeoutError::Timeout) => return Err(format!("no `{wanted}` line within {limit:?}")),
+                Err(RecvTimeoutError::Disconnected) => {
+                    return Err(format!("stdout closed before `{wanted}`"));
+                }
+            }
+        }
+    }
+
+    /// Sends a real signal with the `kill` command (`TERM`, `INT`, ...).
+    pub fn signal(&self, name: &str) -> Result<(), String> {
+        let status = Command::new("kill")
+            .args([&format!("-{name}"), &self.pid().to_string()])
+            .status()
+            .map_err(|e| format!("cannot run kill: {e}"))?;
+        if status.success() { Ok(()) } else { Err(format!("kill -{name} failed: {status}")) }
+    }
+
+    /// Waits for the child to exit, up to `limit` (then kills it and fails). Returns its status,
+    /// its whole standard error, and how long after `spawn` it exited.
+    pub fn wait(mut self, limit: Duration) -> Result<(ExitStatus, String, Duration), String> {
+        let until = Instant::now() + limit;
+        let status = loop {
+            match self.child.try_wait().map_err(|e| e.to_string())? {
+                Some(status) => break status,
+                None if Instant::now() >= until => {
+                    let _ = self.child.kill();
+                    let _ = self.child.wait();
+                    return Err(format!("still running after {limit:?}; killed"));
+                }
+                None => std::thread::sleep(Duration::from_millis(5)),
+            }
+        };
+        let lived = self.started.elapsed();
+        let stderr = self.stderr.take().map(|h| h.join().unwrap_or_default()).unwrap_or_default();
+        Ok((status, stderr, lived))
+    }
+}
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        // A failed assertion must not leave a child behind.
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}

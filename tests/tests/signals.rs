@@ -1,0 +1,119 @@
+//! A real service process, real signals: graceful stop on SIGTERM and SIGINT, a second signal
+//! that ends the wait at once, and a deadline that holds even when every runtime thread is stuck.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::time::Duration;
+
+use lifecycle_tests::Service;
+
+const FIXTURE: &str = env!("CARGO_BIN_EXE_fixture");
+const READY_WITHIN: Duration = Duration::from_secs(10);
+
+fn start(args: &[&str]) -> Service {
+    let service = Service::spawn(FIXTURE, args).unwrap();
+    service.wait_for_line("ready", READY_WITHIN).unwrap();
+    service
+}
+
+/// The report's row for `component`, whitespace collapsed.
+fn row(stderr: &str, component: &str) -> String {
+    stderr
+        .lines()
+        .find(|l| l.trim_start().starts_with(&format!("{component} ")))
+        .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" "))
+        .unwrap_or_else(|| panic!("no report row for {component} in:\n{stderr}"))
+}
+
+#[test]
+fn sigterm_stops_every_component_and_exits_zero() {
+    let service = start(&[]);
+    service.signal("TERM").unwrap();
+    let (status, stderr, _) = service.wait(Duration::from_secs(10)).unwrap();
+    assert_eq!(status.code(), Some(0), "{stderr}");
+    assert!(stderr.contains("lifecycle report: SIGTERM received"), "{stderr}");
+    assert!(row(&stderr, "database").starts_with("database stopped"), "{stderr}");
+    assert!(row(&stderr, "worker").starts_with("worker stopped"), "{stderr}");
+}
+
+#[test]
+fn sigint_stops_gracefully_too() {
+    let service = start(&[]);
+    service.signal("INT").unwrap();
+    let (status, stderr, _) = service.wait(Duration::from_secs(10)).unwrap();
+    assert_eq!(status.code(), Some(0), "{stderr}");
+    assert!(stderr.contains("lifecycle report: SIGINT received"), "{stderr}");
+}
+
+#[test]
+fn second_signal_ends_the_wait_at_once_with_the_report() {
+    // The worker's stop would take a minute; the second signal must not wait for it.
+    let service = start(&["--slow-stop", "60000", "--deadline", "120000"]);
+    service.signal("TERM").unwrap();
+    service.wait_for_line("draining", Duration::from_secs(5)).unwrap();
+    // Give the first stop time to begin, so the report has something in flight to show.
+    std::thread::sleep(Duration::from_millis(200));
+    service.signal("TERM").unwrap();
+    let (status, stderr, lived) = service.wait(Duration::from_secs(10)).unwrap();
+    assert_eq!(status.code(), Some(128 + 15), "{stderr}");
+    assert!(lived < Duration::from_secs(30), "exited without waiting for the slow stop ({lived:?})");
+    assert!(stderr.contains("forced by a second SIGTERM"), "{stderr}");
+    assert!(row(&stderr, "worker").starts_with("worker abandoned while stopping"), "{stderr}");
+}
+
+#[test]
+fn hook_that_blocks_a_thread_cannot_outlast_the_deadline() {
+    // Two runtime threads: the blocked one is given up on, the run reports and exits.
+    let service = start(&["--block-stop", "--deadline", "1000"]);
+    service.signal("TERM").unwrap();
+    let (status, stderr, lived) = service.wait(Duration::from_secs(20)).unwrap();
+    assert_eq!(status.code(), Some(1), "{stderr}");
+    assert!(lived < Duration::from_secs(10), "{lived:?}");
+    assert!(stderr.contains("shutdown deadline exceeded"), "{stderr}");
+    assert!(row(&stderr, "worker").starts_with("worker timed out after"), "{stderr}");
+    assert!(
+        !row(&stderr, "worker").contains("poll_loop"),
+        "the cancelled task still ended on the free thread: {stderr}"
+    );
+    assert!(row(&stderr, "database").starts_with("database not stopped"), "{stderr}");
+}
+
+#[test]
+fn watchdog_ends_the_process_when_every_runtime_thread_is_blocked() {
+    // One runtime thread, blocked forever by the stop hook: only the watchdog thread is left.
+    let service = start(&["--current-thread", "--block-stop", "--blocking-task", "--deadline", "1000"]);
+    service.signal("TERM").unwrap();
+    let (status, stderr, lived) = service.wait(Duration::from_secs(20)).unwrap();
+    assert_eq!(status.code(), Some(lifecycle_core::EXIT_DEADLINE), "{stderr}");
+    assert!(lived < Duration::from_secs(10), "{lived:?}");
+    assert!(stderr.contains("lifecycle: shutdown deadline passed; ending the process now"), "{stderr}");
+    assert!(stderr.contains("lifecycle report: SIGTERM received"), "{stderr}");
+    assert!(row(&stderr, "worker").starts_with("worker abandoned while stopping"), "{stderr}");
+    assert!(row(&stderr, "worker").contains("stuck_file_read"), "outstanding tasks are named: {stderr}");
+}
+
+#[test]
+fn spawn_blocking_that_never_returns_does_not_keep_the_process_alive() {
+    let service = start(&["--blocking-task", "--deadline", "1000"]);
+    service.signal("TERM").unwrap();
+    let (status, stderr, lived) = service.wait(Duration::from_secs(20)).unwrap();
+    assert_eq!(status.code(), Some(1), "{stderr}");
+    assert!(lived < Duration::from_secs(10), "{lived:?}");
+    assert!(row(&stderr, "worker").contains("stuck_file_read"), "{stderr}");
+}
+
+#[test]
+fn drain_delay_keeps_the_process_up_before_stopping() {
+    let service = start(&["--drain-delay", "700"]);
+    service.signal("TERM").unwrap();
+    service.wait_for_line("draining", Duration::from_secs(5)).unwrap();
+    let (status, stderr, _) = service.wait(Duration::from_secs(10)).unwrap();
+    assert_eq!(status.code(), Some(0), "{stderr}");
+    // The report's shutdown time includes the drain delay.
+    let summary = stderr.lines().find(|l| l.starts_with("exit code 0, run")).unwrap();
+    let shutdown = summary.rsplit("shutdown ").next().unwrap();
+    assert!(
+        shutdown.ends_with("ms") && shutdown.trim_end_matches("ms").parse::<f64>().unwrap() >= 700.0,
+        "{summary}"
+    );
+}
