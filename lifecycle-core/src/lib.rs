@@ -86,6 +86,11 @@ pub use tasks::{TaskCount, TaskOutput, Tasks};
 
 pub use tokio_util::sync::CancellationToken;
 
+/// The README's example, compiled as a doctest so it stays true.
+#[cfg(doctest)]
+#[doc = include_str!("../../README.md")]
+struct ReadmeDoctests;
+
 /// Locks a mutex, ignoring poisoning: every value behind these locks stays valid if a holder
 /// panicked, because none is left half-updated across a call that could panic.
 pub(crate) fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {

@@ -180,6 +180,10 @@ impl Run {
 
         let mut ready: Vec<usize> = (0..count).filter(|&i| waiting_on[i] == 0).collect();
         loop {
+            if self.shutdown.is_requested() {
+                tracing::info!("shutdown requested during start; cancelling the starts in flight");
+                break;
+            }
             for index in ready.drain(..) {
                 in_flight[index] = Some(self.launch_start(index, &mut running));
             }
@@ -191,10 +195,8 @@ impl Run {
                 _ = self.shutdown.requested() => None,
                 joined = running.join_next() => joined,
             };
-            let Some(joined) = joined else {
-                tracing::info!("shutdown requested during start; cancelling the starts in flight");
-                break;
-            };
+            // Requested: the check at the top of the loop ends the start.
+            let Some(joined) = joined else { continue };
             let (index, result) = match joined {
                 Ok(done) => done,
                 Err(error) => {

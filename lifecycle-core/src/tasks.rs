@@ -4,8 +4,9 @@ use std::borrow::Cow;
 use std::collections::HashMap;
 use std::fmt;
 use std::future::Future;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::pin::Pin;
 use std::sync::{Arc, Mutex, Weak};
+use std::task::{Context as TaskContext, Poll, ready};
 
 use tokio::task::JoinHandle;
 use tokio_util::task::TaskTracker;
@@ -74,10 +75,16 @@ struct Shared {
     failures: Mutex<Vec<TaskFailure>>,
 }
 
+/// The running tasks of one name. Each running task holds one reference to it and the name map
+/// another, so the count of running tasks is the reference count minus one: a finishing task
+/// pays for a single atomic decrement, as it would with a bare `TaskTracker`.
 struct NameCount {
     name: Cow<'static, str>,
-    live: AtomicUsize,
     shared: Weak<Shared>,
+}
+
+fn running(count: &Arc<NameCount>) -> usize {
+    Arc::strong_count(count).saturating_sub(1)
 }
 
 /// Held by a running task; counts it out when the task ends, however it ends.
@@ -85,9 +92,10 @@ struct LiveGuard(Arc<NameCount>);
 
 impl Drop for LiveGuard {
     fn drop(&mut self) {
-        // AcqRel: the decrement that reaches zero must see every increment, so pruning below
-        // never removes an entry a concurrent spawn just counted (that spawn holds the lock).
-        if self.0.live.fetch_sub(1, Ordering::AcqRel) == 1 {
+        // The last task of a name removes the name, so per-request names do not pile up. Two
+        // tasks ending at once may both see the other and leave the entry; it is then reused
+        // by the next task of that name, or swept when new names are added.
+        if Arc::strong_count(&self.0) == 2 {
             if let Some(shared) = self.0.shared.upgrade() {
                 shared.prune(&self.0);
             }
@@ -108,23 +116,54 @@ impl LiveGuard {
     }
 }
 
+pin_project_lite::pin_project! {
+    /// A spawned task: the caller's future, its panic caught, its end counted and its failure
+    /// reported. A hand-written future rather than an `async` block, which would store the
+    /// caller's future twice (once captured, once being awaited) and double the task's size.
+    struct NamedTask<F> {
+        #[pin]
+        inner: CatchUnwind<F>,
+        guard: Option<LiveGuard>,
+    }
+}
+
+impl<F> Future for NamedTask<F>
+where
+    F: Future,
+    F::Output: TaskOutput,
+{
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<()> {
+        let this = self.project();
+        let outcome = ready!(this.inner.poll(cx));
+        if let Some(guard) = this.guard.take() {
+            guard.finish(outcome.map(TaskOutput::into_result));
+        }
+        Poll::Ready(())
+    }
+}
+
+/// Above this many names, adding a new one first sweeps the names no task holds.
+const SWEEP_ABOVE: usize = 64;
+
 impl Shared {
     fn count_in(self: &Arc<Self>, name: Cow<'static, str>) -> LiveGuard {
         let mut names = lock(&self.names);
+        if !names.contains_key(&name) && names.len() >= SWEEP_ABOVE {
+            names.retain(|_, count| running(count) > 0);
+        }
         let entry = names.entry(name).or_insert_with_key(|name| {
-            Arc::new(NameCount {
-                name: name.clone(),
-                live: AtomicUsize::new(0),
-                shared: Arc::downgrade(self),
-            })
+            Arc::new(NameCount { name: name.clone(), shared: Arc::downgrade(self) })
         });
-        entry.live.fetch_add(1, Ordering::AcqRel);
         LiveGuard(Arc::clone(entry))
     }
 
     fn prune(&self, count: &Arc<NameCount>) {
         let mut names = lock(&self.names);
-        if count.live.load(Ordering::Acquire) == 0
+        // Spawns count in under this lock, so two references (the map's and the caller's) mean
+        // no other task of this name exists or can appear before the removal.
+        if Arc::strong_count(count) == 2
             && names.get(&count.name).is_some_and(|entry| Arc::ptr_eq(entry, count))
         {
             names.remove(&count.name);
@@ -170,10 +209,7 @@ impl Tasks {
         F::Output: TaskOutput,
     {
         let guard = self.shared.count_in(name.into());
-        self.tracker.spawn(async move {
-            let outcome = CatchUnwind::new(task).await.map(TaskOutput::into_result);
-            guard.finish(outcome);
-        })
+        self.tracker.spawn(NamedTask { inner: CatchUnwind::new(task), guard: Some(guard) })
     }
 
     /// Runs a named blocking closure on tokio's blocking pool, tracked like any task.
@@ -209,7 +245,7 @@ impl Tasks {
         let names = lock(&self.shared.names);
         let mut counts: Vec<TaskCount> = names
             .values()
-            .map(|c| TaskCount { name: c.name.to_string(), count: c.live.load(Ordering::Acquire) })
+            .map(|c| TaskCount { name: c.name.to_string(), count: running(c) })
             .filter(|c| c.count > 0)
             .collect();
         counts.sort_by(|a, b| a.name.cmp(&b.name));

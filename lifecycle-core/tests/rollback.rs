@@ -164,3 +164,16 @@ async fn non_critical_start_failure_is_reported_and_the_service_runs_without_it(
     assert_eq!(report.exit_code, 0, "a non-critical failure does not fail the run: {report}");
     assert!(report.to_string().contains("registry_entry (non-critical)"), "{report}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_requested_before_the_run_starts_nothing() {
+    let log = Log::default();
+    let mut b = builder();
+    b.add(Probe::new("db", &log));
+    let registry = b.build().unwrap();
+    registry.handle().shutdown().request("cancelled before start", 0);
+    let report = registry.run().await;
+    assert!(log.events().is_empty(), "no hook ran: {:?}", log.events());
+    assert!(matches!(outcome(&report, "db"), Outcome::NotStarted), "{report}");
+    assert_eq!(report.exit_code, 0);
+}

@@ -1,0 +1,61 @@
+//! What the bench binaries share: a heap counter, repetition, medians and the result table.
+//!
+//! Run them with `cargo run --release -p lifecycle-benches --bin <name>`; each prints a markdown
+//! table with the baseline and ratios against it, all measured in the same process.
+
+use std::time::Duration;
+
+use peak_alloc::PeakAlloc;
+
+/// Counts every heap byte the process holds, and the peak since the last reset.
+#[global_allocator]
+pub static HEAP: PeakAlloc = PeakAlloc;
+
+/// One measurement of one variant.
+#[derive(Clone, Copy, Debug)]
+pub struct Sample {
+    pub time: Duration,
+    /// Peak heap bytes above the starting point, divided by the unit count.
+    pub bytes_per_unit: f64,
+}
+
+/// Heap bytes now.
+pub fn heap_now() -> usize {
+    HEAP.current_usage()
+}
+
+/// Restarts peak tracking from the current usage.
+pub fn reset_peak() {
+    HEAP.reset_peak_usage();
+}
+
+/// Peak heap bytes since the last reset.
+pub fn heap_peak() -> usize {
+    HEAP.peak_usage()
+}
+
+/// The median of `values` (which must not be empty).
+pub fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    let mid = values.len() / 2;
+    if values.len() % 2 == 1 { values[mid] } else { (values[mid - 1] + values[mid]) / 2.0 }
+}
+
+/// A fresh multi-threaded runtime with two workers, as on the machines this project runs on.
+pub fn runtime() -> tokio::runtime::Runtime {
+    match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(error) => panic!("cannot build a tokio runtime: {error}"),
+    }
+}
+
+/// Formats a duration in the unit that reads best.
+pub fn human(seconds: f64) -> String {
+    if seconds < 1e-3 {
+        format!("{:.1} µs", seconds * 1e6)
+    } else if seconds < 1.0 {
+        format!("{:.2} ms", seconds * 1e3)
+    } else {
+        format!("{seconds:.2} s")
+    }
+}
