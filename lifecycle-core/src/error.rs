@@ -2,6 +2,7 @@
 
 use std::fmt;
 
+use crate::text::joined;
 use crate::{ComponentId, Dependency};
 
 /// Why [`RegistryBuilder::build`](crate::RegistryBuilder::build) rejected the components.
@@ -93,13 +94,7 @@ impl fmt::Display for List<'_> {
         if self.0.is_empty() {
             return f.write_str("nothing");
         }
-        for (i, id) in self.0.iter().enumerate() {
-            if i > 0 {
-                f.write_str(", ")?;
-            }
-            write!(f, "`{id}`")?;
-        }
-        Ok(())
+        joined(f, self.0, ", ", |f, id| write!(f, "`{id}`"))
     }
 }
 
@@ -119,12 +114,6 @@ struct Cycle<'a>(&'a [ComponentId]);
 
 impl fmt::Display for Cycle<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for (i, id) in self.0.iter().enumerate() {
-            if i > 0 {
-                f.write_str(" -> ")?;
-            }
-            write!(f, "`{id}`")?;
-        }
-        Ok(())
+        joined(f, self.0, " -> ", |f, id| write!(f, "`{id}`"))
     }
 }

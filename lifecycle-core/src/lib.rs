@@ -66,6 +66,7 @@ mod run;
 mod shutdown;
 mod signal;
 mod tasks;
+mod text;
 mod watchdog;
 
 pub use component::{BoxError, Component, ComponentId, ComponentOptions, Health};

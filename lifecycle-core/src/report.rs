@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use crate::signal::Signal;
 use crate::tasks::TaskCount;
+use crate::text::joined;
 use crate::{ComponentId, ShutdownReason};
 
 /// An error shared between the report, logs and the shutdown reason.
@@ -341,16 +342,12 @@ impl fmt::Display for TaskList<'_> {
         if self.0.is_empty() {
             return f.write_str("-");
         }
-        for (i, task) in self.0.iter().enumerate() {
-            if i > 0 {
-                f.write_str(", ")?;
-            }
+        joined(f, self.0, ", ", |f, task| {
             if task.count == 1 {
-                write!(f, "{}", task.name)?;
+                write!(f, "{}", task.name)
             } else {
-                write!(f, "{} x{}", task.name, task.count)?;
+                write!(f, "{} x{}", task.name, task.count)
             }
-        }
-        Ok(())
+        })
     }
 }
