@@ -155,7 +155,7 @@ fn suggest<'a>(wanted: &str, names: impl Iterator<Item = &'a ComponentId>) -> Ve
     let mut close: Vec<(usize, &ComponentId)> = names
         .filter_map(|name| {
             let candidate = name.as_str().to_lowercase();
-            let distance = edit_distance(&wanted_lower, &candidate);
+            let distance = strsim::levenshtein(&wanted_lower, &candidate);
             let related = candidate.contains(&wanted_lower) || wanted_lower.contains(&candidate);
             (distance <= limit || related).then_some((distance, name))
         })
@@ -164,33 +164,9 @@ fn suggest<'a>(wanted: &str, names: impl Iterator<Item = &'a ComponentId>) -> Ve
     close.into_iter().take(3).map(|(_, name)| name.clone()).collect()
 }
 
-/// Levenshtein distance between two strings, by characters.
-fn edit_distance(a: &str, b: &str) -> usize {
-    let b: Vec<char> = b.chars().collect();
-    let mut row: Vec<usize> = (0..=b.len()).collect();
-    for (i, ca) in a.chars().enumerate() {
-        let mut diagonal = row[0];
-        row[0] = i + 1;
-        for (j, &cb) in b.iter().enumerate() {
-            let above = row[j + 1];
-            row[j + 1] = (diagonal + usize::from(ca != cb)).min(row[j] + 1).min(above + 1);
-            diagonal = above;
-        }
-    }
-    row[b.len()]
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn edit_distance_counts_single_character_edits() {
-        assert_eq!(edit_distance("database", "databse"), 1);
-        assert_eq!(edit_distance("cache", "cahce"), 2);
-        assert_eq!(edit_distance("", "abc"), 3);
-        assert_eq!(edit_distance("same", "same"), 0);
-    }
 
     #[test]
     fn suggestions_are_close_names_only() {

@@ -51,6 +51,7 @@
 //! }
 //! ```
 
+mod close;
 mod component;
 mod context;
 mod dependency;
@@ -69,6 +70,10 @@ mod tasks;
 mod text;
 mod watchdog;
 
+#[doc(hidden)]
+pub mod macro_support;
+
+pub use close::{Close, CloseError};
 pub use component::{BoxError, Component, ComponentId, ComponentOptions, Health};
 pub use context::Context;
 pub use dependency::{Dep, Dependency};
@@ -86,6 +91,9 @@ pub use signal::{Signal, Signals};
 pub use tasks::{TaskCount, TaskOutput, Tasks};
 
 pub use tokio_util::sync::CancellationToken;
+
+#[cfg(feature = "macros")]
+pub use lifecycle_macros::{Component, main};
 
 /// The README's example, compiled as a doctest so it stays true.
 #[cfg(doctest)]

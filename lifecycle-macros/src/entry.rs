@@ -1,0 +1,178 @@
+//! `#[lifecycle_core::main]`: an `async fn` that returns the registry builder becomes the
+//! program's `main`.
+
+use proc_macro2::{Span, TokenStream};
+use quote::{quote, quote_spanned};
+use syn::meta::ParseNestedMeta;
+use syn::parse::Parser;
+use syn::spanned::Spanned;
+use syn::{ItemFn, LitBool, LitInt, LitStr, Path, ReturnType};
+
+use crate::attr::Errors;
+use crate::{crate_path, duration};
+
+const KEYS: &[&str] = &["shutdown_deadline", "drain_delay", "signals", "worker_threads", "crate"];
+const SIGNALS: &[(&str, &str)] =
+    &[("TERM", "Terminate"), ("INT", "Interrupt"), ("HUP", "Hangup"), ("QUIT", "Quit")];
+
+/// The attribute's options, each remembering where it was set.
+#[derive(Default)]
+struct Options {
+    shutdown_deadline: Option<(u64, Span)>,
+    drain_delay: Option<(u64, Span)>,
+    signals: Option<(Vec<&'static str>, Span)>,
+    worker_threads: Option<(usize, Span)>,
+    krate: Option<(Path, Span)>,
+}
+
+impl Options {
+    fn parse_key(&mut self, meta: &ParseNestedMeta<'_>) -> syn::Result<()> {
+        let key = meta.path.get_ident().map(ToString::to_string).unwrap_or_default();
+        let span = meta.path.span();
+        let first = match key.as_str() {
+            "shutdown_deadline" => self.shutdown_deadline.replace((duration(meta)?, span)).map(|(_, s)| s),
+            "drain_delay" => self.drain_delay.replace((duration(meta)?, span)).map(|(_, s)| s),
+            "signals" => self.signals.replace((signals(meta)?, span)).map(|(_, s)| s),
+            "worker_threads" => {
+                let threads: LitInt = meta.value()?.parse()?;
+                let count: usize = threads.base10_parse()?;
+                if count == 0 {
+                    return Err(syn::Error::new(threads.span(), "`worker_threads` must be at least 1"));
+                }
+                self.worker_threads.replace((count, span)).map(|(_, s)| s)
+            }
+            "crate" => {
+                let path: LitStr = meta.value()?.parse()?;
+                self.krate.replace((path.parse()?, span)).map(|(_, s)| s)
+            }
+            _ => {
+                let closest =
+                    KEYS.iter().map(|k| (strsim::levenshtein(&key, k), *k)).filter(|(d, _)| *d <= 2).min();
+                let hint = closest.map(|(_, k)| format!("; did you mean `{k}`?")).unwrap_or_default();
+                return Err(meta.error(format!(
+                    "unknown `lifecycle_core::main` option `{key}`{hint}\nvalid options: {}",
+                    KEYS.iter().map(|k| format!("`{k}`")).collect::<Vec<_>>().join(", ")
+                )));
+            }
+        };
+        match first {
+            Some(first) => {
+                let mut error = meta.error(format!("duplicate `{key}`: it is already set"));
+                error.combine(syn::Error::new(first, format!("`{key}` first set here")));
+                Err(error)
+            }
+            None => Ok(()),
+        }
+    }
+}
+
+fn duration(meta: &ParseNestedMeta<'_>) -> syn::Result<u64> {
+    let text: LitStr = meta.value()?.parse()?;
+    duration::parse(&text.value()).map_err(|message| syn::Error::new(text.span(), message))
+}
+
+/// `signals = "TERM, INT"`, `signals = false` (none) or `signals = true` (the default pair).
+fn signals(meta: &ParseNestedMeta<'_>) -> syn::Result<Vec<&'static str>> {
+    let input = meta.value()?;
+    if input.peek(LitBool) {
+        let enabled: LitBool = input.parse()?;
+        return Ok(if enabled.value { vec!["Terminate", "Interrupt"] } else { Vec::new() });
+    }
+    let text: LitStr = input.parse()?;
+    text.value()
+        .split(',')
+        .map(str::trim)
+        .filter(|name| !name.is_empty())
+        .map(|name| {
+            let short = name.strip_prefix("SIG").unwrap_or(name);
+            SIGNALS.iter().find(|(n, _)| n.eq_ignore_ascii_case(short)).map(|(_, variant)| *variant).ok_or_else(
+                || {
+                    syn::Error::new(
+                        text.span(),
+                        format!("unknown signal `{name}`; valid: TERM, INT, HUP, QUIT (or `signals = false` for none)"),
+                    )
+                },
+            )
+        })
+        .collect()
+}
+
+pub(crate) fn main(args: TokenStream, item: TokenStream) -> TokenStream {
+    let mut errors = Errors::default();
+    let mut options = Options::default();
+    if let Err(error) = syn::meta::parser(|meta| options.parse_key(&meta)).parse2(args) {
+        errors.push(error);
+    }
+    let function: ItemFn = match syn::parse2(item.clone()) {
+        Ok(function) => function,
+        Err(error) => {
+            errors.push(error);
+            let errors = errors.into_compile_errors();
+            return quote!(#item #errors);
+        }
+    };
+    let signature = &function.sig;
+    if signature.asyncness.is_none() {
+        errors.push(syn::Error::new(
+            signature.fn_token.span(),
+            "`#[lifecycle_core::main]` needs an `async fn`: it runs the function on the runtime it builds",
+        ));
+    }
+    if !signature.inputs.is_empty() {
+        errors.push(syn::Error::new(signature.inputs.span(), "`#[lifecycle_core::main]` takes no arguments"));
+    }
+    if !signature.generics.params.is_empty() {
+        errors
+            .push(syn::Error::new(signature.generics.span(), "`#[lifecycle_core::main]` cannot be generic"));
+    }
+    if let ReturnType::Default = signature.output {
+        errors.push(syn::Error::new(
+            signature.ident.span(),
+            "`#[lifecycle_core::main]` returns the `RegistryBuilder` with its components: add `-> RegistryBuilder`",
+        ));
+    }
+    if !errors.is_empty() {
+        // Keep the function as written, so its body is still checked and nothing else cascades.
+        let errors = errors.into_compile_errors();
+        return quote!(#function #errors);
+    }
+
+    let core = options.krate.map_or_else(crate_path::core, |(path, _)| path);
+    let some_duration = |value: Option<(u64, Span)>| match value {
+        Some((nanos, _)) => quote!(::core::option::Option::Some(::core::time::Duration::from_nanos(#nanos))),
+        None => quote!(::core::option::Option::None),
+    };
+    let shutdown_deadline = some_duration(options.shutdown_deadline);
+    let drain_delay = some_duration(options.drain_delay);
+    let signals = match options.signals {
+        Some((names, _)) => {
+            let variants = names.iter().map(|v| syn::Ident::new(v, Span::call_site()));
+            quote!(::core::option::Option::Some(&[#(#core::Signal::#variants),*]))
+        }
+        None => quote!(::core::option::Option::None),
+    };
+    let worker_threads = match options.worker_threads {
+        Some((threads, _)) => quote!(::core::option::Option::Some(#threads)),
+        None => quote!(::core::option::Option::None),
+    };
+
+    let ItemFn { attrs, vis, sig, block } = function;
+    let ident = &sig.ident;
+    let output = &sig.output;
+    let run = quote_spanned! {sig.output.span()=>
+        #core::macro_support::run_main(options, body())
+    };
+    quote! {
+        #(#attrs)*
+        #vis fn #ident() {
+            async fn body() #output #block
+            let options = #core::macro_support::MainOptions {
+                shutdown_deadline: #shutdown_deadline,
+                drain_delay: #drain_delay,
+                signals: #signals,
+                worker_threads: #worker_threads,
+            };
+            #run
+        }
+    }
+}
