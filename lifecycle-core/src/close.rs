@@ -31,6 +31,11 @@ use crate::{BoxError, Tasks};
 ///     }
 /// }
 /// ```
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` is not a resource lifecycle can close",
+    label = "does not implement `Close`",
+    note = "implement `lifecycle_core::Close` for it, or remove `#[component(close)]` from the field"
+)]
 pub trait Close: Send + Sync {
     /// Releases the resource. Called once, when its component stops.
     fn close(&self) -> impl Future<Output = Result<(), BoxError>> + Send;

@@ -94,9 +94,10 @@ pub fn call_health<'a, T: 'a, H: HealthHook<'a, T>>(hook: H, component: &'a T) -
     hook.call(component)
 }
 
-/// Requires a field marked `#[component(close)]` to implement [`Close`].
-pub fn close_field<C: Close>(field: &C) -> impl Future<Output = Result<(), BoxError>> + Send + '_ {
-    field.close()
+/// Closes a field marked `#[component(close)]`. The future is boxed so that its type does not
+/// depend on the bound: a field that is not [`Close`] gets one error, not a second at `.await`.
+pub fn close_field<C: Close>(field: &C) -> std::pin::Pin<Box<dyn Future<Output = Result<(), BoxError>> + Send + '_>> {
+    Box::pin(field.close())
 }
 
 /// The stop of a derived component: its stop method, then its resource fields in reverse

@@ -112,30 +112,44 @@ pub(crate) fn main(args: TokenStream, item: TokenStream) -> TokenStream {
         }
     };
     let signature = &function.sig;
+    // A function that is not `async` is reported and then expanded as if it were, so that the
+    // one mistake does not bring the compiler's own complaints about `main` with it.
     if signature.asyncness.is_none() {
         errors.push(syn::Error::new(
             signature.fn_token.span(),
             "`#[lifecycle_core::main]` needs an `async fn`: it runs the function on the runtime it builds",
         ));
     }
+    let mut unusable = Errors::default();
     if !signature.inputs.is_empty() {
-        errors.push(syn::Error::new(signature.inputs.span(), "`#[lifecycle_core::main]` takes no arguments"));
+        unusable.push(syn::Error::new(signature.inputs.span(), "`#[lifecycle_core::main]` takes no arguments"));
     }
     if !signature.generics.params.is_empty() {
-        errors
-            .push(syn::Error::new(signature.generics.span(), "`#[lifecycle_core::main]` cannot be generic"));
+        unusable.push(syn::Error::new(signature.generics.span(), "`#[lifecycle_core::main]` cannot be generic"));
     }
     if let ReturnType::Default = signature.output {
-        errors.push(syn::Error::new(
+        unusable.push(syn::Error::new(
             signature.ident.span(),
             "`#[lifecycle_core::main]` returns the `RegistryBuilder` with its components: add `-> RegistryBuilder`",
         ));
     }
-    if !errors.is_empty() {
-        // Keep the function as written, so its body is still checked and nothing else cascades.
+    if !unusable.is_empty() {
+        // Nothing to run: keep the body type-checked inside a plain `main`, and report.
+        let ItemFn { attrs, vis, sig, block } = &function;
+        let (ident, inputs, output) = (&sig.ident, &sig.inputs, &sig.output);
         let errors = errors.into_compile_errors();
-        return quote!(#function #errors);
+        let unusable = unusable.into_compile_errors();
+        return quote! {
+            #(#attrs)*
+            #vis fn #ident() {
+                #[allow(dead_code)]
+                async fn body(#inputs) #output #block
+            }
+            #errors
+            #unusable
+        };
     }
+    let errors = errors.into_compile_errors();
 
     let core = options.krate.map_or_else(crate_path::core, |(path, _)| path);
     let some_duration = |value: Option<(u64, Span)>| match value {
@@ -163,6 +177,7 @@ pub(crate) fn main(args: TokenStream, item: TokenStream) -> TokenStream {
         #core::macro_support::run_main(options, body())
     };
     quote! {
+        #errors
         #(#attrs)*
         #vis fn #ident() {
             async fn body() #output #block

@@ -4,7 +4,7 @@
 use proc_macro2::TokenStream;
 use quote::{format_ident, quote, quote_spanned};
 use syn::spanned::Spanned;
-use syn::{DeriveInput, GenericParam, Path, WhereClause, parse_quote};
+use syn::{DeriveInput, GenericParam, Path, WhereClause, parse_quote, parse_quote_spanned};
 
 use crate::ast::{Field, Input};
 use crate::attr::{Errors, FieldRole, HookPath, Set};
@@ -81,7 +81,7 @@ fn component_impl(input: &Input<'_>, core: &Path, errors: &mut Errors) -> TokenS
         let callee = method(path, errors)?;
         Some(quote_spanned! {callee.span()=>
             fn health(&self) -> impl ::core::future::Future<Output = #core::Health> + ::core::marker::Send {
-                #core::macro_support::call_health(#callee, self)
+                #core::macro_support::call_health::<Self, _>(#callee, self)
             }
         })
     });
@@ -168,7 +168,8 @@ fn method(path: &Set<HookPath>, errors: &mut Errors) -> Option<Path> {
             ));
             return None;
         }
-        return Some(if bare { parse_quote!(Self::#method) } else { path.clone() });
+        // Spanned on the user's method name, so the compiler's errors about it point there.
+        return Some(if bare { parse_quote_spanned!(method.span()=> Self::#method) } else { path.clone() });
     }
     Some(path.clone())
 }
@@ -176,7 +177,7 @@ fn method(path: &Set<HookPath>, errors: &mut Errors) -> Option<Path> {
 fn hook(core: &Path, which: &str, path: Option<&Set<HookPath>>, errors: &mut Errors) -> Option<TokenStream> {
     let callee = method(path?, errors)?;
     let name = format_ident!("{which}");
-    let call = quote_spanned! {callee.span()=> #core::macro_support::call_hook(#callee, self, ctx) };
+    let call = quote_spanned! {callee.span()=> #core::macro_support::call_hook::<Self, _, _>(#callee, self, ctx) };
     Some(quote! {
         fn #name(
             &self,
@@ -192,7 +193,7 @@ fn hook(core: &Path, which: &str, path: Option<&Set<HookPath>>, errors: &mut Err
 /// `stop`: the stop method, then every `#[component(close)]` field in reverse declaration order.
 fn stop(input: &Input<'_>, core: &Path, errors: &mut Errors) -> Option<TokenStream> {
     let hook = input.attrs.stop.as_ref().and_then(|path| method(path, errors)).map(|callee| {
-        let call = quote_spanned! {callee.span()=> #core::macro_support::call_hook(#callee, self, ctx) };
+        let call = quote_spanned! {callee.span()=> #core::macro_support::call_hook::<Self, _, _>(#callee, self, ctx) };
         quote!(stop.hook(#call.await);)
     });
     let closes: Vec<TokenStream> = input

@@ -1,0 +1,7 @@
+use lifecycle_core::Component;
+
+#[derive(Component)]
+#[component(start = start)]
+struct Server;
+
+fn main() {}

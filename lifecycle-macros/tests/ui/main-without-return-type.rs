@@ -1,0 +1,2 @@
+#[lifecycle_core::main]
+async fn main() {}

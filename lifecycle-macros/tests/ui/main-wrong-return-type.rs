@@ -1,0 +1,4 @@
+#[lifecycle_core::main]
+async fn main() -> u32 {
+    7
+}
