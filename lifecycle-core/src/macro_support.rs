@@ -96,7 +96,9 @@ pub fn call_health<'a, T: 'a, H: HealthHook<'a, T>>(hook: H, component: &'a T) -
 
 /// Closes a field marked `#[component(close)]`. The future is boxed so that its type does not
 /// depend on the bound: a field that is not [`Close`] gets one error, not a second at `.await`.
-pub fn close_field<C: Close>(field: &C) -> std::pin::Pin<Box<dyn Future<Output = Result<(), BoxError>> + Send + '_>> {
+pub fn close_field<C: Close>(
+    field: &C,
+) -> std::pin::Pin<Box<dyn Future<Output = Result<(), BoxError>> + Send + '_>> {
     Box::pin(field.close())
 }
 
@@ -163,10 +165,13 @@ pub struct MainOptions {
     pub signals: Option<&'static [Signal]>,
     /// `worker_threads = 4`.
     pub worker_threads: Option<usize>,
+    /// `report = "always"`; by default the report is written only when the run failed.
+    pub report_always: bool,
 }
 
 /// Builds the runtime, awaits the user's function for the builder, runs the registry, writes
-/// the report to standard error when the run failed, and ends the process with its exit code.
+/// the report to standard error (when the run failed, or always if asked), and ends the process
+/// with its exit code.
 pub fn run_main<F>(options: MainOptions, main: F) -> !
 where
     F: Future,
@@ -208,7 +213,7 @@ where
             }
         };
         let report = registry.run().await;
-        if !report.is_success() {
+        if options.report_always || !report.is_success() {
             eprintln!("{report}");
         }
         report.exit_code

@@ -11,7 +11,7 @@ use syn::{ItemFn, LitBool, LitInt, LitStr, Path, ReturnType};
 use crate::attr::Errors;
 use crate::{crate_path, duration};
 
-const KEYS: &[&str] = &["shutdown_deadline", "drain_delay", "signals", "worker_threads", "crate"];
+const KEYS: &[&str] = &["shutdown_deadline", "drain_delay", "signals", "worker_threads", "report", "crate"];
 const SIGNALS: &[(&str, &str)] =
     &[("TERM", "Terminate"), ("INT", "Interrupt"), ("HUP", "Hangup"), ("QUIT", "Quit")];
 
@@ -22,6 +22,7 @@ struct Options {
     drain_delay: Option<(u64, Span)>,
     signals: Option<(Vec<&'static str>, Span)>,
     worker_threads: Option<(usize, Span)>,
+    report_always: Option<(bool, Span)>,
     krate: Option<(Path, Span)>,
 }
 
@@ -40,6 +41,22 @@ impl Options {
                     return Err(syn::Error::new(threads.span(), "`worker_threads` must be at least 1"));
                 }
                 self.worker_threads.replace((count, span)).map(|(_, s)| s)
+            }
+            "report" => {
+                let when: LitStr = meta.value()?.parse()?;
+                let always = match when.value().as_str() {
+                    "always" => true,
+                    "on_failure" => false,
+                    other => {
+                        return Err(syn::Error::new(
+                            when.span(),
+                            format!(
+                                "unknown `report` value \"{other}\"; valid: \"always\", \"on_failure\" (the default)"
+                            ),
+                        ));
+                    }
+                };
+                self.report_always.replace((always, span)).map(|(_, s)| s)
             }
             "crate" => {
                 let path: LitStr = meta.value()?.parse()?;
@@ -122,10 +139,12 @@ pub(crate) fn main(args: TokenStream, item: TokenStream) -> TokenStream {
     }
     let mut unusable = Errors::default();
     if !signature.inputs.is_empty() {
-        unusable.push(syn::Error::new(signature.inputs.span(), "`#[lifecycle_core::main]` takes no arguments"));
+        unusable
+            .push(syn::Error::new(signature.inputs.span(), "`#[lifecycle_core::main]` takes no arguments"));
     }
     if !signature.generics.params.is_empty() {
-        unusable.push(syn::Error::new(signature.generics.span(), "`#[lifecycle_core::main]` cannot be generic"));
+        unusable
+            .push(syn::Error::new(signature.generics.span(), "`#[lifecycle_core::main]` cannot be generic"));
     }
     if let ReturnType::Default = signature.output {
         unusable.push(syn::Error::new(
@@ -170,6 +189,7 @@ pub(crate) fn main(args: TokenStream, item: TokenStream) -> TokenStream {
         None => quote!(::core::option::Option::None),
     };
 
+    let report_always = options.report_always.is_some_and(|(always, _)| always);
     let ItemFn { attrs, vis, sig, block } = function;
     let ident = &sig.ident;
     let output = &sig.output;
@@ -186,6 +206,7 @@ pub(crate) fn main(args: TokenStream, item: TokenStream) -> TokenStream {
                 drain_delay: #drain_delay,
                 signals: #signals,
                 worker_threads: #worker_threads,
+                report_always: #report_always,
             };
             #run
         }

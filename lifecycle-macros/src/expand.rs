@@ -177,7 +177,8 @@ fn method(path: &Set<HookPath>, errors: &mut Errors) -> Option<Path> {
 fn hook(core: &Path, which: &str, path: Option<&Set<HookPath>>, errors: &mut Errors) -> Option<TokenStream> {
     let callee = method(path?, errors)?;
     let name = format_ident!("{which}");
-    let call = quote_spanned! {callee.span()=> #core::macro_support::call_hook::<Self, _, _>(#callee, self, ctx) };
+    let call =
+        quote_spanned! {callee.span()=> #core::macro_support::call_hook::<Self, _, _>(#callee, self, ctx) };
     Some(quote! {
         fn #name(
             &self,

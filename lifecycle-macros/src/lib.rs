@@ -16,16 +16,72 @@ mod entry;
 mod expand;
 mod valid;
 
-/// Implements `lifecycle_core::Component` for a struct. See the `lifecycle_core::Component`
-/// derive documentation for the attributes.
+/// Implements `lifecycle_core::Component` for a struct.
+///
+/// ```
+/// use lifecycle_core::{BoxError, CancellationToken, Component, Context, Dep, Health};
+///
+/// #[derive(Component)]
+/// struct Database;
+///
+/// #[derive(Component)]
+/// #[component(
+///     name = "orders",         // default: the type name in snake_case ("order_service")
+///     start = open,            // `async fn(&self) -> Result<(), E>`, or with `ctx: &Context`
+///     drain = deregister,      // same forms; runs when the service turns unready
+///     stop = flush,            // same forms; runs before the `close` fields are closed
+///     health = check,          // `async fn(&self) -> Health`
+///     start_timeout = "5s",    // human durations: "250ms", "1m30s", "1.5s"
+///     stop_timeout = "1m30s",
+///     critical = false,        // default true: a failure stops the whole service
+///     depends_on(Database),    // dependencies by type, checked by the compiler
+/// )]
+/// struct OrderService {
+///     db: Dep<Database>,        // a `Dep<T>` field is a dependency by itself
+///     #[component(close)]
+///     shutdown: CancellationToken, // a resource (`lifecycle_core::Close`) closed after `stop`,
+///                                  // fields in reverse declaration order
+///     #[component(skip)]
+///     replica: Option<Dep<Database>>, // not a dependency
+/// }
+///
+/// impl OrderService {
+///     async fn open(&self, ctx: &Context) -> Result<(), BoxError> { Ok(()) }
+///     async fn deregister(&self) -> Result<(), BoxError> { Ok(()) }
+///     async fn flush(&self) -> Result<(), std::io::Error> { Ok(()) }
+///     async fn check(&self) -> Health { Health::Healthy }
+/// }
+/// ```
+///
+/// A struct without any attribute is a component that does nothing at start and closes its
+/// `close` fields at stop. Generic structs are supported (the impl requires
+/// `Self: Send + Sync + 'static`); lifetime parameters, enums and unions are not. When
+/// `lifecycle-core` is renamed in `Cargo.toml`, the derive follows; `crate = "path"` overrides.
 #[proc_macro_derive(Component, attributes(component))]
 pub fn derive_component(input: TokenStream) -> TokenStream {
     let input = syn::parse_macro_input!(input as syn::DeriveInput);
     expand::derive(&input).into()
 }
 
-/// Runs an `async fn` that returns a `RegistryBuilder` as the whole program: builds the tokio
-/// runtime, runs the registry, writes the report when the run failed, and exits with its code.
+/// Runs an `async fn` that returns a `RegistryBuilder` (or `Result<RegistryBuilder, E>` with
+/// `E: Display`) as the whole program: builds a multi-threaded tokio runtime, awaits the function,
+/// applies the options, runs the registry, writes the report to standard error when the run
+/// failed, and exits with the report's exit code (without waiting for abandoned tasks).
+///
+/// ```no_run
+/// use lifecycle_core::RegistryBuilder;
+///
+/// #[lifecycle_core::main(
+///     shutdown_deadline = "25s", // the global deadline, from the shutdown request
+///     drain_delay = "5s",        // unready but serving, before anything stops
+///     signals = "TERM, INT",     // the default; `signals = false` for none
+///     worker_threads = 2,        // default: one per core
+///     report = "always",         // default "on_failure"
+/// )]
+/// async fn main() -> RegistryBuilder {
+///     RegistryBuilder::new()
+/// }
+/// ```
 #[proc_macro_attribute]
 pub fn main(args: TokenStream, item: TokenStream) -> TokenStream {
     entry::main(args.into(), item.into()).into()

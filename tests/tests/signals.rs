@@ -84,7 +84,7 @@ fn watchdog_ends_the_process_when_every_runtime_thread_is_blocked() {
     let service = start(&["--current-thread", "--block-stop", "--blocking-task", "--deadline", "1000"]);
     service.signal("TERM").unwrap();
     let (status, stderr, lived) = service.wait(Duration::from_secs(20)).unwrap();
-    assert_eq!(status.code(), Some(lifecycle_core::EXIT_DEADLINE), "{stderr}");
+    assert_eq!(status.code(), Some(lifecycle::EXIT_DEADLINE), "{stderr}");
     assert!(lived < Duration::from_secs(10), "{lived:?}");
     assert!(stderr.contains("lifecycle: shutdown deadline passed; ending the process now"), "{stderr}");
     assert!(stderr.contains("lifecycle report: SIGTERM received"), "{stderr}");

@@ -3,24 +3,36 @@
 //!
 //! Four components with dependencies: a `store` (standing in for a database pool), a `cache` in
 //! front of it, an `ingest` worker that writes an order every 100 ms in a background task, and a
-//! `reporter` that logs totals. They start in dependency order (store, then cache, then the two
-//! others in parallel) and stop in reverse; the worker finishes the order it is writing before
-//! it stops, and the report says how each component ended.
+//! `reporter` that logs totals. They start in dependency order (store, then cache and reporter,
+//! then ingest) and stop in reverse; the worker finishes the order it is writing before it stops,
+//! and the report says how each component ended.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use lifecycle_core::{BoxError, Component, ComponentOptions, Context, Dep, Dependency, Registry};
+use lifecycle_core::{BoxError, Component, Context, Dep, RegistryBuilder};
 
 /// An in-memory table standing in for a database pool.
-#[derive(Default)]
+#[derive(Component, Default)]
+#[component(start = connect, stop = close)]
 struct Store {
     orders: Mutex<HashMap<u64, String>>,
 }
 
 impl Store {
+    async fn connect(&self) -> Result<(), BoxError> {
+        // A real pool connects and runs `SELECT 1` here.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        Ok(())
+    }
+
+    async fn close(&self) -> Result<(), BoxError> {
+        tracing::info!(orders = self.len(), "store closed");
+        Ok(())
+    }
+
     fn insert(&self, id: u64, item: String) {
         self.orders.lock().unwrap_or_else(std::sync::PoisonError::into_inner).insert(id, item);
     }
@@ -30,89 +42,63 @@ impl Store {
     }
 }
 
-impl Component for Store {
-    async fn start(&self, _ctx: &Context) -> Result<(), BoxError> {
-        // A real pool connects and runs `SELECT 1` here.
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        Ok(())
-    }
-
-    async fn stop(&self, _ctx: &Context) -> Result<(), BoxError> {
-        tracing::info!(orders = self.len(), "store closed");
-        Ok(())
-    }
-}
-
-/// A read-through cache in front of the store.
+/// A read-through cache in front of the store: starts after it, stops before it.
+#[derive(Component)]
+#[component(start = warm)]
 struct Cache {
     store: Dep<Store>,
-    hits: AtomicU64,
+    writes: AtomicU64,
 }
 
-impl Component for Cache {
-    fn dependencies(&self) -> Vec<Dependency> {
-        vec![self.store.dependency()]
-    }
-
-    async fn start(&self, _ctx: &Context) -> Result<(), BoxError> {
+impl Cache {
+    async fn warm(&self) -> Result<(), BoxError> {
         tokio::time::sleep(Duration::from_millis(20)).await;
+        tracing::info!(entries = self.store.len(), "cache warm");
         Ok(())
     }
 }
 
 /// A background worker: writes one order every 100 ms until told to stop.
+#[derive(Component)]
+#[component(start = spawn_loop, stop_timeout = "2s")]
 struct Ingest {
     store: Dep<Store>,
     cache: Dep<Cache>,
-    next_id: AtomicU64,
 }
 
-impl Component for Ingest {
-    fn dependencies(&self) -> Vec<Dependency> {
-        vec![self.store.dependency(), self.cache.dependency()]
-    }
-
-    fn options(&self) -> ComponentOptions {
-        ComponentOptions::new().stop_timeout(Duration::from_secs(2))
-    }
-
-    async fn start(&self, ctx: &Context) -> Result<(), BoxError> {
+impl Ingest {
+    async fn spawn_loop(&self, ctx: &Context) -> Result<(), BoxError> {
         let token = ctx.token().clone();
-        let store = self.store.clone();
-        let cache = self.cache.clone();
-        let first_id = self.next_id.load(Ordering::Relaxed);
+        let (store, cache) = (self.store.clone(), self.cache.clone());
         ctx.tasks().spawn("ingest_loop", async move {
-            let mut id = first_id;
+            let mut id = 1;
             let mut tick = tokio::time::interval(Duration::from_millis(100));
             loop {
                 tokio::select! {
                     _ = token.cancelled() => break,
                     _ = tick.tick() => {
-                        // The write is never interrupted half-way: cancellation is only checked
-                        // between orders.
+                        // Cancellation is only checked between orders: none is half-written.
                         store.insert(id, format!("order #{id}"));
-                        cache.hits.fetch_add(1, Ordering::Relaxed);
+                        cache.writes.fetch_add(1, Ordering::Relaxed);
                         id += 1;
                     }
                 }
             }
-            tracing::info!(last_order = id, "ingest loop finished its last order");
+            tracing::info!(orders_written = id - 1, "ingest loop finished its last order");
         });
         Ok(())
     }
 }
 
 /// Logs totals every second.
+#[derive(Component)]
+#[component(start = spawn_loop)]
 struct Reporter {
     store: Dep<Store>,
 }
 
-impl Component for Reporter {
-    fn dependencies(&self) -> Vec<Dependency> {
-        vec![self.store.dependency()]
-    }
-
-    async fn start(&self, ctx: &Context) -> Result<(), BoxError> {
+impl Reporter {
+    async fn spawn_loop(&self, ctx: &Context) -> Result<(), BoxError> {
         let token = ctx.token().clone();
         let store = self.store.clone();
         ctx.tasks().spawn("report_loop", async move {
@@ -122,6 +108,29 @@ impl Component for Reporter {
                 tokio::select! {
                     _ = token.cancelled() => return,
                     _ = tick.tick() => tracing::info!(orders = store.len(), "totals"),
+                }
+            }
+        });
+        Ok(())
+    }
+}
+
+/// `--run-for`: asks for the shutdown after a while. A component, so its timer is a tracked task
+/// that ends with the run.
+#[derive(Component)]
+#[component(start = arm, critical = false)]
+struct StopAfter {
+    after: Duration,
+}
+
+impl StopAfter {
+    async fn arm(&self, ctx: &Context) -> Result<(), BoxError> {
+        let (after, token, shutdown) = (self.after, ctx.token().clone(), ctx.shutdown().clone());
+        ctx.tasks().spawn("timer", async move {
+            tokio::select! {
+                _ = token.cancelled() => {}
+                _ = tokio::time::sleep(after) => {
+                    shutdown.request(format!("--run-for {after:?} elapsed"), 0);
                 }
             }
         });
@@ -143,46 +152,24 @@ fn run_for() -> Result<Option<Duration>, String> {
     }
 }
 
-#[tokio::main]
-async fn main() {
+#[lifecycle_core::main(drain_delay = "300ms", shutdown_deadline = "10s", report = "always")]
+async fn main() -> Result<RegistryBuilder, String> {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
         .with_writer(std::io::stderr)
         .init();
-    let run_for = match run_for() {
-        Ok(run_for) => run_for,
-        Err(message) => {
-            eprintln!("quickstart: {message}");
-            std::process::exit(2);
-        }
-    };
-
-    let mut builder = Registry::builder();
-    builder.drain_delay(Duration::from_millis(300)).shutdown_deadline(Duration::from_secs(10));
-    let store = builder.add(Store::default()).dep();
-    let cache = builder.add(Cache { store: store.clone(), hits: AtomicU64::new(0) }).dep();
-    builder.add(Ingest { store: store.clone(), cache, next_id: AtomicU64::new(1) });
-    builder.add(Reporter { store });
-    let registry = match builder.build() {
-        Ok(registry) => registry,
-        Err(error) => {
-            eprintln!("quickstart: {error}");
-            std::process::exit(2);
-        }
-    };
-
-    let shutdown = registry.handle().shutdown().clone();
+    let run_for = run_for()?;
     println!("quickstart: pid {}; press Ctrl-C or send SIGTERM to stop", std::process::id());
-    // Runs beside the registry and ends as soon as any shutdown starts, so nothing outlives it.
-    let stop_after = async {
-        let Some(after) = run_for else { return };
-        tokio::select! {
-            _ = tokio::time::sleep(after) => { shutdown.request(format!("--run-for {after:?} elapsed"), 0); }
-            _ = shutdown.requested() => {}
-        }
-    };
-    let (report, ()) = tokio::join!(registry.run(), stop_after);
-    report.exit();
+
+    let mut builder = RegistryBuilder::new();
+    let store = builder.add(Store::default()).dep();
+    let cache = builder.add(Cache { store: store.clone(), writes: AtomicU64::new(0) }).dep();
+    builder.add(Ingest { store: store.clone(), cache });
+    builder.add(Reporter { store });
+    if let Some(after) = run_for {
+        builder.add(StopAfter { after });
+    }
+    Ok(builder)
 }

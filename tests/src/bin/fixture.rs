@@ -8,14 +8,15 @@
 
 use std::time::Duration;
 
-use lifecycle_core::{
-    BoxError, Component, ComponentId, ComponentOptions, Context, Dependency, Phase, Registry,
-};
+use lifecycle::{BoxError, Component, ComponentId, ComponentOptions, Context, Dependency, Phase, Registry};
 
+/// Derived, with `lifecycle-core` renamed to `lifecycle` in this crate's `Cargo.toml`.
+#[derive(Component)]
+#[component(start = connect)]
 struct Database;
 
-impl Component for Database {
-    async fn start(&self, _ctx: &Context) -> Result<(), BoxError> {
+impl Database {
+    async fn connect(&self) -> Result<(), BoxError> {
         tokio::time::sleep(Duration::from_millis(10)).await;
         Ok(())
     }
