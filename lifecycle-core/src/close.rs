@@ -90,6 +90,11 @@ pub struct CloseError {
 }
 
 impl CloseError {
+    #[cfg_attr(not(feature = "macros"), allow(dead_code))]
+    pub(crate) fn new(failures: Vec<(&'static str, BoxError)>) -> Self {
+        Self { failures }
+    }
+
     /// Each field that failed, with its error.
     pub fn failures(&self) -> impl Iterator<Item = (&'static str, &BoxError)> {
         self.failures.iter().map(|(field, error)| (*field, error))
@@ -106,23 +111,5 @@ impl fmt::Display for CloseError {
 impl std::error::Error for CloseError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         self.failures.first().map(|(_, error)| &**error as &(dyn std::error::Error + 'static))
-    }
-}
-
-/// Collects the results of closing several fields, so one failure does not leave the rest open.
-#[derive(Debug, Default)]
-pub(crate) struct CloseResults {
-    failures: Vec<(&'static str, BoxError)>,
-}
-
-impl CloseResults {
-    pub(crate) fn record(&mut self, field: &'static str, result: Result<(), BoxError>) {
-        if let Err(error) = result {
-            self.failures.push((field, error));
-        }
-    }
-
-    pub(crate) fn finish(self) -> Result<(), BoxError> {
-        if self.failures.is_empty() { Ok(()) } else { Err(Box::new(CloseError { failures: self.failures })) }
     }
 }

@@ -70,6 +70,7 @@ mod tasks;
 mod text;
 mod watchdog;
 
+#[cfg(feature = "macros")]
 #[doc(hidden)]
 pub mod macro_support;
 

@@ -5,8 +5,7 @@ use std::fmt::Display;
 use std::future::Future;
 use std::time::Duration;
 
-use crate::close::CloseResults;
-use crate::{BoxError, Close, Context, Health, RegistryBuilder, Signal, Signals};
+use crate::{BoxError, Close, CloseError, Context, Health, RegistryBuilder, Signal, Signals};
 
 /// Marks a hook method that takes the context.
 #[derive(Debug)]
@@ -107,7 +106,7 @@ pub fn close_field<C: Close>(
 #[derive(Debug, Default)]
 pub struct StopSequence {
     hook: Option<BoxError>,
-    fields: CloseResults,
+    fields: Vec<(&'static str, BoxError)>,
 }
 
 impl StopSequence {
@@ -120,14 +119,17 @@ impl StopSequence {
 
     /// Records one field's close.
     pub fn field(&mut self, field: &'static str, result: Result<(), BoxError>) {
-        self.fields.record(field, result);
+        if let Err(error) = result {
+            self.fields.push((field, error));
+        }
     }
 
     /// The stop method's error first, else the fields' errors together.
     pub fn finish(self) -> Result<(), BoxError> {
         match self.hook {
             Some(error) => Err(error),
-            None => self.fields.finish(),
+            None if self.fields.is_empty() => Ok(()),
+            None => Err(Box::new(CloseError::new(self.fields))),
         }
     }
 }
