@@ -69,8 +69,8 @@ impl Progress {
         lock(&self.state).run_started = Instant::now();
     }
 
-    pub(crate) fn shutdown_started(&self) {
-        lock(&self.state).shutdown_started.get_or_insert_with(Instant::now);
+    pub(crate) fn shutdown_started(&self, at: Instant) {
+        lock(&self.state).shutdown_started.get_or_insert(at);
     }
 
     /// Records that component `index` entered `stage`.

@@ -96,9 +96,8 @@ pub(crate) async fn run(registry: Registry) -> Report {
         run.shutdown.requested().await;
     }
 
-    let triggered = Instant::now();
-    run.progress.shutdown_started();
-    let deadline = triggered + run.config.shutdown_deadline;
+    let deadline = run.deadline();
+    run.progress.shutdown_started(deadline - run.config.shutdown_deadline);
     if let Some(watchdog) = &watchdog {
         watchdog.arm(deadline + WATCHDOG_GRACE);
     }
@@ -168,6 +167,11 @@ async fn listen(mut listener: SignalListener, shutdown: Shutdown, done: Cancella
 }
 
 impl Run {
+    /// The global deadline: the shutdown deadline after the request (or now, if none was made).
+    fn deadline(&self) -> Instant {
+        self.shutdown.requested_at().unwrap_or_else(Instant::now) + self.config.shutdown_deadline
+    }
+
     /// Starts components as their dependencies become ready. Returns how far each got, and the
     /// reason to stop if a critical start failed.
     async fn start_all(&self) -> (Vec<Started>, Option<ShutdownReason>) {
@@ -175,7 +179,7 @@ impl Run {
         let mut started = vec![Started::No; count];
         let mut waiting_on: Vec<usize> = (0..count).map(|i| self.graph.dependencies(i).len()).collect();
         let mut in_flight: Vec<Option<AbortHandle>> = vec![None; count];
-        let mut running: JoinSet<(usize, Result<(), Failure>)> = JoinSet::new();
+        let mut running: JoinSet<(usize, Result<(), Option<Failure>>)> = JoinSet::new();
         let mut failure = None;
 
         let mut ready: Vec<usize> = (0..count).filter(|&i| waiting_on[i] == 0).collect();
@@ -207,12 +211,17 @@ impl Run {
             };
             in_flight[index] = None;
             match result {
+                // Only a shutdown aborts a start, and that ends this loop first.
+                Err(None) => {
+                    started[index] = Started::Cancelled;
+                    continue;
+                }
                 Ok(()) => {
                     started[index] = Started::Yes;
                     self.progress.enter(index, Stage::Running);
                     tracing::info!(component = %self.contexts[index].name(), "started");
                 }
-                Err(failure_) => {
+                Err(Some(failure_)) => {
                     started[index] = Started::Failed;
                     let component = self.contexts[index].name().clone();
                     self.progress.fail(index, Stage::Starting, failure_.clone());
@@ -233,17 +242,41 @@ impl Run {
             }
         }
 
-        for (index, handle) in in_flight.iter().enumerate() {
-            if let Some(handle) = handle {
-                handle.abort();
-                started[index] = Started::Cancelled;
-            }
+        // Starts still in flight are cancelled. Their supervisors then say how each one ended:
+        // a start that completed in the same instant is started (and gets its stop hook), an
+        // aborted one is cancelled. A hook that ignores the abort (it blocks its thread) is not
+        // waited for past the deadline.
+        for handle in in_flight.iter().flatten() {
+            handle.abort();
+        }
+        let deadline = self.deadline();
+        while let Ok(Some(joined)) = timeout_at(deadline.into(), running.join_next()).await {
+            let Ok((index, result)) = joined else { continue };
+            in_flight[index] = None;
+            started[index] = match result {
+                Ok(()) => {
+                    self.progress.enter(index, Stage::Running);
+                    Started::Yes
+                }
+                Err(None) => Started::Cancelled,
+                Err(Some(failure_)) => {
+                    self.progress.fail(index, Stage::Starting, failure_);
+                    Started::Failed
+                }
+            };
+        }
+        for index in (0..count).filter(|&i| in_flight[i].is_some()) {
+            started[index] = Started::Cancelled;
         }
         running.abort_all();
         (started, failure)
     }
 
-    fn launch_start(&self, index: usize, running: &mut JoinSet<(usize, Result<(), Failure>)>) -> AbortHandle {
+    fn launch_start(
+        &self,
+        index: usize,
+        running: &mut JoinSet<(usize, Result<(), Option<Failure>>)>,
+    ) -> AbortHandle {
         self.progress.enter(index, Stage::Starting);
         let component = Arc::clone(&self.components[index].hooks);
         let ctx = self.contexts[index].clone();
@@ -258,7 +291,7 @@ impl Run {
 
     /// Runs every started component's drain hook at once. Returns true when forced to stop waiting.
     async fn drain_all(&self, started: &[Started], deadline: Instant) -> bool {
-        let mut running: JoinSet<(usize, Result<(), Failure>)> = JoinSet::new();
+        let mut running: JoinSet<(usize, Result<(), Option<Failure>>)> = JoinSet::new();
         for index in (0..self.components.len()).filter(|&i| started[i] == Started::Yes) {
             self.progress.enter(index, Stage::Draining);
             let component = Arc::clone(&self.components[index].hooks);
@@ -279,7 +312,7 @@ impl Run {
             match joined {
                 None => return false,
                 Some(Ok((index, result))) => {
-                    if let Err(failure) = result {
+                    if let Err(Some(failure)) = result {
                         tracing::warn!(component = %self.contexts[index].name(), %failure, "drain hook failed");
                         self.progress.fail(index, Stage::Draining, failure);
                     }
@@ -313,7 +346,14 @@ impl Run {
                 // Out of time before its turn came: cancel what it runs and report it as it is.
                 deadline_exceeded = true;
                 self.contexts[index].token().cancel();
-                self.progress.finish(index, Outcome::NotStopped);
+                let outcome = match self.progress.stage(index) {
+                    // Still inside a start hook that ignored its cancellation.
+                    Some((Stage::Starting, since)) => {
+                        Outcome::Abandoned { stage: Stage::Starting, after: since.elapsed() }
+                    }
+                    _ => Outcome::NotStopped,
+                };
+                self.progress.finish(index, outcome);
                 self.release_dependencies(index, started, &mut dependents_left, &mut ready);
             }
             if running.is_empty() {
@@ -400,8 +440,9 @@ impl Run {
         let progress = Arc::clone(&self.progress);
         running.spawn(async move {
             match supervise(hook, limit).await {
-                Ok(()) => (index, outcome, false),
-                Err(failure) => {
+                // Stop hooks are never aborted before their supervisor gives up on them.
+                Ok(()) | Err(None) => (index, outcome, false),
+                Err(Some(failure)) => {
                     let stage = progress.stage(index).map_or(Stage::Stopping, |(stage, _)| stage);
                     (index, Outcome::Failed { stage, failure }, limit < own_limit)
                 }
@@ -412,14 +453,16 @@ impl Run {
 
 /// Waits for a hook task until `limit`, turning every way it can end into a `Failure`. A hook
 /// still running at the limit is aborted (which takes effect at its next await, if ever).
-async fn supervise(mut hook: JoinHandle<HookResult>, limit: Instant) -> Result<(), Failure> {
+/// `Err(None)` means the hook was cancelled (aborted by a shutdown during start).
+async fn supervise(mut hook: JoinHandle<HookResult>, limit: Instant) -> Result<(), Option<Failure>> {
     let began = Instant::now();
     match timeout_at(limit.into(), &mut hook).await {
-        Ok(Ok(result)) => hook_failure(result),
-        Ok(Err(join_error)) => Err(Failure::Panic(join_error.to_string())),
+        Ok(Ok(result)) => hook_failure(result).map_err(Some),
+        Ok(Err(join_error)) if join_error.is_cancelled() => Err(None),
+        Ok(Err(join_error)) => Err(Some(Failure::Panic(join_error.to_string()))),
         Err(_) => {
             hook.abort();
-            Err(Failure::TimedOut(began.elapsed()))
+            Err(Some(Failure::TimedOut(began.elapsed())))
         }
     }
 }

@@ -2,6 +2,7 @@
 
 use std::fmt;
 use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use tokio_util::sync::{CancellationToken, WaitForCancellationFuture};
 
@@ -94,7 +95,7 @@ pub struct Shutdown {
 
 struct Inner {
     requested: CancellationToken,
-    reason: Mutex<Option<ShutdownReason>>,
+    reason: Mutex<Option<(ShutdownReason, Instant)>>,
     forced: CancellationToken,
     forced_by: Mutex<Option<Signal>>,
 }
@@ -124,7 +125,7 @@ impl Shutdown {
             if slot.is_some() {
                 return false;
             }
-            *slot = Some(reason);
+            *slot = Some((reason, Instant::now()));
         }
         // Cancelled after the reason is stored, so whoever wakes on it finds the reason.
         self.inner.requested.cancel();
@@ -149,7 +150,12 @@ impl Shutdown {
 
     /// Why the service is stopping, once it is.
     pub fn reason(&self) -> Option<ShutdownReason> {
-        lock(&self.inner.reason).clone()
+        lock(&self.inner.reason).as_ref().map(|(reason, _)| reason.clone())
+    }
+
+    /// When the shutdown was requested: the global deadline counts from here.
+    pub(crate) fn requested_at(&self) -> Option<Instant> {
+        lock(&self.inner.reason).as_ref().map(|(_, at)| *at)
     }
 
     pub(crate) fn forced(&self) -> WaitForCancellationFuture<'_> {

@@ -177,3 +177,59 @@ async fn shutdown_requested_before_the_run_starts_nothing() {
     assert!(matches!(outcome(&report, "db"), Outcome::NotStarted), "{report}");
     assert_eq!(report.exit_code, 0);
 }
+
+/// Asks for the shutdown from inside its own start, which then completes.
+struct SelfStopping {
+    log: Log,
+}
+
+impl lifecycle_core::Component for SelfStopping {
+    async fn start(&self, ctx: &lifecycle_core::Context) -> Result<(), lifecycle_core::BoxError> {
+        ctx.shutdown().request("work done", 0);
+        Ok(())
+    }
+
+    async fn stop(&self, _ctx: &lifecycle_core::Context) -> Result<(), lifecycle_core::BoxError> {
+        self.log.push("self_stopping", "stop-end");
+        Ok(())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_start_that_completes_as_shutdown_is_requested_is_stopped_not_cancelled() {
+    for _ in 0..20 {
+        let log = Log::default();
+        let mut b = builder();
+        b.add(SelfStopping { log: log.clone() });
+        let report = b.build().unwrap().run().await;
+        assert!(matches!(outcome(&report, "self_stopping"), Outcome::Stopped), "{report}");
+        assert_eq!(log.order("stop-end"), vec!["self_stopping"], "its stop hook ran");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_start_blocking_its_thread_cannot_hold_a_shutdown_past_the_deadline() {
+    let log = Log::default();
+    let mut b = builder();
+    b.shutdown_deadline(Duration::from_millis(300));
+    b.add(
+        Probe::new("stuck", &log)
+            .start(Hook::BlockThread(Duration::from_secs(2)))
+            .options(ComponentOptions::new().start_timeout(Duration::from_secs(60))),
+    );
+    let registry = b.build().unwrap();
+    let handle = registry.handle();
+    let run = tokio::spawn(registry.run());
+    while log.at("stuck", "start-begin").is_none() {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    let requested = Instant::now();
+    handle.shutdown().request("deploy cancelled", 0);
+    let report = run.await.unwrap();
+    assert!(requested.elapsed() < Duration::from_millis(1500), "{:?}", requested.elapsed());
+    assert!(
+        matches!(outcome(&report, "stuck"), Outcome::Abandoned { stage: Stage::Starting, .. }),
+        "{report}"
+    );
+    assert!(report.deadline_exceeded);
+}
