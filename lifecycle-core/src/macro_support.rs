@@ -35,11 +35,10 @@ where
     Fut: Future<Output = Result<(), E>> + Send + 'a,
     E: Into<BoxError>,
 {
-    type Future = std::pin::Pin<Box<dyn Future<Output = Result<(), BoxError>> + Send + 'a>>;
+    type Future = HookFuture<'a>;
 
     fn call(self, component: &'a T, ctx: &'a Context) -> Self::Future {
-        let future = self(component, ctx);
-        Box::pin(async move { future.await.map_err(Into::into) })
+        boxed(self(component, ctx))
     }
 }
 
@@ -49,12 +48,18 @@ where
     Fut: Future<Output = Result<(), E>> + Send + 'a,
     E: Into<BoxError>,
 {
-    type Future = std::pin::Pin<Box<dyn Future<Output = Result<(), BoxError>> + Send + 'a>>;
+    type Future = HookFuture<'a>;
 
     fn call(self, component: &'a T, _ctx: &'a Context) -> Self::Future {
-        let future = self(component);
-        Box::pin(async move { future.await.map_err(Into::into) })
+        boxed(self(component))
     }
+}
+
+/// A hook's future, its error boxed.
+pub type HookFuture<'a> = std::pin::Pin<Box<dyn Future<Output = Result<(), BoxError>> + Send + 'a>>;
+
+fn boxed<'a, E: Into<BoxError>>(future: impl Future<Output = Result<(), E>> + Send + 'a) -> HookFuture<'a> {
+    Box::pin(async move { future.await.map_err(Into::into) })
 }
 
 /// Calls a hook method whichever form it has.

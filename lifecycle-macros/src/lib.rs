@@ -2,8 +2,7 @@
 //! re-exports both behind its default `macros` feature.
 //!
 //! Each macro is a small compiler: it parses its input into a typed tree that keeps the user's
-//! tokens ([`ast`], [`attr`]), checks it ([`valid`]), and writes the code ([`expand`],
-//! [`entry`]). A mistake is reported on the user's token with the valid options, and whatever can
+//! tokens (`ast`, `attr`), checks it (`valid`), and writes the code (`expand`, `entry`). A mistake is reported on the user's token with the valid options, and whatever can
 //! still be expanded is, so one mistake does not cascade into ten.
 
 use proc_macro::TokenStream;
