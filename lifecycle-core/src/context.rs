@@ -1,7 +1,8 @@
 //! What a component's hooks receive: its name, cancellation token, tasks and dependencies.
 
 use std::fmt;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use tokio::task::JoinHandle;
 use tokio_util::sync::{CancellationToken, WaitForCancellationFuture};
@@ -9,7 +10,7 @@ use tokio_util::sync::{CancellationToken, WaitForCancellationFuture};
 use crate::component::SharedComponent;
 use crate::error::DependencyError;
 use crate::tasks::TaskOutput;
-use crate::{Component, ComponentId, Dep, LifecycleHandle, Shutdown, Tasks};
+use crate::{Component, ComponentId, Dep, LifecycleHandle, Shutdown, Tasks, lock};
 
 /// A component's view of the run. Cheap to clone; a clone can move into tasks.
 #[derive(Clone)]
@@ -23,6 +24,7 @@ struct Inner {
     tasks: Tasks,
     lifecycle: LifecycleHandle,
     dependencies: Vec<(ComponentId, SharedComponent)>,
+    deadline: Mutex<Option<Instant>>,
 }
 
 impl Context {
@@ -33,7 +35,9 @@ impl Context {
         lifecycle: LifecycleHandle,
         dependencies: Vec<(ComponentId, SharedComponent)>,
     ) -> Self {
-        Self { inner: Arc::new(Inner { id, token, tasks, lifecycle, dependencies }) }
+        Self {
+            inner: Arc::new(Inner { id, token, tasks, lifecycle, dependencies, deadline: Mutex::new(None) }),
+        }
     }
 
     /// The component's name.
@@ -51,6 +55,18 @@ impl Context {
     /// Completes when [`token`](Context::token) is cancelled.
     pub fn cancelled(&self) -> WaitForCancellationFuture<'_> {
         self.inner.token.cancelled()
+    }
+
+    /// When the hook now running will be given up on: its own timeout, cut short by the global
+    /// shutdown deadline. A hook that can end early with a better error (a pool that stops
+    /// waiting for connections and says how many are still out) finishes a little before it.
+    /// `None` outside a hook.
+    pub fn deadline(&self) -> Option<Instant> {
+        *lock(&self.inner.deadline)
+    }
+
+    pub(crate) fn set_deadline(&self, deadline: Instant) {
+        *lock(&self.inner.deadline) = Some(deadline);
     }
 
     /// The component's tasks.

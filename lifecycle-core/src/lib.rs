@@ -51,6 +51,7 @@
 //! }
 //! ```
 
+mod adapter;
 mod close;
 mod component;
 mod context;
@@ -74,6 +75,7 @@ mod watchdog;
 #[doc(hidden)]
 pub mod macro_support;
 
+pub use adapter::{FnComponent, Managed};
 pub use close::{Close, CloseError};
 pub use component::{BoxError, Component, ComponentId, ComponentOptions, Health};
 pub use context::Context;
@@ -100,6 +102,11 @@ pub use lifecycle_macros::{Component, main};
 #[cfg(doctest)]
 #[doc = include_str!("../../README.md")]
 struct ReadmeDoctests;
+
+/// The adapter guide's examples, run as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../../docs/ADAPTERS.md")]
+struct AdapterGuideDoctests;
 
 /// Locks a mutex, ignoring poisoning: every value behind these locks stays valid if a holder
 /// panicked, because none is left half-updated across a call that could panic.

@@ -281,10 +281,11 @@ impl Run {
         let component = Arc::clone(&self.components[index].hooks);
         let ctx = self.contexts[index].clone();
         let span = tracing::info_span!("lifecycle", component = %ctx.name(), hook = "start");
+        let limit = Instant::now() + self.limits[index].start_timeout;
+        ctx.set_deadline(limit);
         let hook =
             self.hooks.spawn(async move { CatchUnwind::new(component.start(&ctx)).await }.instrument(span));
         let abort = hook.abort_handle();
-        let limit = Instant::now() + self.limits[index].start_timeout;
         running.spawn(async move { (index, supervise(hook, limit).await) });
         abort
     }
@@ -297,10 +298,11 @@ impl Run {
             let component = Arc::clone(&self.components[index].hooks);
             let ctx = self.contexts[index].clone();
             let span = tracing::info_span!("lifecycle", component = %ctx.name(), hook = "drain");
+            let limit = (Instant::now() + self.limits[index].stop_timeout).min(deadline);
+            ctx.set_deadline(limit);
             let hook = self
                 .hooks
                 .spawn(async move { CatchUnwind::new(component.drain(&ctx)).await }.instrument(span));
-            let limit = (Instant::now() + self.limits[index].stop_timeout).min(deadline);
             running.spawn(async move { (index, supervise(hook, limit).await) });
         }
         loop {
@@ -412,6 +414,9 @@ impl Run {
         // Cancelled here rather than inside the hook's task: tokio queues the tasks this wakes on
         // the current worker, which must not be the one a blocking stop hook is about to hold.
         ctx.token().cancel();
+        let own_limit = Instant::now() + self.limits[index].stop_timeout;
+        let limit = own_limit.min(deadline);
+        ctx.set_deadline(limit);
         let progress = Arc::clone(&self.progress);
         let span = tracing::info_span!("lifecycle", component = %ctx.name(), hook = "stop");
         let hook = self.hooks.spawn(
@@ -435,8 +440,6 @@ impl Run {
             // A failed start was recorded as the component's failure; `finish` keeps it.
             Started::Yes | Started::Failed | Started::No => Outcome::Stopped,
         };
-        let own_limit = Instant::now() + self.limits[index].stop_timeout;
-        let limit = own_limit.min(deadline);
         let progress = Arc::clone(&self.progress);
         running.spawn(async move {
             match supervise(hook, limit).await {

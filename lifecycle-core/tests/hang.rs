@@ -121,3 +121,33 @@ async fn global_deadline_cuts_every_stop_short() {
     assert!(matches!(outcome(&report, "db"), Outcome::NotStopped), "{report}");
     assert!(report.to_string().contains("shutdown deadline exceeded"), "{report}");
 }
+
+/// Gives up a little before its deadline, with an error that says why.
+struct Polite;
+
+impl lifecycle_core::Component for Polite {
+    fn options(&self) -> ComponentOptions {
+        stop_within(200)
+    }
+
+    async fn stop(&self, ctx: &lifecycle_core::Context) -> Result<(), lifecycle_core::BoxError> {
+        let deadline = ctx.deadline().expect("a stop hook has a deadline");
+        tokio::time::sleep_until((deadline - Duration::from_millis(50)).into()).await;
+        Err("3 connections still checked out".into())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hook_can_read_its_deadline_and_end_with_a_better_error() {
+    let mut b = builder();
+    b.add(Polite);
+    let report = run_until_ready_then_stop(b.build().unwrap()).await;
+    match outcome(&report, "polite") {
+        Outcome::Failed { stage: Stage::Stopping, failure: Failure::Error(error) } => {
+            assert_eq!(error.to_string(), "3 connections still checked out");
+        }
+        other => panic!("expected the hook's own error, got {other}\n{report}"),
+    }
+    let stop = report.component("polite").unwrap().stop_duration.unwrap();
+    assert!(stop >= Duration::from_millis(140) && stop < Duration::from_millis(200), "{stop:?}");
+}
