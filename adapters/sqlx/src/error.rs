@@ -1,0 +1,55 @@
+//! Errors of the pool component. Each names the component and shows the URL without its password.
+
+use std::time::Duration;
+
+use lifecycle_core::ComponentId;
+
+/// What went wrong with a pool component.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SqlxComponentError {
+    /// The URL cannot be used: not retried.
+    #[error("component `{component}`: invalid database URL {url}: {reason}")]
+    InvalidUrl {
+        /// The component.
+        component: ComponentId,
+        /// The URL, password hidden.
+        url: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// No working connection before the start deadline, or an error that retrying cannot fix.
+    #[error(
+        "component `{component}` could not connect to {url} ({attempts} attempts in {elapsed:.1?}): {last_error}"
+    )]
+    Connect {
+        /// The component.
+        component: ComponentId,
+        /// The URL, password hidden.
+        url: String,
+        /// How many times it tried.
+        attempts: u32,
+        /// For how long.
+        elapsed: Duration,
+        /// The last error, password hidden.
+        last_error: String,
+    },
+    /// The pool was used before its component started, or after it stopped.
+    #[error("component `{component}` is not running: its pool exists between its start and its stop")]
+    NotRunning {
+        /// The component.
+        component: ComponentId,
+    },
+    /// The stop gave up waiting for checked-out connections.
+    #[error(
+        "component `{component}` stopped waiting after {waited:.1?}: {out} connection(s) still checked out"
+    )]
+    ConnectionsStillOut {
+        /// The component.
+        component: ComponentId,
+        /// Connections not returned.
+        out: usize,
+        /// How long it waited.
+        waited: Duration,
+    },
+}

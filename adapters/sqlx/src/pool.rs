@@ -1,0 +1,217 @@
+//! The pool component: connect and check at start, close and wait for every connection at stop.
+
+use std::fmt;
+use std::marker::PhantomData;
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use lifecycle_core::{BoxError, Component, ComponentId, ComponentOptions, Context, Health};
+use sqlx::pool::PoolOptions;
+
+use crate::redact::{redact_url, scrub};
+use crate::{Backend, SqlxComponentError};
+
+/// How long before its deadline a hook gives up, so that its own error (with attempts, last
+/// cause, connections still out) reaches the report rather than a bare timeout.
+const MARGIN: Duration = Duration::from_millis(100);
+
+/// First retry delay at start; doubled after each failure up to [`MAX_BACKOFF`].
+const FIRST_BACKOFF: Duration = Duration::from_millis(50);
+const MAX_BACKOFF: Duration = Duration::from_secs(2);
+
+/// A sqlx pool as a component. Use the aliases `PgPool` and `SqlitePool`.
+///
+/// The pool exists from the end of the component's start to its stop; [`pool`](Self::pool)
+/// returns it. At start, it connects and runs a check query, retrying transient failures (the
+/// server is not up yet) with backoff until just before the start deadline. At stop, it closes
+/// the pool and waits for checked-out connections until just before the stop deadline, then
+/// reports how many were still out.
+pub struct SqlxPool<DB: Backend> {
+    name: ComponentId,
+    url: String,
+    max_connections: u32,
+    min_connections: u32,
+    acquire_timeout: Duration,
+    options: ComponentOptions,
+    pool: OnceLock<sqlx::Pool<DB>>,
+    // `fn() -> DB`: the component holds no `DB` value, so it is `Sync` whatever `DB` is.
+    _database: PhantomData<fn() -> DB>,
+}
+
+impl<DB: Backend> SqlxPool<DB> {
+    /// A pool for `url`, registered as `name` (PostgreSQL shows the name as `application_name`).
+    pub fn new(name: impl Into<ComponentId>, url: impl Into<String>) -> Self {
+        Self {
+            name: name.into(),
+            url: url.into(),
+            max_connections: 10,
+            min_connections: 0,
+            acquire_timeout: Duration::from_secs(5),
+            options: ComponentOptions::new(),
+            pool: OnceLock::new(),
+            _database: PhantomData,
+        }
+    }
+
+    /// The most connections the pool opens (default 10).
+    #[must_use]
+    pub fn max_connections(mut self, max: u32) -> Self {
+        self.max_connections = max;
+        self
+    }
+
+    /// Connections the pool keeps open when idle (default 0).
+    #[must_use]
+    pub fn min_connections(mut self, min: u32) -> Self {
+        self.min_connections = min;
+        self
+    }
+
+    /// How long a checkout waits for a free connection (default 5 s).
+    #[must_use]
+    pub fn acquire_timeout(mut self, timeout: Duration) -> Self {
+        self.acquire_timeout = timeout;
+        self
+    }
+
+    /// The component's timeouts and criticality.
+    #[must_use]
+    pub fn options(mut self, options: ComponentOptions) -> Self {
+        self.options = options;
+        self
+    }
+
+    /// The pool, between the component's start and its stop.
+    pub fn pool(&self) -> Result<&sqlx::Pool<DB>, SqlxComponentError> {
+        self.pool
+            .get()
+            .filter(|pool| !pool.is_closed())
+            .ok_or_else(|| SqlxComponentError::NotRunning { component: self.name.clone() })
+    }
+
+    /// The URL with its password hidden.
+    pub fn redacted_url(&self) -> String {
+        redact_url(&self.url)
+    }
+
+    fn give_up_at(ctx: &Context, fallback: Duration) -> Instant {
+        let deadline = ctx.deadline().unwrap_or_else(|| Instant::now() + fallback);
+        deadline.checked_sub(MARGIN).unwrap_or(deadline)
+    }
+
+    /// One attempt: a direct connection first, whose error says what is wrong (the pool's own
+    /// retries would hide it behind a timeout), then the pool and its check query.
+    async fn connect_once(
+        &self,
+        options: &<DB::Connection as sqlx::Connection>::Options,
+    ) -> Result<sqlx::Pool<DB>, sqlx::Error> {
+        use sqlx::Connection;
+        let mut probe = DB::Connection::connect_with(options).await?;
+        probe.ping().await?;
+        probe.close().await?;
+        let pool = PoolOptions::<DB>::new()
+            .max_connections(self.max_connections)
+            .min_connections(self.min_connections)
+            .acquire_timeout(self.acquire_timeout)
+            .connect_lazy_with(options.clone());
+        if let Err(error) = DB::ping(&pool).await {
+            pool.close().await;
+            return Err(error);
+        }
+        Ok(pool)
+    }
+}
+
+impl<DB: Backend> Component for SqlxPool<DB> {
+    fn name(&self) -> ComponentId {
+        self.name.clone()
+    }
+
+    fn options(&self) -> ComponentOptions {
+        self.options.clone()
+    }
+
+    async fn start(&self, ctx: &Context) -> Result<(), BoxError> {
+        let options = DB::connect_options(&self.url, self.name.as_str()).map_err(|error| {
+            SqlxComponentError::InvalidUrl {
+                component: self.name.clone(),
+                url: self.redacted_url(),
+                reason: scrub(&error.to_string(), &self.url),
+            }
+        })?;
+        let began = Instant::now();
+        let give_up = Self::give_up_at(ctx, Duration::from_secs(15));
+        let mut backoff = FIRST_BACKOFF;
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            let last_error = match tokio::time::timeout_at(give_up.into(), self.connect_once(&options)).await
+            {
+                Ok(Ok(pool)) => {
+                    tracing::info!(component = %self.name, url = %self.redacted_url(), kind = DB::KIND, attempts, "database pool connected");
+                    // A second start of the same value would leave the first pool to its drop.
+                    let _ = self.pool.set(pool);
+                    return Ok(());
+                }
+                Ok(Err(error)) if DB::is_transient(&error) && Instant::now() + backoff < give_up => {
+                    tracing::warn!(component = %self.name, url = %self.redacted_url(), error = %scrub(&error.to_string(), &self.url), attempts, "database not reachable yet; retrying");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                    continue;
+                }
+                Ok(Err(error)) => scrub(&error.to_string(), &self.url),
+                Err(_) => "no answer before the start deadline".to_owned(),
+            };
+            return Err(SqlxComponentError::Connect {
+                component: self.name.clone(),
+                url: self.redacted_url(),
+                attempts,
+                elapsed: began.elapsed(),
+                last_error,
+            }
+            .into());
+        }
+    }
+
+    async fn stop(&self, ctx: &Context) -> Result<(), BoxError> {
+        let Some(pool) = self.pool.get() else { return Ok(()) };
+        let began = Instant::now();
+        // `close` refuses new checkouts at once, closes idle connections, then waits for the
+        // checked-out ones, which are closed (not returned) when their holders drop them.
+        match tokio::time::timeout_at(Self::give_up_at(ctx, Duration::from_secs(10)).into(), pool.close())
+            .await
+        {
+            Ok(()) => Ok(()),
+            Err(_) => {
+                let out = (pool.size() as usize).saturating_sub(pool.num_idle());
+                Err(SqlxComponentError::ConnectionsStillOut {
+                    component: self.name.clone(),
+                    out,
+                    waited: began.elapsed(),
+                }
+                .into())
+            }
+        }
+    }
+
+    async fn health(&self) -> Health {
+        match self.pool() {
+            Ok(pool) => match DB::ping(pool).await {
+                Ok(()) => Health::Healthy,
+                Err(error) => Health::Unhealthy(scrub(&error.to_string(), &self.url)),
+            },
+            Err(error) => Health::Unhealthy(error.to_string()),
+        }
+    }
+}
+
+impl<DB: Backend> fmt::Debug for SqlxPool<DB> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SqlxPool")
+            .field("name", &self.name)
+            .field("kind", &DB::KIND)
+            .field("url", &self.redacted_url())
+            .field("size", &self.pool.get().map(sqlx::Pool::size))
+            .finish()
+    }
+}

@@ -1,0 +1,44 @@
+//! Database URLs as they may appear in errors and logs: without their password.
+
+/// `url` with the password replaced by `***`, whether it is in the user info
+/// (`postgres://app:secret@host/db`) or a `password=` query parameter.
+///
+/// ```
+/// use lifecycle_sqlx::redact_url;
+/// assert_eq!(redact_url("postgres://app:s3cret@db:5432/orders"), "postgres://app:***@db:5432/orders");
+/// assert_eq!(redact_url("postgres://db/orders?user=app&password=s3cret"), "postgres://db/orders?user=app&password=***");
+/// assert_eq!(redact_url("sqlite://orders.db"), "sqlite://orders.db");
+/// ```
+pub fn redact_url(url: &str) -> String {
+    let mut redacted = url.to_owned();
+    if let Some(password) = password_in(url) {
+        redacted = redacted.replace(password, "***");
+    }
+    redacted
+}
+
+/// The password written in `url`, if any.
+pub(crate) fn password_in(url: &str) -> Option<&str> {
+    let after_scheme = url.find("://").map_or(0, |i| i + 3);
+    let rest = &url[after_scheme..];
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let authority = &rest[..authority_end];
+    if let Some(at) = authority.rfind('@') {
+        if let Some((_, password)) = authority[..at].split_once(':') {
+            if !password.is_empty() {
+                return Some(password);
+            }
+        }
+    }
+    let query = url.split_once('?')?.1;
+    query.split('&').find_map(|pair| pair.strip_prefix("password=")).filter(|p| !p.is_empty())
+}
+
+/// `text` with every occurrence of the URL's password replaced: for driver errors, which may quote
+/// what they were given.
+pub(crate) fn scrub(text: &str, url: &str) -> String {
+    match password_in(url) {
+        Some(password) => text.replace(password, "***"),
+        None => text.to_owned(),
+    }
+}

@@ -1,0 +1,276 @@
+//! The PostgreSQL pool component against a real server: connections counted on the server,
+//! acknowledged writes kept, stuck queries reported, and errors that name the component and hide
+//! the password.
+
+#![cfg(feature = "postgres")]
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use lifecycle_core::{
+    BoxError, Component, ComponentOptions, Context, Dep, Dependency, Failure, FnComponent, Outcome, Stage,
+};
+use lifecycle_sqlx::PgPool;
+use lifecycle_sqlx::sqlx::{self, AssertSqlSafe};
+use support::{builder, pg_url, server_connections, start, stop, unique};
+
+fn failure_text(report: &lifecycle_core::Report, name: &str) -> String {
+    match &report.component(name).unwrap().outcome {
+        Outcome::Failed { failure: Failure::Error(error), .. } => error.to_string(),
+        other => panic!("{name}: expected an error, got {other}\n{report}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn normal_stop_leaves_no_connection_on_the_server() {
+    let name = unique("pool_stop");
+    let mut b = builder();
+    let db = b.add(PgPool::new(name.clone(), pg_url()).min_connections(3)).dep();
+    let (handle, run) = start(b.build().unwrap()).await;
+    // Use several connections at once, so the pool really holds some.
+    let pool = db.pool().unwrap();
+    let (a, b2, c) = tokio::join!(pool.acquire(), pool.acquire(), pool.acquire());
+    drop((a.unwrap(), b2.unwrap(), c.unwrap()));
+    assert!(server_connections(&name).await >= 3, "the server sees the pool under the component's name");
+    assert_eq!(handle.health().await[0].1, lifecycle_core::Health::Healthy);
+
+    let report = stop(&handle, run).await;
+    assert!(report.is_success(), "{report}");
+    assert_eq!(server_connections(&name).await, 0);
+    assert!(db.pool().is_err(), "the pool is gone after the stop");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn start_rollback_caused_by_a_later_component_leaves_no_connection() {
+    let name = unique("pool_rollback");
+    let mut b = builder();
+    let db = b.add(PgPool::new(name.clone(), pg_url()).min_connections(2)).dep();
+    b.add(
+        FnComponent::new("migrations")
+            .depends_on(&db)
+            .on_start(|_ctx| async { Err::<(), _>(std::io::Error::other("migration 0042 failed")) }),
+    );
+    let report = b.build().unwrap().run().await;
+    assert_eq!(report.exit_code, 1, "{report}");
+    assert!(matches!(report.component(&name).unwrap().outcome, Outcome::Stopped), "{report}");
+    assert_eq!(server_connections(&name).await, 0);
+}
+
+/// Inserts orders, each an order row and a line row in one transaction, from 200 concurrent
+/// tasks until told to stop; records which inserts were acknowledged.
+struct Inserter {
+    db: Dep<PgPool>,
+    table: String,
+    acknowledged: Arc<Mutex<Vec<i64>>>,
+}
+
+impl Component for Inserter {
+    fn dependencies(&self) -> Vec<Dependency> {
+        vec![self.db.dependency()]
+    }
+
+    fn options(&self) -> ComponentOptions {
+        ComponentOptions::new().stop_timeout(Duration::from_secs(10))
+    }
+
+    async fn start(&self, ctx: &Context) -> Result<(), BoxError> {
+        for writer in 0..200_i64 {
+            let (pool, token, table, acked) = (
+                self.db.pool()?.clone(),
+                ctx.token().clone(),
+                self.table.clone(),
+                Arc::clone(&self.acknowledged),
+            );
+            ctx.tasks().spawn("writer", async move {
+                let mut n = 0_i64;
+                // Stop starting new inserts when told; the one in flight completes.
+                while !token.is_cancelled() {
+                    let id = writer * 1_000_000 + n;
+                    n += 1;
+                    let mut tx = pool.begin().await?;
+                    sqlx::query(AssertSqlSafe(format!("INSERT INTO {table}_orders (id) VALUES ($1)")))
+                        .bind(id)
+                        .execute(&mut *tx)
+                        .await?;
+                    tokio::task::yield_now().await;
+                    sqlx::query(AssertSqlSafe(format!("INSERT INTO {table}_lines (order_id) VALUES ($1)")))
+                        .bind(id)
+                        .execute(&mut *tx)
+                        .await?;
+                    tx.commit().await?;
+                    acked.lock().unwrap().push(id);
+                }
+                Ok::<(), sqlx::Error>(())
+            });
+        }
+        Ok(())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_acknowledged_insert_survives_a_shutdown_and_none_is_half_written() {
+    let name = unique("pool_inserts");
+    let table = unique("t");
+    let setup = sqlx::PgPool::connect(&pg_url()).await.unwrap();
+    sqlx::query(AssertSqlSafe(format!("CREATE TABLE {table}_orders (id BIGINT PRIMARY KEY)")))
+        .execute(&setup)
+        .await
+        .unwrap();
+    sqlx::query(AssertSqlSafe(format!("CREATE TABLE {table}_lines (order_id BIGINT NOT NULL)")))
+        .execute(&setup)
+        .await
+        .unwrap();
+
+    let acknowledged = Arc::new(Mutex::new(Vec::new()));
+    let mut b = builder();
+    let db = b.add(PgPool::new(name.clone(), pg_url()).max_connections(20)).dep();
+    b.add(Inserter { db, table: table.clone(), acknowledged: Arc::clone(&acknowledged) });
+    let (handle, run) = start(b.build().unwrap()).await;
+    // Shut down while the 200 writers are busy.
+    while acknowledged.lock().unwrap().len() < 500 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let report = stop(&handle, run).await;
+    assert!(report.is_success(), "{report}");
+
+    let acked = acknowledged.lock().unwrap().clone();
+    let stored: Vec<i64> = sqlx::query_scalar(AssertSqlSafe(format!("SELECT id FROM {table}_orders")))
+        .fetch_all(&setup)
+        .await
+        .unwrap();
+    let stored: std::collections::HashSet<i64> = stored.into_iter().collect();
+    assert!(acked.iter().all(|id| stored.contains(id)), "every acknowledged insert is in the table");
+    assert_eq!(stored.len(), acked.len(), "nothing was written that the caller was not told about");
+    let half_written: i64 = sqlx::query_scalar(AssertSqlSafe(format!(
+        "SELECT count(*) FROM {table}_orders o WHERE NOT EXISTS (SELECT 1 FROM {table}_lines l WHERE l.order_id = o.id)"
+    )))
+    .fetch_one(&setup)
+    .await
+    .unwrap();
+    assert_eq!(half_written, 0);
+    assert_eq!(server_connections(&name).await, 0);
+    for suffix in ["orders", "lines"] {
+        sqlx::query(AssertSqlSafe(format!("DROP TABLE {table}_{suffix}"))).execute(&setup).await.unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_query_stuck_at_stop_is_reported_and_the_deadline_holds() {
+    let name = unique("pool_stuck");
+    let mut b = builder();
+    b.shutdown_deadline(Duration::from_secs(3));
+    let db = b
+        .add(
+            PgPool::new(name.clone(), pg_url())
+                .options(ComponentOptions::new().stop_timeout(Duration::from_millis(800))),
+        )
+        .dep();
+    let sleeper_db = db.clone();
+    b.add(
+        FnComponent::new("reporting")
+            .depends_on(&db)
+            .options(ComponentOptions::new().stop_timeout(Duration::from_millis(300)))
+            .on_start(move |ctx| {
+                let pool = sleeper_db.pool().map(Clone::clone);
+                async move {
+                    let pool = pool?;
+                    // A query that ignores the shutdown entirely.
+                    ctx.tasks().spawn("slow_report", async move {
+                        sqlx::query("SELECT pg_sleep(60)").execute(&pool).await.map(drop)
+                    });
+                    Ok::<(), BoxError>(())
+                }
+            }),
+    );
+    let (handle, run) = start(b.build().unwrap()).await;
+    while server_connections(&name).await < 1 {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let requested = Instant::now();
+    let report = stop(&handle, run).await;
+    assert!(
+        requested.elapsed() < Duration::from_secs(3),
+        "the global deadline holds: {:?}",
+        requested.elapsed()
+    );
+    assert!(
+        matches!(
+            report.component("reporting").unwrap().outcome,
+            Outcome::Failed { stage: Stage::WaitingForTasks, failure: Failure::TimedOut(_) }
+        ),
+        "{report}"
+    );
+    let text = failure_text(&report, &name);
+    assert!(text.starts_with(&format!("component `{name}` stopped waiting after")), "{text}");
+    assert!(text.ends_with("1 connection(s) still checked out"), "{text}");
+
+    // Leave the server as we found it.
+    let admin = sqlx::PgPool::connect(&pg_url()).await.unwrap();
+    sqlx::query("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = $1")
+        .bind(&name)
+        .execute(&admin)
+        .await
+        .unwrap();
+}
+
+async fn start_error(url: String, start_timeout: Duration) -> (String, String) {
+    let name = unique("pool_error");
+    let mut b = builder();
+    b.add(PgPool::new(name.clone(), url).options(ComponentOptions::new().start_timeout(start_timeout)));
+    let report = b.build().unwrap().run().await;
+    assert_eq!(report.exit_code, 1, "{report}");
+    let text = failure_text(&report, &name);
+    (name, text)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rejected_login_names_the_component_and_hides_the_password() {
+    // The test server trusts every local login it knows, so an unknown role is the rejected login.
+    let (name, text) = start_error(
+        "postgres://no_such_role:Sup3r-s3cret@127.0.0.1:5432/test".into(),
+        Duration::from_secs(5),
+    )
+    .await;
+    assert!(text.starts_with(&format!("component `{name}` could not connect to postgres://no_such_role:***@127.0.0.1:5432/test (1 attempts")), "not retried: {text}");
+    assert!(text.contains("no_such_role"), "{text}");
+    assert!(!text.contains("Sup3r-s3cret"), "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_that_is_down_is_retried_until_the_start_deadline() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let began = Instant::now();
+    let (name, text) =
+        start_error(format!("postgres://app:Sup3r-s3cret@127.0.0.1:{port}/test"), Duration::from_millis(800))
+            .await;
+    assert!(began.elapsed() < Duration::from_secs(3));
+    assert!(
+        text.starts_with(&format!(
+            "component `{name}` could not connect to postgres://app:***@127.0.0.1:{port}/test ("
+        )),
+        "{text}"
+    );
+    let attempts: u32 = text.split(" (").nth(1).unwrap().split(' ').next().unwrap().parse().unwrap();
+    assert!(attempts >= 3, "retried with backoff: {text}");
+    assert!(text.to_lowercase().contains("refused"), "{text}");
+    assert!(!text.contains("Sup3r-s3cret"), "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bad_url_fails_at_once_naming_the_component() {
+    let began = Instant::now();
+    let (name, text) =
+        start_error("postgres://app:Sup3r-s3cret@127.0.0.1:notaport/test".into(), Duration::from_secs(5))
+            .await;
+    assert!(began.elapsed() < Duration::from_secs(1), "not retried");
+    assert!(
+        text.starts_with(&format!(
+            "component `{name}`: invalid database URL postgres://app:***@127.0.0.1:notaport/test: "
+        )),
+        "{text}"
+    );
+    assert!(!text.contains("Sup3r-s3cret"), "{text}");
+}

@@ -1,0 +1,56 @@
+//! Shared by the PostgreSQL and SQLite tests: the server's URL, unique names, and counting
+//! connections on the server's side.
+
+#![allow(dead_code, unreachable_pub, clippy::unwrap_used, clippy::expect_used)]
+
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use lifecycle_core::{LifecycleHandle, Phase, Registry, RegistryBuilder, Report, Signals};
+use tokio::task::JoinHandle;
+
+/// The PostgreSQL the tests use: `LIFECYCLE_TEST_POSTGRES_URL`, or the local server with trust auth.
+pub fn pg_url() -> String {
+    std::env::var("LIFECYCLE_TEST_POSTGRES_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into())
+}
+
+/// A name no other test (or test process) uses at the same time.
+pub fn unique(prefix: &str) -> String {
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    format!("{prefix}_{}_{}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed))
+}
+
+/// Connections the server has open for `application_name`.
+#[cfg(feature = "postgres")]
+pub async fn server_connections(application_name: &str) -> i64 {
+    use sqlx::Connection;
+    let mut connection = sqlx::PgConnection::connect(&pg_url()).await.unwrap();
+    let count: i64 = sqlx::query_scalar("SELECT count(*) FROM pg_stat_activity WHERE application_name = $1")
+        .bind(application_name)
+        .fetch_one(&mut connection)
+        .await
+        .unwrap();
+    connection.close().await.unwrap();
+    count
+}
+
+/// No signals, no watchdog: the test harness bounds the process.
+pub fn builder() -> RegistryBuilder {
+    let mut builder = Registry::builder();
+    builder.signals(Signals::none()).watchdog(false);
+    builder
+}
+
+/// Starts the run in a task and waits until it is ready (or gave up starting).
+pub async fn start(registry: Registry) -> (LifecycleHandle, JoinHandle<Report>) {
+    let handle = registry.handle();
+    let run = tokio::spawn(registry.run());
+    handle.reached(Phase::Ready).await;
+    (handle, run)
+}
+
+/// Requests the shutdown and waits for the report.
+pub async fn stop(handle: &LifecycleHandle, run: JoinHandle<Report>) -> Report {
+    handle.shutdown().request("test over", 0);
+    run.await.unwrap()
+}
