@@ -174,7 +174,7 @@ async fn a_query_stuck_at_stop_is_reported_and_the_deadline_holds() {
             .depends_on(&db)
             .options(ComponentOptions::new().stop_timeout(Duration::from_millis(300)))
             .on_start(move |ctx| {
-                let pool = sleeper_db.pool().map(Clone::clone);
+                let pool = sleeper_db.pool().cloned();
                 async move {
                     let pool = pool?;
                     // A query that ignores the shutdown entirely.
