@@ -32,16 +32,21 @@ pub const SCHEMA: [&str; 2] = [
     "CREATE INDEX IF NOT EXISTS lifecycle_jobs_pending ON lifecycle_jobs (queue, id) WHERE done_at IS NULL",
 ];
 
-/// Creates the queue's table if it is missing.
+/// Creates the queue's table if it is missing. Safe when several instances start at once: a
+/// transaction-scoped advisory lock serializes them (PostgreSQL's `CREATE TABLE IF NOT EXISTS`
+/// alone races on its catalog).
 pub async fn install<'c, E>(executor: E) -> Result<(), sqlx::Error>
 where
     E: sqlx::Acquire<'c, Database = Postgres>,
 {
-    let mut connection = executor.acquire().await?;
+    /// Any constant shared by every instance: "lifecycle" in ASCII.
+    const INSTALL_LOCK: i64 = 0x6c69_6665_6379_636c;
+    let mut transaction = executor.begin().await?;
+    sqlx::query("SELECT pg_advisory_xact_lock($1)").bind(INSTALL_LOCK).execute(&mut *transaction).await?;
     for statement in SCHEMA {
-        sqlx::query(statement).execute(&mut *connection).await?;
+        sqlx::query(statement).execute(&mut *transaction).await?;
     }
-    Ok(())
+    transaction.commit().await
 }
 
 /// Adds a job to `queue`; returns its id. Pass a transaction to enqueue atomically with the
