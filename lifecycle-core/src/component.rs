@@ -204,6 +204,11 @@ impl ComponentOptions {
 ///     }
 /// }
 /// ```
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` is not a lifecycle component",
+    label = "not a `Component`",
+    note = "derive it with `#[derive(lifecycle_core::Component)]` or implement `lifecycle_core::Component`"
+)]
 pub trait Component: Send + Sync + 'static {
     /// The component's unique name. Defaults to the type name in snake_case.
     fn name(&self) -> ComponentId {
