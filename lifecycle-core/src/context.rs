@@ -2,7 +2,7 @@
 
 use std::fmt;
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use tokio::task::JoinHandle;
 use tokio_util::sync::{CancellationToken, WaitForCancellationFuture};
@@ -63,6 +63,15 @@ impl Context {
     /// `None` outside a hook.
     pub fn deadline(&self) -> Option<Instant> {
         *lock(&self.inner.deadline)
+    }
+
+    /// [`deadline`](Context::deadline) minus `margin`: when a hook that wants its own error in
+    /// the report should give up. Without a deadline (outside a hook), `fallback` from now.
+    pub fn give_up_at(&self, margin: Duration, fallback: Duration) -> Instant {
+        match self.deadline() {
+            Some(deadline) => deadline.checked_sub(margin).unwrap_or(deadline),
+            None => Instant::now() + fallback,
+        }
     }
 
     pub(crate) fn set_deadline(&self, deadline: Instant) {

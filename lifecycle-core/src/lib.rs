@@ -62,8 +62,10 @@ mod handle;
 mod panic;
 mod phase;
 mod progress;
+mod redact;
 mod registry;
 mod report;
+mod retry;
 mod run;
 mod shutdown;
 mod signal;
@@ -84,11 +86,13 @@ pub use error::{BuildError, DependencyError};
 pub use handle::LifecycleHandle;
 pub use phase::Phase;
 pub use progress::ComponentStatus;
+pub use redact::{redact_url, scrub_password};
 pub use registry::{Registration, Registry, RegistryBuilder};
 pub use report::{
     ComponentReport, EXIT_DEADLINE, EXIT_FAILURE, Failure, Outcome, Report, RunError, SharedError, Stage,
     TaskFailure,
 };
+pub use retry::{Retry, RetryFailure};
 pub use shutdown::{Shutdown, ShutdownReason};
 pub use signal::{Signal, Signals};
 pub use tasks::{TaskCount, TaskOutput, Tasks};

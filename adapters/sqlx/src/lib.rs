@@ -26,12 +26,10 @@ mod error;
 #[cfg(feature = "postgres")]
 pub mod jobs;
 mod pool;
-mod redact;
 
 pub use backend::Backend;
 pub use error::SqlxComponentError;
 pub use pool::SqlxPool;
-pub use redact::redact_url;
 pub use sqlx;
 
 /// A PostgreSQL pool component.

@@ -5,19 +5,16 @@ use std::marker::PhantomData;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use lifecycle_core::{BoxError, Component, ComponentId, ComponentOptions, Context, Health};
+use lifecycle_core::{
+    BoxError, Component, ComponentId, ComponentOptions, Context, Health, Retry, redact_url, scrub_password,
+};
 use sqlx::pool::PoolOptions;
 
-use crate::redact::{redact_url, scrub};
 use crate::{Backend, SqlxComponentError};
 
 /// How long before its deadline a hook gives up, so that its own error (with attempts, last
 /// cause, connections still out) reaches the report rather than a bare timeout.
 const MARGIN: Duration = Duration::from_millis(100);
-
-/// First retry delay at start; doubled after each failure up to [`MAX_BACKOFF`].
-const FIRST_BACKOFF: Duration = Duration::from_millis(50);
-const MAX_BACKOFF: Duration = Duration::from_secs(2);
 
 /// A sqlx pool as a component. Use the aliases `PgPool` and `SqlitePool`.
 ///
@@ -94,9 +91,8 @@ impl<DB: Backend> SqlxPool<DB> {
         redact_url(&self.url)
     }
 
-    fn give_up_at(ctx: &Context, fallback: Duration) -> Instant {
-        let deadline = ctx.deadline().unwrap_or_else(|| Instant::now() + fallback);
-        deadline.checked_sub(MARGIN).unwrap_or(deadline)
+    fn scrub(&self, error: &sqlx::Error) -> String {
+        scrub_password(&error.to_string(), &self.url)
     }
 
     /// One attempt: a direct connection first, whose error says what is wrong (the pool's own
@@ -136,40 +132,38 @@ impl<DB: Backend> Component for SqlxPool<DB> {
             SqlxComponentError::InvalidUrl {
                 component: self.name.clone(),
                 url: self.redacted_url(),
-                reason: scrub(&error.to_string(), &self.url),
+                reason: self.scrub(&error),
             }
         })?;
-        let began = Instant::now();
-        let give_up = Self::give_up_at(ctx, Duration::from_secs(15));
-        let mut backoff = FIRST_BACKOFF;
-        let mut attempts = 0;
-        loop {
-            attempts += 1;
-            let last_error = match tokio::time::timeout_at(give_up.into(), self.connect_once(&options)).await
-            {
-                Ok(Ok(pool)) => {
-                    tracing::info!(component = %self.name, url = %self.redacted_url(), kind = DB::KIND, attempts, "database pool connected");
-                    // A second start of the same value would leave the first pool to its drop.
-                    let _ = self.pool.set(pool);
-                    return Ok(());
+        let attempt = |attempt| {
+            let options = &options;
+            async move {
+                let result = self.connect_once(options).await;
+                if let Err(error) = &result {
+                    tracing::warn!(component = %self.name, url = %self.redacted_url(), error = %self.scrub(error), attempt, "database not reachable");
                 }
-                Ok(Err(error)) if DB::is_transient(&error) && Instant::now() + backoff < give_up => {
-                    tracing::warn!(component = %self.name, url = %self.redacted_url(), error = %scrub(&error.to_string(), &self.url), attempts, "database not reachable yet; retrying");
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(MAX_BACKOFF);
-                    continue;
-                }
-                Ok(Err(error)) => scrub(&error.to_string(), &self.url),
-                Err(_) => "no answer before the start deadline".to_owned(),
-            };
-            return Err(SqlxComponentError::Connect {
+                result
+            }
+        };
+        let retry = Retry::until(ctx.give_up_at(MARGIN, Duration::from_secs(15)));
+        match retry.run(attempt, DB::is_transient).await {
+            Ok(pool) => {
+                tracing::info!(component = %self.name, url = %self.redacted_url(), kind = DB::KIND, "database pool connected");
+                // A second start of the same value would leave the first pool to its drop.
+                let _ = self.pool.set(pool);
+                Ok(())
+            }
+            Err(failure) => Err(SqlxComponentError::Connect {
                 component: self.name.clone(),
                 url: self.redacted_url(),
-                attempts,
-                elapsed: began.elapsed(),
-                last_error,
+                attempts: failure.attempts,
+                elapsed: failure.elapsed,
+                last_error: failure.last_error.map_or_else(
+                    || "no answer before the start deadline".to_owned(),
+                    |error| self.scrub(&error),
+                ),
             }
-            .into());
+            .into()),
         }
     }
 
@@ -178,7 +172,7 @@ impl<DB: Backend> Component for SqlxPool<DB> {
         let began = Instant::now();
         // `close` refuses new checkouts at once, closes idle connections, then waits for the
         // checked-out ones, which are closed (not returned) when their holders drop them.
-        match tokio::time::timeout_at(Self::give_up_at(ctx, Duration::from_secs(10)).into(), pool.close())
+        match tokio::time::timeout_at(ctx.give_up_at(MARGIN, Duration::from_secs(10)).into(), pool.close())
             .await
         {
             Ok(()) => Ok(()),
@@ -198,7 +192,7 @@ impl<DB: Backend> Component for SqlxPool<DB> {
         match self.pool() {
             Ok(pool) => match DB::ping(pool).await {
                 Ok(()) => Health::Healthy,
-                Err(error) => Health::Unhealthy(scrub(&error.to_string(), &self.url)),
+                Err(error) => Health::Unhealthy(self.scrub(&error)),
             },
             Err(error) => Health::Unhealthy(error.to_string()),
         }

@@ -1,10 +1,10 @@
-//! Database URLs as they may appear in errors and logs: without their password.
+//! Connection URLs as they may appear in errors and logs: without their password.
 
 /// `url` with the password replaced by `***`, whether it is in the user info
 /// (`postgres://app:secret@host/db`) or a `password=` query parameter.
 ///
 /// ```
-/// use lifecycle_sqlx::redact_url;
+/// use lifecycle_core::redact_url;
 /// assert_eq!(redact_url("postgres://app:s3cret@db:5432/orders"), "postgres://app:***@db:5432/orders");
 /// assert_eq!(redact_url("postgres://db/orders?user=app&password=s3cret"), "postgres://db/orders?user=app&password=***");
 /// assert_eq!(redact_url("sqlite://orders.db"), "sqlite://orders.db");
@@ -18,7 +18,7 @@ pub fn redact_url(url: &str) -> String {
 }
 
 /// The password written in `url`, if any.
-pub(crate) fn password_in(url: &str) -> Option<&str> {
+fn password_in(url: &str) -> Option<&str> {
     let after_scheme = url.find("://").map_or(0, |i| i + 3);
     let rest = &url[after_scheme..];
     let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
@@ -34,9 +34,15 @@ pub(crate) fn password_in(url: &str) -> Option<&str> {
     query.split('&').find_map(|pair| pair.strip_prefix("password=")).filter(|p| !p.is_empty())
 }
 
-/// `text` with every occurrence of the URL's password replaced: for driver errors, which may quote
-/// what they were given.
-pub(crate) fn scrub(text: &str, url: &str) -> String {
+/// `text` with every occurrence of the password in `url` replaced by `***`: for driver errors,
+/// which may quote what they were given.
+///
+/// ```
+/// use lifecycle_core::scrub_password;
+/// let url = "redis://:hunter2@cache:6379";
+/// assert_eq!(scrub_password("bad password hunter2", url), "bad password ***");
+/// ```
+pub fn scrub_password(text: &str, url: &str) -> String {
     match password_in(url) {
         Some(password) => text.replace(password, "***"),
         None => text.to_owned(),
