@@ -1,0 +1,264 @@
+//! A deadpool-redis pool as a lifecycle component: checked with `PING` at start (with backoff
+//! until the start deadline), every connection named after the component with `CLIENT SETNAME`,
+//! and closed at stop with the connections in use waited for.
+//!
+//! `deadpool_redis` (and through it `redis`) is re-exported, so its version is pinned once.
+//!
+//! ```
+//! use lifecycle_core::RegistryBuilder;
+//! use lifecycle_redis::RedisPool;
+//!
+//! let mut builder = RegistryBuilder::new();
+//! let cache = builder.add(RedisPool::new("cache", "redis://127.0.0.1:6379").max_size(16)).dep();
+//! // Components holding `cache` get connections with `cache.pool()?.get().await?`.
+//! # let _ = cache;
+//! ```
+
+use std::fmt;
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use deadpool_redis::{Config, Pool, PoolError, Runtime};
+use lifecycle_core::{
+    BoxError, Component, ComponentId, ComponentOptions, Context, Health, Retry, redact_url, scrub_password,
+};
+
+pub use deadpool_redis;
+pub use deadpool_redis::redis;
+
+/// How long before its deadline a hook gives up, so that its own error reaches the report.
+const MARGIN: Duration = Duration::from_millis(100);
+
+/// What went wrong with a Redis pool component.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum RedisComponentError {
+    /// The URL cannot be used: not retried.
+    #[error("component `{component}`: invalid Redis URL {url}: {reason}")]
+    InvalidUrl {
+        /// The component.
+        component: ComponentId,
+        /// The URL, password hidden.
+        url: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// No `PING` answered before the start deadline, or an error retrying cannot fix.
+    #[error(
+        "component `{component}` could not connect to {url} ({attempts} attempts in {elapsed:.1?}): {last_error}"
+    )]
+    Connect {
+        /// The component.
+        component: ComponentId,
+        /// The URL, password hidden.
+        url: String,
+        /// How many times it tried.
+        attempts: u32,
+        /// For how long.
+        elapsed: Duration,
+        /// The last error, password hidden.
+        last_error: String,
+    },
+    /// The pool was used before its component started, or after it stopped.
+    #[error("component `{component}` is not running: its pool exists between its start and its stop")]
+    NotRunning {
+        /// The component.
+        component: ComponentId,
+    },
+    /// The stop gave up waiting for connections in use.
+    #[error("component `{component}` stopped waiting after {waited:.1?}: {out} connection(s) still in use")]
+    ConnectionsStillOut {
+        /// The component.
+        component: ComponentId,
+        /// Connections not returned.
+        out: usize,
+        /// How long it waited.
+        waited: Duration,
+    },
+}
+
+/// A deadpool-redis pool as a component.
+pub struct RedisPool {
+    name: ComponentId,
+    url: String,
+    max_size: usize,
+    options: ComponentOptions,
+    pool: OnceLock<Pool>,
+}
+
+impl RedisPool {
+    /// A pool for `url`, registered as `name`; every connection carries the name (`CLIENT SETNAME`).
+    pub fn new(name: impl Into<ComponentId>, url: impl Into<String>) -> Self {
+        Self {
+            name: name.into(),
+            url: url.into(),
+            max_size: 16,
+            options: ComponentOptions::new(),
+            pool: OnceLock::new(),
+        }
+    }
+
+    /// The most connections the pool opens (default 16).
+    #[must_use]
+    pub fn max_size(mut self, max: usize) -> Self {
+        self.max_size = max;
+        self
+    }
+
+    /// The component's timeouts and criticality.
+    #[must_use]
+    pub fn options(mut self, options: ComponentOptions) -> Self {
+        self.options = options;
+        self
+    }
+
+    /// The pool, between the component's start and its stop.
+    pub fn pool(&self) -> Result<&Pool, RedisComponentError> {
+        self.pool
+            .get()
+            .filter(|pool| !pool.is_closed())
+            .ok_or_else(|| RedisComponentError::NotRunning { component: self.name.clone() })
+    }
+
+    /// The URL with its password hidden.
+    pub fn redacted_url(&self) -> String {
+        redact_url(&self.url)
+    }
+
+    fn build(&self) -> Result<Pool, RedisComponentError> {
+        let invalid = |reason: String| RedisComponentError::InvalidUrl {
+            component: self.name.clone(),
+            url: self.redacted_url(),
+            reason: scrub_password(&reason, &self.url),
+        };
+        // Parse first: the pool builder accepts anything and fails only at the first connection.
+        redis::Client::open(self.url.as_str()).map_err(|error| invalid(error.to_string()))?;
+        let name = self.name.to_string();
+        Config::from_url(self.url.clone())
+            .builder()
+            .map_err(|error| invalid(error.to_string()))?
+            .max_size(self.max_size)
+            .runtime(Runtime::Tokio1)
+            .post_create(deadpool_redis::Hook::async_fn(move |connection, _| {
+                let name = name.clone();
+                Box::pin(async move {
+                    redis::cmd("CLIENT")
+                        .arg("SETNAME")
+                        .arg(&name)
+                        .query_async::<()>(connection)
+                        .await
+                        .map_err(deadpool_redis::HookError::Backend)
+                })
+            }))
+            .build()
+            .map_err(|error| invalid(error.to_string()))
+    }
+
+    async fn ping(pool: &Pool) -> Result<(), PoolError> {
+        let mut connection = pool.get().await?;
+        redis::cmd("PING").query_async::<()>(&mut connection).await.map_err(PoolError::Backend)
+    }
+
+    fn scrub(&self, error: &PoolError) -> String {
+        scrub_password(&error.to_string(), &self.url)
+    }
+}
+
+/// Whether retrying can help: the server is not reachable yet, rather than refusing us.
+fn is_transient(error: &PoolError) -> bool {
+    match error {
+        PoolError::Backend(error) => {
+            error.is_io_error() || error.is_connection_refusal() || error.is_timeout()
+        }
+        PoolError::PostCreateHook(_) => false,
+        _ => true,
+    }
+}
+
+impl Component for RedisPool {
+    fn name(&self) -> ComponentId {
+        self.name.clone()
+    }
+
+    fn options(&self) -> ComponentOptions {
+        self.options.clone()
+    }
+
+    async fn start(&self, ctx: &Context) -> Result<(), BoxError> {
+        let pool = self.build()?;
+        let attempt = |attempt| {
+            let pool = &pool;
+            async move {
+                let result = Self::ping(pool).await;
+                if let Err(error) = &result {
+                    tracing::warn!(component = %self.name, url = %self.redacted_url(), error = %self.scrub(error), attempt, "Redis not reachable");
+                }
+                result
+            }
+        };
+        let retry = Retry::until(ctx.give_up_at(MARGIN, Duration::from_secs(15)));
+        match retry.run(attempt, is_transient).await {
+            Ok(()) => {
+                tracing::info!(component = %self.name, url = %self.redacted_url(), "Redis pool connected");
+                let _ = self.pool.set(pool);
+                Ok(())
+            }
+            Err(failure) => {
+                pool.close();
+                Err(RedisComponentError::Connect {
+                    component: self.name.clone(),
+                    url: self.redacted_url(),
+                    attempts: failure.attempts,
+                    elapsed: failure.elapsed,
+                    last_error: failure.last_error.map_or_else(
+                        || "no answer before the start deadline".to_owned(),
+                        |error| self.scrub(&error),
+                    ),
+                }
+                .into())
+            }
+        }
+    }
+
+    async fn stop(&self, ctx: &Context) -> Result<(), BoxError> {
+        let Some(pool) = self.pool.get() else { return Ok(()) };
+        let began = Instant::now();
+        // `close` drops idle connections and refuses new checkouts; a connection in use is
+        // dropped (not returned) when its holder lets go. deadpool has no "all returned"
+        // notification, so the size is watched.
+        pool.close();
+        let give_up = ctx.give_up_at(MARGIN, Duration::from_secs(10));
+        while pool.status().size > 0 {
+            if Instant::now() >= give_up {
+                return Err(RedisComponentError::ConnectionsStillOut {
+                    component: self.name.clone(),
+                    out: pool.status().size,
+                    waited: began.elapsed(),
+                }
+                .into());
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        Ok(())
+    }
+
+    async fn health(&self) -> Health {
+        match self.pool() {
+            Ok(pool) => match Self::ping(pool).await {
+                Ok(()) => Health::Healthy,
+                Err(error) => Health::Unhealthy(self.scrub(&error)),
+            },
+            Err(error) => Health::Unhealthy(error.to_string()),
+        }
+    }
+}
+
+impl fmt::Debug for RedisPool {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisPool")
+            .field("name", &self.name)
+            .field("url", &self.redacted_url())
+            .field("status", &self.pool.get().map(Pool::status))
+            .finish()
+    }
+}
