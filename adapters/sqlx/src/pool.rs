@@ -95,26 +95,33 @@ impl<DB: Backend> SqlxPool<DB> {
         scrub_password(&error.to_string(), &self.url)
     }
 
-    /// One attempt: a direct connection first, whose error says what is wrong (the pool's own
-    /// retries would hide it behind a timeout), then the pool and its check query.
+    /// One attempt: the pool and its check query. Each attempt waits at most a quarter of the
+    /// time left, so that several fit before `give_up`. When the pool only says it timed out,
+    /// one direct connection finds out why (refused, bad credentials), for the error.
     async fn connect_once(
         &self,
         options: &<DB::Connection as sqlx::Connection>::Options,
+        give_up: Instant,
     ) -> Result<sqlx::Pool<DB>, sqlx::Error> {
         use sqlx::Connection;
-        let mut probe = DB::Connection::connect_with(options).await?;
-        probe.ping().await?;
-        probe.close().await?;
+        let patience = (give_up.saturating_duration_since(Instant::now()) / 4)
+            .clamp(Duration::from_millis(100), self.acquire_timeout.max(Duration::from_millis(100)));
         let pool = PoolOptions::<DB>::new()
             .max_connections(self.max_connections)
             .min_connections(self.min_connections)
             .acquire_timeout(self.acquire_timeout)
             .connect_lazy_with(options.clone());
-        if let Err(error) = DB::ping(&pool).await {
-            pool.close().await;
-            return Err(error);
+        let checked = match tokio::time::timeout(patience, DB::ping(&pool)).await {
+            Ok(Ok(())) => return Ok(pool),
+            Ok(Err(sqlx::Error::PoolTimedOut)) | Err(_) => Err(sqlx::Error::PoolTimedOut),
+            Ok(Err(error)) => Err(error),
+        };
+        pool.close().await;
+        if let Err(sqlx::Error::PoolTimedOut) = checked {
+            let probe = DB::Connection::connect_with(options).await?;
+            probe.close().await?;
         }
-        Ok(pool)
+        checked
     }
 }
 
@@ -135,18 +142,18 @@ impl<DB: Backend> Component for SqlxPool<DB> {
                 reason: self.scrub(&error),
             }
         })?;
+        let give_up = ctx.give_up_at(MARGIN, Duration::from_secs(15));
         let attempt = |attempt| {
             let options = &options;
             async move {
-                let result = self.connect_once(options).await;
+                let result = self.connect_once(options, give_up).await;
                 if let Err(error) = &result {
                     tracing::warn!(component = %self.name, url = %self.redacted_url(), error = %self.scrub(error), attempt, "database not reachable");
                 }
                 result
             }
         };
-        let retry = Retry::until(ctx.give_up_at(MARGIN, Duration::from_secs(15)));
-        match retry.run(attempt, DB::is_transient).await {
+        match Retry::until(give_up).run(attempt, DB::is_transient).await {
             Ok(pool) => {
                 tracing::info!(component = %self.name, url = %self.redacted_url(), kind = DB::KIND, "database pool connected");
                 // A second start of the same value would leave the first pool to its drop.
