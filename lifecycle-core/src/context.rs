@@ -19,6 +19,7 @@ pub struct Context {
 }
 
 struct Inner {
+    index: usize,
     id: ComponentId,
     token: CancellationToken,
     tasks: Tasks,
@@ -29,6 +30,7 @@ struct Inner {
 
 impl Context {
     pub(crate) fn new(
+        index: usize,
         id: ComponentId,
         token: CancellationToken,
         tasks: Tasks,
@@ -36,7 +38,7 @@ impl Context {
         dependencies: Vec<(ComponentId, SharedComponent)>,
     ) -> Self {
         Self {
-            inner: Arc::new(Inner { id, token, tasks, lifecycle, dependencies, deadline: Mutex::new(None) }),
+            inner: Arc::new(Inner { index, id, token, tasks, lifecycle, dependencies, deadline: Mutex::new(None) }),
         }
     }
 
@@ -76,6 +78,12 @@ impl Context {
 
     pub(crate) fn set_deadline(&self, deadline: Instant) {
         *lock(&self.inner.deadline) = Some(deadline);
+    }
+
+    /// Adds a line to this component's entry in the report: what a stop achieved ("drained 120
+    /// requests, cut 1"), or what it could not do.
+    pub fn note(&self, note: impl Into<String>) {
+        self.inner.lifecycle.progress().note(self.inner.index, note.into());
     }
 
     /// The component's tasks.

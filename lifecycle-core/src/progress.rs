@@ -52,6 +52,7 @@ struct Entry {
     stop_duration: Option<Duration>,
     first_failure: Option<Outcome>,
     outcome: Option<Outcome>,
+    notes: Vec<String>,
 }
 
 impl Progress {
@@ -112,6 +113,10 @@ impl Progress {
         };
         entry.outcome = Some(outcome);
         entry.stage = None;
+    }
+
+    pub(crate) fn note(&self, index: usize, note: String) {
+        lock(&self.state).entries[index].notes.push(note);
     }
 
     /// The stage component `index` is in and since when.
@@ -175,6 +180,7 @@ impl Progress {
                     stop_duration: e.stop_duration.or_else(|| e.stop_began.map(|began| now - began)),
                     outstanding_tasks: self.tasks[i].outstanding(),
                     task_failures: self.tasks[i].failures(),
+                    notes: e.notes.clone(),
                 }
             })
             .collect();

@@ -209,7 +209,7 @@ impl RegistryBuilder {
                     .iter()
                     .map(|&d| (self.entries[d].id.clone(), self.entries[d].component.clone()))
                     .collect();
-                Context::new(entry.id.clone(), root.child_token(), tasks, handle.clone(), dependencies)
+                Context::new(index, entry.id.clone(), root.child_token(), tasks, handle.clone(), dependencies)
             })
             .collect();
         Ok(Registry {

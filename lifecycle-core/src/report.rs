@@ -152,6 +152,8 @@ pub struct ComponentReport {
     pub outstanding_tasks: Vec<TaskCount>,
     /// Its tasks that failed.
     pub task_failures: Vec<TaskFailure>,
+    /// What the component said about its run ([`Context::note`](crate::Context::note)).
+    pub notes: Vec<String>,
 }
 
 /// The result of a run: returned by [`Registry::run`](crate::Registry::run), printed by its
@@ -213,10 +215,11 @@ impl Report {
             let start_ms = c.start_duration.map(|d| d.as_secs_f64() * 1e3);
             let stop_ms = c.stop_duration.map(|d| d.as_secs_f64() * 1e3);
             let outstanding = TaskList(&c.outstanding_tasks).to_string();
+            let notes = c.notes.join("; ");
             if c.outcome.is_failure() || !c.task_failures.is_empty() {
-                tracing::error!(component = %c.name, outcome = %c.outcome, start_ms, stop_ms, %outstanding, task_failures = c.task_failures.len(), "component report");
+                tracing::error!(component = %c.name, outcome = %c.outcome, start_ms, stop_ms, %outstanding, task_failures = c.task_failures.len(), notes, "component report");
             } else {
-                tracing::info!(component = %c.name, outcome = %c.outcome, start_ms, stop_ms, "component report");
+                tracing::info!(component = %c.name, outcome = %c.outcome, start_ms, stop_ms, notes, "component report");
             }
         }
         let total_ms = self.total.as_secs_f64() * 1e3;
@@ -273,6 +276,9 @@ impl fmt::Display for Report {
             writeln!(f, "  {}", line.join("  ").trim_end())?;
         }
         for c in &self.components {
+            for note in &c.notes {
+                writeln!(f, "  `{}`: {note}", c.name)?;
+            }
             for failure in &c.task_failures {
                 writeln!(f, "  task `{}` of `{}` {}", failure.task, c.name, failure.failure)?;
             }

@@ -63,3 +63,15 @@ async fn managed_values_are_closed_after_what_depends_on_them() {
     assert_eq!(log.order("start-end"), vec!["user"]);
     assert_eq!(log.order("stop-end"), vec!["user"]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn notes_from_a_hook_appear_in_the_report() {
+    let mut b = builder();
+    b.add(FnComponent::new("http").on_stop(|ctx| async move {
+        ctx.note("drained 3 requests, cut 0");
+        Ok::<(), BoxError>(())
+    }));
+    let report = run_until_ready_then_stop(b.build().unwrap()).await;
+    assert_eq!(report.component("http").unwrap().notes, vec!["drained 3 requests, cut 0"]);
+    assert!(report.to_string().contains("  `http`: drained 3 requests, cut 0\n"), "{report}");
+}
