@@ -38,7 +38,15 @@ impl Context {
         dependencies: Vec<(ComponentId, SharedComponent)>,
     ) -> Self {
         Self {
-            inner: Arc::new(Inner { index, id, token, tasks, lifecycle, dependencies, deadline: Mutex::new(None) }),
+            inner: Arc::new(Inner {
+                index,
+                id,
+                token,
+                tasks,
+                lifecycle,
+                dependencies,
+                deadline: Mutex::new(None),
+            }),
         }
     }
 

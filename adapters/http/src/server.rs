@@ -1,0 +1,263 @@
+//! The HTTP server component: serves an axum router on a listener it is given, and drains.
+
+use std::fmt;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::extract::{Request, State};
+use axum::http::{HeaderValue, Version, header};
+use axum::middleware::Next;
+use axum::response::Response;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use hyper_util::service::TowerToHyperService;
+use lifecycle_core::{BoxError, CancellationToken, Component, ComponentId, ComponentOptions, Context, Tasks};
+
+use crate::{HealthPaths, health_router};
+
+/// How long before the stop deadline the server cuts what is left, so its note reaches the report.
+const MARGIN: Duration = Duration::from_millis(100);
+
+/// What a handler can reach through `Extension<RequestContext>`.
+#[derive(Clone, Debug)]
+pub struct RequestContext {
+    /// Cancelled at the server's soft deadline during shutdown: a long handler should finish early.
+    pub cancel: CancellationToken,
+    /// The server's task set: tasks a handler spawns here are waited for at stop.
+    pub tasks: Tasks,
+}
+
+/// Counters shared by the middleware, the connections and the stop.
+#[derive(Default)]
+struct Shared {
+    /// Set by the drain hook: HTTP/1 responses then carry `Connection: close`.
+    draining: AtomicBool,
+    in_flight: AtomicU64,
+    completed: AtomicU64,
+    /// Parent of every request's token.
+    requests: CancellationToken,
+    /// Cancelled at stop: each connection shuts down gracefully (HTTP/2 GOAWAY, HTTP/1 close
+    /// after the response in flight).
+    closing: CancellationToken,
+    /// Cancelled at the hard deadline: connections still open are dropped.
+    cut: CancellationToken,
+    cut_connections: AtomicU64,
+}
+
+/// Counts a request out when its response is ready or it is dropped.
+struct InFlight(Arc<Shared>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::AcqRel);
+        self.0.completed.fetch_add(1, Ordering::AcqRel);
+    }
+}
+
+/// An axum router served on a listener, as a component.
+///
+/// The listener is given, not bound here: bound by the application, by socket activation, or
+/// inherited during an upgrade. Shutdown, in the order the run calls it:
+///
+/// 1. **drain** (the service just turned unready): keep serving and accepting, and answer
+///    HTTP/1.1 requests with `Connection: close`, so clients move to another instance while the
+///    drain delay passes;
+/// 2. **stop**: stop accepting, shut each connection down gracefully (HTTP/2 `GOAWAY`; HTTP/1
+///    closes after its response in flight), let requests finish; at the soft deadline cancel each
+///    request's [`RequestContext::cancel`] token; at the hard deadline (just before the stop
+///    deadline) drop what is left. The report notes how many requests were drained, cancelled
+///    and cut.
+pub struct HttpServer {
+    name: ComponentId,
+    listener: Mutex<Option<std::net::TcpListener>>,
+    router: Mutex<Option<Router>>,
+    soft_deadline: Option<Duration>,
+    health: Option<HealthPaths>,
+    options: ComponentOptions,
+    shared: Arc<Shared>,
+}
+
+impl HttpServer {
+    /// A server named `name` for `router` on `listener`.
+    pub fn new(name: impl Into<ComponentId>, listener: std::net::TcpListener, router: Router) -> Self {
+        Self {
+            name: name.into(),
+            listener: Mutex::new(Some(listener)),
+            router: Mutex::new(Some(router)),
+            soft_deadline: None,
+            health: None,
+            options: ComponentOptions::new(),
+            shared: Arc::default(),
+        }
+    }
+
+    /// How long after the stop begins request tokens are cancelled (default: half the stop time).
+    #[must_use]
+    pub fn soft_deadline(mut self, after: Duration) -> Self {
+        self.soft_deadline = Some(after);
+        self
+    }
+
+    /// Also serves `/livez` and `/readyz` (see [`health_router`]) for this run.
+    #[must_use]
+    pub fn with_health(mut self, paths: HealthPaths) -> Self {
+        self.health = Some(paths);
+        self
+    }
+
+    /// The component's timeouts and criticality.
+    #[must_use]
+    pub fn options(mut self, options: ComponentOptions) -> Self {
+        self.options = options;
+        self
+    }
+
+    /// Requests being served now.
+    pub fn in_flight(&self) -> u64 {
+        self.shared.in_flight.load(Ordering::Acquire)
+    }
+
+    /// Requests answered since the start.
+    pub fn completed(&self) -> u64 {
+        self.shared.completed.load(Ordering::Acquire)
+    }
+
+    fn take<T>(slot: &Mutex<Option<T>>) -> Option<T> {
+        slot.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take()
+    }
+}
+
+/// The middleware every request goes through: counting, its token, `Connection: close` while
+/// draining.
+async fn track(
+    State((shared, tasks)): State<(Arc<Shared>, Tasks)>,
+    mut request: Request,
+    next: Next,
+) -> Response {
+    shared.in_flight.fetch_add(1, Ordering::AcqRel);
+    let counted = InFlight(Arc::clone(&shared));
+    let http1 = request.version() <= Version::HTTP_11;
+    request.extensions_mut().insert(RequestContext { cancel: shared.requests.child_token(), tasks });
+    let mut response = next.run(request).await;
+    // HTTP/2 has no `Connection` header: a GOAWAY does that job at stop.
+    if http1 && shared.draining.load(Ordering::Acquire) {
+        response.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    drop(counted);
+    response
+}
+
+impl Component for HttpServer {
+    fn name(&self) -> ComponentId {
+        self.name.clone()
+    }
+
+    fn options(&self) -> ComponentOptions {
+        self.options.clone()
+    }
+
+    async fn start(&self, ctx: &Context) -> Result<(), BoxError> {
+        let listener = Self::take(&self.listener)
+            .ok_or_else(|| format!("component `{}` was already started: its listener is gone", self.name))?;
+        listener.set_nonblocking(true)?;
+        let address = listener.local_addr()?;
+        let listener = tokio::net::TcpListener::from_std(listener)?;
+        let mut router = Self::take(&self.router).unwrap_or_default();
+        if let Some(paths) = &self.health {
+            router = router.merge(health_router(ctx.lifecycle().clone(), paths));
+        }
+        let router = router.layer(axum::middleware::from_fn_with_state(
+            (Arc::clone(&self.shared), ctx.tasks().clone()),
+            track,
+        ));
+        let (shared, tasks, token, name) =
+            (Arc::clone(&self.shared), ctx.tasks().clone(), ctx.token().clone(), self.name.clone());
+        tracing::info!(component = %name, %address, "HTTP server listening");
+        ctx.tasks().spawn("accept", async move {
+            loop {
+                let (stream, _) = tokio::select! {
+                    // The stop begins: stop accepting. Dropping the listener closes it.
+                    _ = token.cancelled() => break,
+                    accepted = listener.accept() => match accepted {
+                        Ok(accepted) => accepted,
+                        Err(error) => {
+                            // Out of descriptors, or the peer gave up before we accepted: keep going.
+                            tracing::warn!(component = %name, %error, "accept failed");
+                            tokio::time::sleep(Duration::from_millis(10)).await;
+                            continue;
+                        }
+                    },
+                };
+                let service = TowerToHyperService::new(router.clone());
+                let shared = Arc::clone(&shared);
+                tasks.spawn("connection", async move {
+                    let builder = auto::Builder::new(TokioExecutor::new());
+                    let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+                    tokio::pin!(connection);
+                    tokio::select! {
+                        _ = connection.as_mut() => return,
+                        _ = shared.closing.cancelled() => connection.as_mut().graceful_shutdown(),
+                    }
+                    tokio::select! {
+                        _ = connection.as_mut() => {}
+                        _ = shared.cut.cancelled() => {
+                            shared.cut_connections.fetch_add(1, Ordering::AcqRel);
+                        }
+                    }
+                });
+            }
+        });
+        Ok(())
+    }
+
+    async fn drain(&self, _ctx: &Context) -> Result<(), BoxError> {
+        self.shared.draining.store(true, Ordering::Release);
+        Ok(())
+    }
+
+    async fn stop(&self, ctx: &Context) -> Result<(), BoxError> {
+        let began = Instant::now();
+        let completed_before = self.completed();
+        let shared = &self.shared;
+        shared.draining.store(true, Ordering::Release);
+        shared.closing.cancel();
+        let tasks = ctx.tasks();
+        tasks.close();
+        let hard = ctx.give_up_at(MARGIN, Duration::from_secs(10));
+        let soft = match self.soft_deadline {
+            Some(after) => (began + after).min(hard),
+            None => began + hard.saturating_duration_since(began) / 2,
+        };
+        let mut cancelled = 0;
+        let mut cut = 0;
+        if tokio::time::timeout_at(soft.into(), tasks.wait()).await.is_err() {
+            cancelled = self.in_flight();
+            shared.requests.cancel();
+            if tokio::time::timeout_at(hard.into(), tasks.wait()).await.is_err() {
+                cut = self.in_flight();
+                shared.cut.cancel();
+                // Dropped connections end their requests at once.
+                let _ = tokio::time::timeout(MARGIN / 2, tasks.wait()).await;
+            }
+        }
+        let drained = (self.completed() - completed_before).saturating_sub(cut);
+        ctx.note(format!(
+            "drained {drained} requests, cancelled {cancelled} at the soft deadline, cut {cut} at the hard deadline ({} connections dropped)",
+            shared.cut_connections.load(Ordering::Acquire)
+        ));
+        Ok(())
+    }
+}
+
+impl fmt::Debug for HttpServer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("HttpServer")
+            .field("name", &self.name)
+            .field("in_flight", &self.in_flight())
+            .field("completed", &self.completed())
+            .field("draining", &self.shared.draining.load(Ordering::Acquire))
+            .finish()
+    }
+}

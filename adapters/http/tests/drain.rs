@@ -1,0 +1,247 @@
+//! The HTTP server's drain over real sockets: requests in flight finish, draining responses say
+//! `Connection: close`, readiness drops first, tokens are cancelled at the soft deadline, what
+//! ignores them is cut at the hard deadline, and handler tasks are waited for.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use axum::Extension;
+use axum::routing::get;
+use http_body_util::{BodyExt, Empty};
+use hyper::body::Bytes;
+use lifecycle_core::{ComponentOptions, LifecycleHandle, Phase, Registry, RegistryBuilder, Report, Signals};
+use lifecycle_http::axum::{self, Router};
+use lifecycle_http::{HealthPaths, HttpServer, RequestContext};
+use tokio::sync::Notify;
+use tokio::task::JoinHandle;
+
+struct Served {
+    handle: LifecycleHandle,
+    run: JoinHandle<Report>,
+    address: SocketAddr,
+}
+
+fn builder() -> RegistryBuilder {
+    let mut builder = Registry::builder();
+    builder.signals(Signals::none()).watchdog(false);
+    builder
+}
+
+async fn serve(
+    mut builder: RegistryBuilder,
+    app: Router,
+    stop_timeout: Duration,
+    soft: Option<Duration>,
+) -> Served {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let address = listener.local_addr().unwrap();
+    let mut server = HttpServer::new("http", listener, app)
+        .with_health(HealthPaths::default())
+        .options(ComponentOptions::new().stop_timeout(stop_timeout));
+    if let Some(soft) = soft {
+        server = server.soft_deadline(soft);
+    }
+    builder.add(server);
+    let registry = builder.build().unwrap();
+    let handle = registry.handle();
+    let run = tokio::spawn(registry.run());
+    handle.reached(Phase::Ready).await;
+    Served { handle, run, address }
+}
+
+/// One HTTP/1.1 keep-alive connection.
+struct Client {
+    sender: hyper::client::conn::http1::SendRequest<Empty<Bytes>>,
+    closed: JoinHandle<()>,
+}
+
+impl Client {
+    async fn connect(address: SocketAddr) -> Self {
+        let stream = tokio::net::TcpStream::connect(address).await.unwrap();
+        let (sender, connection) =
+            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await.unwrap();
+        let closed = tokio::spawn(async move {
+            let _ = connection.await;
+        });
+        Self { sender, closed }
+    }
+
+    /// Status, `Connection` header and body, or the error.
+    async fn get(&mut self, path: &str) -> Result<(u16, Option<String>, String), hyper::Error> {
+        self.sender.ready().await?;
+        let request = hyper::Request::get(path).header("host", "test").body(Empty::new()).unwrap();
+        let response = self.sender.send_request(request).await?;
+        let status = response.status().as_u16();
+        let connection = response.headers().get("connection").map(|v| v.to_str().unwrap().to_owned());
+        let body = response.into_body().collect().await?.to_bytes();
+        Ok((status, connection, String::from_utf8_lossy(&body).into_owned()))
+    }
+}
+
+async fn get_once(address: SocketAddr, path: &str) -> (u16, Option<String>, String) {
+    Client::connect(address).await.get(path).await.unwrap()
+}
+
+fn note(report: &Report) -> String {
+    report.component("http").unwrap().notes.join("; ")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_in_flight_finishes_during_the_shutdown() {
+    let started = Arc::new(Notify::new());
+    let notify = Arc::clone(&started);
+    let app = Router::new().route(
+        "/slow",
+        get(move || {
+            let notify = Arc::clone(&notify);
+            async move {
+                notify.notify_one();
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                "done"
+            }
+        }),
+    );
+    let served = serve(builder(), app, Duration::from_secs(5), None).await;
+    let address = served.address;
+    let request = tokio::spawn(async move { get_once(address, "/slow").await });
+    started.notified().await;
+    served.handle.shutdown().request("test over", 0);
+    let (status, _, body) = request.await.unwrap();
+    assert_eq!((status, body.as_str()), (200, "done"));
+    let report = served.run.await.unwrap();
+    assert!(report.is_success(), "{report}");
+    assert!(
+        note(&report).starts_with("drained 1 requests, cancelled 0 at the soft deadline, cut 0"),
+        "{report}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn while_draining_responses_say_connection_close_and_readiness_is_503() {
+    let mut b = builder();
+    b.drain_delay(Duration::from_millis(800));
+    let app = Router::new().route("/", get(|| async { "hello" }));
+    let served = serve(b, app, Duration::from_secs(5), None).await;
+
+    let mut client = Client::connect(served.address).await;
+    let (status, connection, _) = client.get("/").await.unwrap();
+    assert_eq!((status, connection), (200, None), "keep-alive while ready");
+    let (status, _, body) = get_once(served.address, "/readyz").await;
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        body.starts_with("{\"ready\":true,\"phase\":\"ready\",\"components\":[{\"name\":\"http\""),
+        "{body}"
+    );
+
+    served.handle.shutdown().request("test over", 0);
+    served.handle.reached(Phase::Draining).await;
+    let (status, _, body) = get_once(served.address, "/readyz").await;
+    assert_eq!(status, 503, "unready first, while still serving: {body}");
+    assert!(body.starts_with("{\"ready\":false,\"phase\":\"draining\""), "{body}");
+    let (status, _, _) = get_once(served.address, "/livez").await;
+    assert_eq!(status, 200, "still live while draining");
+
+    let (status, connection, body) = client.get("/").await.unwrap();
+    assert_eq!((status, connection.as_deref(), body.as_str()), (200, Some("close"), "hello"));
+    tokio::time::timeout(Duration::from_secs(2), client.closed)
+        .await
+        .expect("the server closed the connection")
+        .unwrap();
+
+    let report = served.run.await.unwrap();
+    assert!(report.is_success(), "{report}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_soft_deadline_cancels_request_tokens() {
+    let entered = Arc::new(Notify::new());
+    let notify = Arc::clone(&entered);
+    let app = Router::new().route(
+        "/report",
+        get(move |Extension(request): Extension<RequestContext>| {
+            let notify = Arc::clone(&notify);
+            async move {
+                notify.notify_one();
+                request.cancel.cancelled().await;
+                (axum::http::StatusCode::SERVICE_UNAVAILABLE, "partial report, cut short by the shutdown")
+            }
+        }),
+    );
+    let served = serve(builder(), app, Duration::from_secs(5), Some(Duration::from_millis(200))).await;
+    let address = served.address;
+    let request = tokio::spawn(async move { get_once(address, "/report").await });
+    entered.notified().await;
+    let began = Instant::now();
+    served.handle.shutdown().request("test over", 0);
+    let (status, _, body) = request.await.unwrap();
+    assert_eq!((status, body.as_str()), (503, "partial report, cut short by the shutdown"));
+    let report = served.run.await.unwrap();
+    assert!(began.elapsed() < Duration::from_secs(2));
+    assert!(
+        note(&report).starts_with("drained 1 requests, cancelled 1 at the soft deadline, cut 0"),
+        "{report}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_hard_deadline_cuts_a_request_that_ignores_its_token() {
+    let entered = Arc::new(Notify::new());
+    let notify = Arc::clone(&entered);
+    let app = Router::new().route(
+        "/forever",
+        get(move || {
+            let notify = Arc::clone(&notify);
+            async move {
+                notify.notify_one();
+                std::future::pending::<&str>().await
+            }
+        }),
+    );
+    let served = serve(builder(), app, Duration::from_millis(800), Some(Duration::from_millis(200))).await;
+    let address = served.address;
+    let request = tokio::spawn(async move { Client::connect(address).await.get("/forever").await });
+    entered.notified().await;
+    let began = Instant::now();
+    served.handle.shutdown().request("test over", 0);
+    let report = served.run.await.unwrap();
+    assert!(began.elapsed() < Duration::from_secs(2), "{:?}", began.elapsed());
+    assert!(request.await.unwrap().is_err(), "the client sees its connection closed");
+    assert!(report.is_success(), "cutting at the hard deadline is the plan, not a failure: {report}");
+    assert!(
+        note(&report)
+            .contains("cancelled 1 at the soft deadline, cut 1 at the hard deadline (1 connections dropped)"),
+        "{report}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tasks_spawned_by_handlers_are_waited_for() {
+    let finished = Arc::new(AtomicBool::new(false));
+    let flag = Arc::clone(&finished);
+    let app = Router::new().route(
+        "/order",
+        axum::routing::post(move |Extension(request): Extension<RequestContext>| {
+            let flag = Arc::clone(&flag);
+            async move {
+                request.tasks.spawn("send_confirmation", async move {
+                    tokio::time::sleep(Duration::from_millis(300)).await;
+                    flag.store(true, Ordering::SeqCst);
+                });
+                "accepted"
+            }
+        }),
+    );
+    let served = serve(builder(), app, Duration::from_secs(5), None).await;
+    let mut client = Client::connect(served.address).await;
+    client.sender.ready().await.unwrap();
+    let request = hyper::Request::post("/order").header("host", "test").body(Empty::<Bytes>::new()).unwrap();
+    assert_eq!(client.sender.send_request(request).await.unwrap().status(), 200);
+    served.handle.shutdown().request("test over", 0);
+    let report = served.run.await.unwrap();
+    assert!(report.is_success(), "{report}");
+    assert!(finished.load(Ordering::SeqCst), "the stop waited for the handler's task");
+}
