@@ -1,0 +1,189 @@
+//! Run with `cargo run -p orders`: an order service on http://127.0.0.1:8080, on SQLite
+//! (`orders.db`) with no server needed. With `DATABASE_URL=postgres://...` it uses PostgreSQL and
+//! its job queue; with `REDIS_URL=redis://...` a Redis cache in front of reads. Ctrl-C or SIGTERM
+//! drains and stops it; `deploy/` has the Kubernetes and systemd files.
+//!
+//! ```text
+//! curl -s -XPOST localhost:8080/api/orders -H 'content-type: application/json' -d '{"item":"tea","quantity":2}'
+//! curl -s localhost:8080/api/orders/1
+//! curl -s localhost:8080/readyz
+//! ```
+
+mod config;
+mod store;
+
+use std::time::Duration;
+
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use lifecycle_core::{
+    BoxError, Component, ComponentOptions, Context, Dep, Dependency, FnComponent, RegistryBuilder,
+};
+use lifecycle_http::{HealthPaths, HttpServer};
+use lifecycle_redis::{RedisPool, redis};
+use lifecycle_sqlx::jobs::JobWorker;
+use lifecycle_sqlx::{PgPool, SqlitePool};
+use serde::Deserialize;
+use store::{Order, ProcessOrder, Store};
+
+#[derive(Clone)]
+struct App {
+    store: Store,
+    cache: Option<Dep<RedisPool>>,
+}
+
+#[derive(Deserialize)]
+struct NewOrder {
+    item: String,
+    quantity: i64,
+}
+
+type Reply<T> = Result<T, (StatusCode, String)>;
+
+fn internal(error: BoxError) -> (StatusCode, String) {
+    tracing::error!(%error, "request failed");
+    (StatusCode::INTERNAL_SERVER_ERROR, "internal error\n".into())
+}
+
+async fn create_order(
+    State(app): State<App>,
+    Json(order): Json<NewOrder>,
+) -> Reply<(StatusCode, Json<serde_json::Value>)> {
+    if order.item.trim().is_empty() || order.quantity <= 0 {
+        return Err((
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "`item` must be non-empty and `quantity` positive\n".into(),
+        ));
+    }
+    let id = app.store.create(&order.item, order.quantity).await.map_err(internal)?;
+    Ok((StatusCode::CREATED, Json(serde_json::json!({ "id": id }))))
+}
+
+async fn get_order(State(app): State<App>, Path(id): Path<i64>) -> Reply<Json<Order>> {
+    let key = format!("orders:{id}");
+    if let Some(order) = match &app.cache {
+        Some(cache) => cache_get(cache, &key).await,
+        None => None,
+    } {
+        return Ok(Json(order));
+    }
+    let order = app
+        .store
+        .get(id)
+        .await
+        .map_err(internal)?
+        .ok_or((StatusCode::NOT_FOUND, "no such order\n".into()))?;
+    // Only processed orders are cached: a new one still changes.
+    if let (Some(cache), "processed") = (&app.cache, order.status.as_str()) {
+        cache_put(cache, &key, &order).await;
+    }
+    Ok(Json(order))
+}
+
+/// A cached order; a cache that is down is a miss, not an error.
+async fn cache_get(cache: &RedisPool, key: &str) -> Option<Order> {
+    let mut connection = cache.pool().ok()?.get().await.ok()?;
+    let json: Option<String> = redis::cmd("GET").arg(key).query_async(&mut *connection).await.ok()?;
+    serde_json::from_str(&json?).ok()
+}
+
+async fn cache_put(cache: &RedisPool, key: &str, order: &Order) {
+    let (Ok(pool), Ok(json)) = (cache.pool(), serde_json::to_string(order)) else { return };
+    if let Ok(mut connection) = pool.get().await {
+        let stored: Result<(), _> =
+            redis::cmd("SET").arg(key).arg(json).arg("EX").arg(60).query_async(&mut *connection).await;
+        if let Err(error) = stored {
+            tracing::warn!(%error, "cache write failed");
+        }
+    }
+}
+
+/// SQLite has no `SKIP LOCKED` queue: one task processes new orders every 100 ms instead.
+struct SqliteProcessor {
+    store: Store,
+}
+
+impl Component for SqliteProcessor {
+    fn name(&self) -> lifecycle_core::ComponentId {
+        "worker".into()
+    }
+
+    fn dependencies(&self) -> Vec<Dependency> {
+        vec![Dependency::on("migrations")]
+    }
+
+    async fn start(&self, ctx: &Context) -> Result<(), BoxError> {
+        let (store, token) = (self.store.clone(), ctx.token().clone());
+        ctx.tasks().spawn("process_orders", async move {
+            let mut tick = tokio::time::interval(Duration::from_millis(100));
+            loop {
+                tokio::select! {
+                    _ = token.cancelled() => return Ok::<(), BoxError>(()),
+                    _ = tick.tick() => { store.process_new(100).await?; }
+                }
+            }
+        });
+        Ok(())
+    }
+}
+
+#[lifecycle_core::main(report = "always")]
+async fn main() -> Result<RegistryBuilder, String> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let config = config::Config::load()?;
+    let listener = std::net::TcpListener::bind(config.listen)
+        .map_err(|error| format!("cannot listen on {} (LISTEN_ADDR or --listen): {error}", config.listen))?;
+
+    let mut builder = RegistryBuilder::new();
+    builder.drain_delay(config.drain_delay).shutdown_deadline(config.shutdown_deadline);
+    let store = if config.database_url.starts_with("postgres") {
+        Store::Postgres(
+            builder.add(PgPool::new("orders_db", config.database_url.clone()).max_connections(20)).dep(),
+        )
+    } else {
+        Store::Sqlite(
+            builder.add(SqlitePool::new("orders_db", config.database_url.clone()).max_connections(8)).dep(),
+        )
+    };
+    let migrating = store.clone();
+    builder.add(FnComponent::new("migrations").depends_on("orders_db").on_start(move |_ctx| {
+        let store = migrating.clone();
+        async move { store.migrate().await }
+    }));
+    let cache = config.redis_url.as_ref().map(|url| builder.add(RedisPool::new("cache", url.clone())).dep());
+    match &store {
+        Store::Postgres(db) => {
+            builder
+                .add(JobWorker::new("worker", db.clone(), store::QUEUE, ProcessOrder).concurrency(4))
+                .depends_on("migrations");
+        }
+        Store::Sqlite(_) => {
+            builder.add(SqliteProcessor { store: store.clone() });
+        }
+    }
+
+    let app = Router::new()
+        .route("/api/orders", post(create_order))
+        .route("/api/orders/{id}", get(get_order))
+        .with_state(App { store, cache: cache.clone() });
+    let stop_timeout = config.shutdown_deadline.mul_f64(0.8);
+    let http = builder
+        .add(
+            HttpServer::new("http", listener, app)
+                .with_health(HealthPaths::default())
+                .options(ComponentOptions::new().stop_timeout(stop_timeout)),
+        )
+        .depends_on("migrations");
+    if cache.is_some() {
+        http.depends_on("cache");
+    }
+    tracing::info!(listen = %config.listen, database = %lifecycle_core::redact_url(&config.database_url), "orders configured");
+    Ok(builder)
+}
