@@ -1,4 +1,7 @@
-//! Helpers for tests that run a service as a real child process and signal it.
+//! Helpers for tests that run a service as a real child process and signal it, and the load
+//! generator they share with the benchmarks.
+
+pub mod load;
 
 use std::io::{BufRead, BufReader, Read};
 use std::process::{Child, Command, ExitStatus, Stdio};

@@ -7,17 +7,16 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-use http_body_util::{BodyExt, Full};
+use http_body_util::Full;
 use hyper::body::Bytes;
-use hyper_util::rt::{TokioExecutor, TokioIo};
 use lifecycle_sqlx::sqlx::{self, AssertSqlSafe};
+use lifecycle_tests::load::{Mode, Sender, Tally, classify, connect, post};
 
 const CLIENTS: usize = 16;
 
@@ -40,32 +39,6 @@ fn orders_binary() -> std::path::PathBuf {
             std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../target/debug/orders")).to_path_buf()
         })
         .clone()
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Mode {
-    KeepAlive,
-    ConnectionClose,
-    Http2,
-}
-
-/// Failures by kind, and what succeeded.
-#[derive(Default, Debug)]
-struct Tally {
-    ok: u64,
-    failures: BTreeMap<&'static str, u64>,
-    acknowledged: Vec<i64>,
-}
-
-fn classify(error: &(dyn std::error::Error + 'static)) -> &'static str {
-    let text = format!("{error:?}").to_lowercase();
-    if text.contains("refused") {
-        "refused"
-    } else if text.contains("reset") {
-        "reset"
-    } else {
-        "early close"
-    }
 }
 
 /// One client: a connection (or one per request), sending `POST /api/orders` then `GET` of it,
@@ -92,7 +65,7 @@ async fn client(
         }
         let Some(s) = sender.as_mut() else { continue };
         let body = format!("{{\"item\":\"client {n} order {i}\",\"quantity\":1}}");
-        match s.send(post(body, mode)).await {
+        match s.send(post(body, mode).unwrap()).await {
             Ok((201, text)) => {
                 let id: i64 = text.trim_start_matches("{\"id\":").trim_end_matches('}').parse().unwrap();
                 let mut t = tally.lock().unwrap();
@@ -108,65 +81,6 @@ async fn client(
                 sender = None;
             }
         }
-    }
-}
-
-fn post(body: String, mode: Mode) -> hyper::Request<Full<Bytes>> {
-    let mut request =
-        hyper::Request::post("http://orders/api/orders").header("content-type", "application/json");
-    if mode != Mode::Http2 {
-        request = request.header("host", "orders");
-    }
-    if mode == Mode::ConnectionClose {
-        request = request.header("connection", "close");
-    }
-    request.body(Full::new(Bytes::from(body))).unwrap()
-}
-
-type BoxError = Box<dyn std::error::Error + Send + Sync>;
-type Reply<'a> =
-    std::pin::Pin<Box<dyn std::future::Future<Output = Result<(u16, String), BoxError>> + Send + 'a>>;
-
-trait Sender: Send {
-    fn is_closed(&self) -> bool;
-    fn send(&mut self, request: hyper::Request<Full<Bytes>>) -> Reply<'_>;
-}
-
-/// The same `Sender` for both protocols' `SendRequest`, which share their methods but no trait.
-macro_rules! sender {
-    ($protocol:ident) => {
-        impl Sender for hyper::client::conn::$protocol::SendRequest<Full<Bytes>> {
-            fn is_closed(&self) -> bool {
-                hyper::client::conn::$protocol::SendRequest::is_closed(self)
-            }
-
-            fn send(&mut self, request: hyper::Request<Full<Bytes>>) -> Reply<'_> {
-                Box::pin(async move {
-                    self.ready().await?;
-                    let response = self.send_request(request).await?;
-                    let status = response.status().as_u16();
-                    let body = response.into_body().collect().await?.to_bytes();
-                    Ok((status, String::from_utf8_lossy(&body).into_owned()))
-                })
-            }
-        }
-    };
-}
-
-sender!(http1);
-sender!(http2);
-
-async fn connect(address: SocketAddr, mode: Mode) -> Result<Box<dyn Sender>, BoxError> {
-    let stream = tokio::net::TcpStream::connect(address).await?;
-    let io = TokioIo::new(stream);
-    if mode == Mode::Http2 {
-        let (sender, connection) = hyper::client::conn::http2::handshake(TokioExecutor::new(), io).await?;
-        tokio::spawn(connection);
-        Ok(Box::new(sender))
-    } else {
-        let (sender, connection) = hyper::client::conn::http1::handshake(io).await?;
-        tokio::spawn(connection);
-        Ok(Box::new(sender))
     }
 }
 
@@ -319,8 +233,10 @@ async fn the_default_sqlite_setup_serves_processes_and_stops() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let mut sender = connect(address, Mode::KeepAlive).await.unwrap();
-    let (status, created) =
-        sender.send(post("{\"item\":\"tea\",\"quantity\":2}".into(), Mode::KeepAlive)).await.unwrap();
+    let (status, created) = sender
+        .send(post("{\"item\":\"tea\",\"quantity\":2}".into(), Mode::KeepAlive).unwrap())
+        .await
+        .unwrap();
     assert_eq!((status, created.as_str()), (201, "{\"id\":1}"));
     let processed = loop {
         let request = hyper::Request::get("/api/orders/1")

@@ -1,0 +1,110 @@
+//! The load generator of the HTTP tests and benchmarks: HTTP/1.1 keep-alive, HTTP/1.1 with
+//! `Connection: close`, or HTTP/2 connections that never retry silently, and failures counted by
+//! kind.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+
+use http_body_util::{BodyExt, Full};
+use hyper::body::Bytes;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+
+/// How a client talks to the server.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// HTTP/1.1, one connection reused until the server closes it.
+    KeepAlive,
+    /// HTTP/1.1, a new connection per request, `Connection: close`.
+    ConnectionClose,
+    /// HTTP/2 with prior knowledge, one connection.
+    Http2,
+}
+
+/// Failures by kind, and what succeeded.
+#[derive(Default, Debug)]
+pub struct Tally {
+    /// Requests answered with a success.
+    pub ok: u64,
+    /// Failed requests by kind: refused, reset, early close, 5xx.
+    pub failures: BTreeMap<&'static str, u64>,
+    /// What the successful requests returned (order ids).
+    pub acknowledged: Vec<i64>,
+}
+
+/// The kind of a failed request, from its error.
+pub fn classify(error: &(dyn std::error::Error + 'static)) -> &'static str {
+    let text = format!("{error:?}").to_lowercase();
+    if text.contains("refused") {
+        "refused"
+    } else if text.contains("reset") {
+        "reset"
+    } else {
+        "early close"
+    }
+}
+
+/// A `POST /api/orders` with `body`, as `mode` sends it.
+pub fn post(body: String, mode: Mode) -> Result<hyper::Request<Full<Bytes>>, hyper::http::Error> {
+    let mut request =
+        hyper::Request::post("http://orders/api/orders").header("content-type", "application/json");
+    if mode != Mode::Http2 {
+        request = request.header("host", "orders");
+    }
+    if mode == Mode::ConnectionClose {
+        request = request.header("connection", "close");
+    }
+    request.body(Full::new(Bytes::from(body)))
+}
+
+/// Any error of a request.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+/// A response's status and body, to come.
+pub type Reply<'a> =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<(u16, String), BoxError>> + Send + 'a>>;
+
+/// One connection's request sender, whatever its protocol.
+pub trait Sender: Send {
+    /// Whether the connection is closed.
+    fn is_closed(&self) -> bool;
+    /// Sends `request` and reads the whole response.
+    fn send(&mut self, request: hyper::Request<Full<Bytes>>) -> Reply<'_>;
+}
+
+/// The same `Sender` for both protocols' `SendRequest`, which share their methods but no trait.
+macro_rules! sender {
+    ($protocol:ident) => {
+        impl Sender for hyper::client::conn::$protocol::SendRequest<Full<Bytes>> {
+            fn is_closed(&self) -> bool {
+                hyper::client::conn::$protocol::SendRequest::is_closed(self)
+            }
+
+            fn send(&mut self, request: hyper::Request<Full<Bytes>>) -> Reply<'_> {
+                Box::pin(async move {
+                    self.ready().await?;
+                    let response = self.send_request(request).await?;
+                    let status = response.status().as_u16();
+                    let body = response.into_body().collect().await?.to_bytes();
+                    Ok((status, String::from_utf8_lossy(&body).into_owned()))
+                })
+            }
+        }
+    };
+}
+
+sender!(http1);
+sender!(http2);
+
+/// Opens a connection speaking `mode`.
+pub async fn connect(address: SocketAddr, mode: Mode) -> Result<Box<dyn Sender>, BoxError> {
+    let stream = tokio::net::TcpStream::connect(address).await?;
+    let io = TokioIo::new(stream);
+    if mode == Mode::Http2 {
+        let (sender, connection) = hyper::client::conn::http2::handshake(TokioExecutor::new(), io).await?;
+        tokio::spawn(connection);
+        Ok(Box::new(sender))
+    } else {
+        let (sender, connection) = hyper::client::conn::http1::handshake(io).await?;
+        tokio::spawn(connection);
+        Ok(Box::new(sender))
+    }
+}
