@@ -244,7 +244,8 @@ impl Component for HttpServer {
         }
         let drained = (self.completed() - completed_before).saturating_sub(cut);
         ctx.note(format!(
-            "drained {drained} requests, cancelled {cancelled} at the soft deadline, cut {cut} at the hard deadline ({} connections dropped)",
+            "drained {drained} requests, cancelled {cancelled} at the soft deadline, cut {cut} requests and {} \
+             connections at the hard deadline",
             shared.cut_connections.load(Ordering::Acquire)
         ));
         Ok(())

@@ -20,6 +20,7 @@ use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 
 struct Served {
+    server: lifecycle_core::Dep<HttpServer>,
     handle: LifecycleHandle,
     run: JoinHandle<Report>,
     address: SocketAddr,
@@ -45,12 +46,12 @@ async fn serve(
     if let Some(soft) = soft {
         server = server.soft_deadline(soft);
     }
-    builder.add(server);
+    let server = builder.add(server).dep();
     let registry = builder.build().unwrap();
     let handle = registry.handle();
     let run = tokio::spawn(registry.run());
     handle.reached(Phase::Ready).await;
-    Served { handle, run, address }
+    Served { server, handle, run, address }
 }
 
 /// One HTTP/1.1 keep-alive connection.
@@ -115,7 +116,7 @@ async fn a_request_in_flight_finishes_during_the_shutdown() {
     let report = served.run.await.unwrap();
     assert!(report.is_success(), "{report}");
     assert!(
-        note(&report).starts_with("drained 1 requests, cancelled 0 at the soft deadline, cut 0"),
+        note(&report).starts_with("drained 1 requests, cancelled 0 at the soft deadline, cut 0 requests"),
         "{report}"
     );
 }
@@ -182,7 +183,7 @@ async fn the_soft_deadline_cancels_request_tokens() {
     let report = served.run.await.unwrap();
     assert!(began.elapsed() < Duration::from_secs(2));
     assert!(
-        note(&report).starts_with("drained 1 requests, cancelled 1 at the soft deadline, cut 0"),
+        note(&report).starts_with("drained 1 requests, cancelled 1 at the soft deadline, cut 0 requests"),
         "{report}"
     );
 }
@@ -212,8 +213,9 @@ async fn the_hard_deadline_cuts_a_request_that_ignores_its_token() {
     assert!(request.await.unwrap().is_err(), "the client sees its connection closed");
     assert!(report.is_success(), "cutting at the hard deadline is the plan, not a failure: {report}");
     assert!(
-        note(&report)
-            .contains("cancelled 1 at the soft deadline, cut 1 at the hard deadline (1 connections dropped)"),
+        note(&report).contains(
+            "cancelled 1 at the soft deadline, cut 1 requests and 1 connections at the hard deadline"
+        ),
         "{report}"
     );
 }
@@ -244,4 +246,24 @@ async fn tasks_spawned_by_handlers_are_waited_for() {
     let report = served.run.await.unwrap();
     assert!(report.is_success(), "{report}");
     assert!(finished.load(Ordering::SeqCst), "the stop waited for the handler's task");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_never_reads_its_response_is_cut_at_the_hard_deadline() {
+    use tokio::io::AsyncWriteExt;
+    // 64 MiB: far more than the socket buffers hold, so the server's write blocks.
+    let app = Router::new().route("/export", get(|| async { vec![b'x'; 64 << 20] }));
+    let served = serve(builder(), app, Duration::from_millis(800), Some(Duration::from_millis(200))).await;
+    let mut stream = tokio::net::TcpStream::connect(served.address).await.unwrap();
+    stream.write_all(b"GET /export HTTP/1.1\r\nhost: test\r\n\r\n").await.unwrap();
+    // Never read. Once the handler has answered, the server is stuck writing the body.
+    while served.server.completed() == 0 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let began = Instant::now();
+    served.handle.shutdown().request("test over", 0);
+    let report = served.run.await.unwrap();
+    assert!(began.elapsed() < Duration::from_secs(2), "the stop ends at its deadline: {:?}", began.elapsed());
+    assert!(note(&report).ends_with("cut 0 requests and 1 connections at the hard deadline"), "{report}");
+    drop(stream);
 }

@@ -47,7 +47,11 @@ struct Round {
 
 /// Runs the load until `sending` is false. Latencies of requests that began before `trigger`
 /// are the steady-state sample.
-async fn clients(address: SocketAddr, sending: Arc<AtomicBool>, trigger: Arc<std::sync::OnceLock<Instant>>) -> Round {
+async fn clients(
+    address: SocketAddr,
+    sending: Arc<AtomicBool>,
+    trigger: Arc<std::sync::OnceLock<Instant>>,
+) -> Round {
     let mut tasks = Vec::new();
     for n in 0..CONNECTIONS {
         let (sending, trigger) = (Arc::clone(&sending), Arc::clone(&trigger));
@@ -70,7 +74,9 @@ async fn clients(address: SocketAddr, sending: Arc<AtomicBool>, trigger: Arc<std
                     }
                 }
                 let Some(s) = sender.as_mut() else { continue };
-                let Ok(request) = post_request(format!("{{\"item\":\"{n}-{i}\",\"quantity\":1}}"), Mode::KeepAlive) else {
+                let Ok(request) =
+                    post_request(format!("{{\"item\":\"{n}-{i}\",\"quantity\":1}}"), Mode::KeepAlive)
+                else {
                     continue;
                 };
                 let began = Instant::now();
@@ -176,8 +182,10 @@ fn main() {
     let mut p = [[0.0; 2]; 2];
     for (variant, name) in ["axum `with_graceful_shutdown`", "lifecycle `HttpServer`"].iter().enumerate() {
         let total = &mut totals[variant];
-        p[variant] = [percentile(&mut total.steady_latencies, 0.5), percentile(&mut total.steady_latencies, 0.99)];
-        let failures: Vec<String> = total.failures.iter().map(|(kind, count)| format!("{count} {kind}")).collect();
+        p[variant] =
+            [percentile(&mut total.steady_latencies, 0.5), percentile(&mut total.steady_latencies, 0.99)];
+        let failures: Vec<String> =
+            total.failures.iter().map(|(kind, count)| format!("{count} {kind}")).collect();
         println!(
             "| {name} | {} | {} | {:?} | {} | {} |",
             total.ok,
