@@ -18,7 +18,7 @@ use axum::routing::post;
 use lifecycle_benches::{human, runtime};
 use lifecycle_core::{Registry, Signals};
 use lifecycle_http::HttpServer;
-use lifecycle_tests::load::{Mode, classify, connect, post as post_request};
+use lifecycle_tests::load::{Mode, Sender, classify, connect, post as post_request};
 use tokio_util::sync::CancellationToken;
 
 const CONNECTIONS: usize = 50;
@@ -57,11 +57,11 @@ async fn clients(
         let (sending, trigger) = (Arc::clone(&sending), Arc::clone(&trigger));
         tasks.push(tokio::spawn(async move {
             let mut round = Round::default();
-            let mut sender = None;
+            let mut sender: Option<Box<dyn Sender>> = None;
             let mut i = 0;
             while sending.load(Ordering::Acquire) {
                 i += 1;
-                if sender.as_ref().is_none_or(|s: &Box<dyn lifecycle_tests::load::Sender>| s.is_closed()) {
+                if sender.as_ref().is_none_or(|s| s.is_closed()) {
                     match connect(address, Mode::KeepAlive).await {
                         Ok(s) => sender = Some(s),
                         Err(error) => {
