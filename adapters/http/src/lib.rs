@@ -11,11 +11,12 @@
 //! // The listener is bound by the application (or inherited): the server never binds.
 //! let listener = std::net::TcpListener::bind("127.0.0.1:8080")?;
 //! let app = Router::new().route("/", get(|| async { "hello" }));
-//! builder.add(HttpServer::new("http", listener, app).with_health(HealthPaths::default()));
+//! builder.add(HttpServer::new("http", listener, app).with_health(HealthPaths::default()).with_metrics("/metrics"));
 //! # Ok(()) }
 //! ```
 
 mod health;
+mod metrics;
 mod server;
 
 pub use axum;

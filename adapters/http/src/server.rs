@@ -10,11 +10,13 @@ use axum::extract::{Request, State};
 use axum::http::{HeaderValue, Version, header};
 use axum::middleware::Next;
 use axum::response::Response;
+use axum::routing::get;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use hyper_util::service::TowerToHyperService;
 use lifecycle_core::{BoxError, CancellationToken, Component, ComponentId, ComponentOptions, Context, Tasks};
 
+use crate::metrics::{MetricsState, metrics};
 use crate::{HealthPaths, health_router};
 
 /// How long before the stop deadline the server cuts what is left, so its note reaches the report.
@@ -29,13 +31,22 @@ pub struct RequestContext {
     pub tasks: Tasks,
 }
 
-/// Counters shared by the middleware, the connections and the stop.
+/// Request counts, for the report's note and for `/metrics`.
+#[derive(Default, Debug)]
+pub(crate) struct Counters {
+    pub(crate) in_flight: AtomicU64,
+    pub(crate) completed: AtomicU64,
+    pub(crate) drained: AtomicU64,
+    pub(crate) cancelled: AtomicU64,
+    pub(crate) cut: AtomicU64,
+}
+
+/// State shared by the middleware, the connections and the stop.
 #[derive(Default)]
 struct Shared {
     /// Set by the drain hook: HTTP/1 responses then carry `Connection: close`.
     draining: AtomicBool,
-    in_flight: AtomicU64,
-    completed: AtomicU64,
+    counters: Arc<Counters>,
     /// Parent of every request's token.
     requests: CancellationToken,
     /// Cancelled at stop: each connection shuts down gracefully (HTTP/2 GOAWAY, HTTP/1 close
@@ -51,8 +62,8 @@ struct InFlight(Arc<Shared>);
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        self.0.in_flight.fetch_sub(1, Ordering::AcqRel);
-        self.0.completed.fetch_add(1, Ordering::AcqRel);
+        self.0.counters.in_flight.fetch_sub(1, Ordering::AcqRel);
+        self.0.counters.completed.fetch_add(1, Ordering::AcqRel);
     }
 }
 
@@ -75,6 +86,7 @@ pub struct HttpServer {
     router: Mutex<Option<Router>>,
     soft_deadline: Option<Duration>,
     health: Option<HealthPaths>,
+    metrics: Option<String>,
     options: ComponentOptions,
     shared: Arc<Shared>,
 }
@@ -88,6 +100,7 @@ impl HttpServer {
             router: Mutex::new(Some(router)),
             soft_deadline: None,
             health: None,
+            metrics: None,
             options: ComponentOptions::new(),
             shared: Arc::default(),
         }
@@ -107,6 +120,14 @@ impl HttpServer {
         self
     }
 
+    /// Also serves the run's and the server's metrics in the Prometheus text format at `path`
+    /// (usually `/metrics`).
+    #[must_use]
+    pub fn with_metrics(mut self, path: impl Into<String>) -> Self {
+        self.metrics = Some(path.into());
+        self
+    }
+
     /// The component's timeouts and criticality.
     #[must_use]
     pub fn options(mut self, options: ComponentOptions) -> Self {
@@ -116,12 +137,12 @@ impl HttpServer {
 
     /// Requests being served now.
     pub fn in_flight(&self) -> u64 {
-        self.shared.in_flight.load(Ordering::Acquire)
+        self.shared.counters.in_flight.load(Ordering::Acquire)
     }
 
     /// Requests answered since the start.
     pub fn completed(&self) -> u64 {
-        self.shared.completed.load(Ordering::Acquire)
+        self.shared.counters.completed.load(Ordering::Acquire)
     }
 
     fn take<T>(slot: &Mutex<Option<T>>) -> Option<T> {
@@ -136,7 +157,7 @@ async fn track(
     mut request: Request,
     next: Next,
 ) -> Response {
-    shared.in_flight.fetch_add(1, Ordering::AcqRel);
+    shared.counters.in_flight.fetch_add(1, Ordering::AcqRel);
     let counted = InFlight(Arc::clone(&shared));
     let http1 = request.version() <= Version::HTTP_11;
     request.extensions_mut().insert(RequestContext { cancel: shared.requests.child_token(), tasks });
@@ -167,6 +188,11 @@ impl Component for HttpServer {
         let mut router = Self::take(&self.router).unwrap_or_default();
         if let Some(paths) = &self.health {
             router = router.merge(health_router(ctx.lifecycle().clone(), paths));
+        }
+        if let Some(path) = &self.metrics {
+            let state =
+                MetricsState { handle: ctx.lifecycle().clone(), counters: Arc::clone(&self.shared.counters) };
+            router = router.merge(Router::new().route(path, get(metrics)).with_state(Arc::new(state)));
         }
         let router = router.layer(axum::middleware::from_fn_with_state(
             (Arc::clone(&self.shared), ctx.tasks().clone()),
@@ -230,19 +256,21 @@ impl Component for HttpServer {
             Some(after) => (began + after).min(hard),
             None => began + hard.saturating_duration_since(began) / 2,
         };
-        let mut cancelled = 0;
-        let mut cut = 0;
+        let counters = &shared.counters;
         if tokio::time::timeout_at(soft.into(), tasks.wait()).await.is_err() {
-            cancelled = self.in_flight();
+            counters.cancelled.store(self.in_flight(), Ordering::Release);
             shared.requests.cancel();
             if tokio::time::timeout_at(hard.into(), tasks.wait()).await.is_err() {
-                cut = self.in_flight();
+                counters.cut.store(self.in_flight(), Ordering::Release);
                 shared.cut.cancel();
                 // Dropped connections end their requests at once.
                 let _ = tokio::time::timeout(MARGIN / 2, tasks.wait()).await;
             }
         }
+        let (cancelled, cut) =
+            (counters.cancelled.load(Ordering::Acquire), counters.cut.load(Ordering::Acquire));
         let drained = (self.completed() - completed_before).saturating_sub(cut);
+        counters.drained.store(drained, Ordering::Release);
         ctx.note(format!(
             "drained {drained} requests, cancelled {cancelled} at the soft deadline, cut {cut} requests and {} \
              connections at the hard deadline",

@@ -42,6 +42,7 @@ async fn serve(
     let address = listener.local_addr().unwrap();
     let mut server = HttpServer::new("http", listener, app)
         .with_health(HealthPaths::default())
+        .with_metrics("/metrics")
         .options(ComponentOptions::new().stop_timeout(stop_timeout));
     if let Some(soft) = soft {
         server = server.soft_deadline(soft);
@@ -266,4 +267,40 @@ async fn a_client_that_never_reads_its_response_is_cut_at_the_hard_deadline() {
     assert!(began.elapsed() < Duration::from_secs(2), "the stop ends at its deadline: {:?}", began.elapsed());
     assert!(note(&report).ends_with("cut 0 requests and 1 connections at the hard deadline"), "{report}");
     drop(stream);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_are_valid_prometheus_text() {
+    let app = Router::new().route("/", get(|| async { "hello" }));
+    let served = serve(builder(), app, Duration::from_secs(5), None).await;
+    let (status, _, _) = get_once(served.address, "/").await;
+    assert_eq!(status, 200);
+    let (status, _, text) = get_once(served.address, "/metrics").await;
+    assert_eq!(status, 200, "{text}");
+
+    let scrape = prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_owned()))).unwrap();
+    let value = |name: &str, label: Option<(&str, &str)>| {
+        scrape
+            .samples
+            .iter()
+            .find(|s| s.metric == name && label.is_none_or(|(k, v)| s.labels.get(k) == Some(v)))
+            .map(|s| match s.value {
+                prometheus_parse::Value::Gauge(v)
+                | prometheus_parse::Value::Counter(v)
+                | prometheus_parse::Value::Untyped(v) => v,
+                _ => f64::NAN,
+            })
+            .unwrap_or_else(|| panic!("no sample {name} {label:?} in:\n{text}"))
+    };
+    assert_eq!(value("lifecycle_phase", Some(("phase", "ready"))), 1.0);
+    assert_eq!(value("lifecycle_phase", Some(("phase", "draining"))), 0.0);
+    assert_eq!(value("lifecycle_component_state", Some(("state", "running"))), 1.0);
+    assert!(value("lifecycle_component_start_seconds", Some(("component", "http"))) >= 0.0);
+    assert!(value("lifecycle_http_requests_completed", None) >= 1.0);
+    assert_eq!(value("lifecycle_http_requests_in_flight", None), 1.0, "the scrape itself");
+    let documented = scrape.docs.keys().filter(|name| name.starts_with("lifecycle_")).count();
+    assert!(documented >= 8, "every metric has HELP text: {:?}", scrape.docs.keys());
+
+    served.handle.shutdown().request("test over", 0);
+    assert!(served.run.await.unwrap().is_success());
 }

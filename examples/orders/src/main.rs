@@ -7,6 +7,7 @@
 //! curl -s -XPOST localhost:8080/api/orders -H 'content-type: application/json' -d '{"item":"tea","quantity":2}'
 //! curl -s localhost:8080/api/orders/1
 //! curl -s localhost:8080/readyz
+//! curl -s localhost:8080/metrics
 //! ```
 
 mod config;
@@ -178,6 +179,7 @@ async fn main() -> Result<RegistryBuilder, String> {
         .add(
             HttpServer::new("http", listener, app)
                 .with_health(HealthPaths::default())
+                .with_metrics("/metrics")
                 .options(ComponentOptions::new().stop_timeout(stop_timeout)),
         )
         .depends_on("migrations");

@@ -1,0 +1,132 @@
+//! `/metrics` in the Prometheus text format: the run's phase, each component's state and
+//! durations, and the server's request counters, read at scrape time.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::IntoResponse;
+use lifecycle_core::{LifecycleHandle, Phase};
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+
+use crate::server::Counters;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PhaseLabel {
+    phase: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ComponentLabel {
+    component: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ComponentStateLabel {
+    component: String,
+    state: String,
+}
+
+type FloatGauge = Gauge<f64, AtomicU64>;
+
+pub(crate) struct MetricsState {
+    pub(crate) handle: LifecycleHandle,
+    pub(crate) counters: Arc<Counters>,
+}
+
+/// Renders the metrics. A fresh registry per scrape: every value is read from its source, so
+/// nothing is kept in sync, and nothing is global.
+pub(crate) fn render(state: &MetricsState) -> Result<String, std::fmt::Error> {
+    let mut registry = Registry::with_prefix("lifecycle");
+
+    let phase = Family::<PhaseLabel, Gauge>::default();
+    let current = state.handle.phase();
+    for candidate in [Phase::Starting, Phase::Ready, Phase::Draining, Phase::Stopping, Phase::Stopped] {
+        phase
+            .get_or_create(&PhaseLabel { phase: candidate.to_string() })
+            .set(i64::from(candidate == current));
+    }
+    registry.register("phase", "The service's phase (1 for the current one)", phase);
+
+    let component_state = Family::<ComponentStateLabel, Gauge>::default();
+    let start = Family::<ComponentLabel, FloatGauge>::default();
+    let stop = Family::<ComponentLabel, FloatGauge>::default();
+    for status in state.handle.components() {
+        let state = status.stage.map_or_else(
+            || {
+                status.outcome.as_ref().map_or_else(
+                    || "pending".to_owned(),
+                    |o| if o.is_failure() { "failed".into() } else { "stopped".into() },
+                )
+            },
+            |stage| stage.to_string(),
+        );
+        component_state
+            .get_or_create(&ComponentStateLabel { component: status.name.to_string(), state })
+            .set(1);
+        let label = ComponentLabel { component: status.name.to_string() };
+        if let Some(duration) = status.start_duration {
+            start.get_or_create(&label).set(duration.as_secs_f64());
+        }
+        if let Some(duration) = status.stop_duration {
+            stop.get_or_create(&label).set(duration.as_secs_f64());
+        }
+    }
+    registry.register("component_state", "Each component's current state", component_state);
+    registry.register("component_start_seconds", "How long each component's start took", start);
+    registry.register("component_stop_seconds", "How long each component's stop took", stop);
+
+    let http = registry.sub_registry_with_prefix("http");
+    let counters = &state.counters;
+    let gauge = |value: u64| {
+        let gauge = Gauge::<i64>::default();
+        gauge.set(i64::try_from(value).unwrap_or(i64::MAX));
+        gauge
+    };
+    http.register(
+        "requests_in_flight",
+        "Requests being served",
+        gauge(counters.in_flight.load(Ordering::Acquire)),
+    );
+    http.register(
+        "requests_completed",
+        "Requests answered since the start",
+        gauge(counters.completed.load(Ordering::Acquire)),
+    );
+    http.register(
+        "shutdown_drained_requests",
+        "Requests finished during the stop",
+        gauge(counters.drained.load(Ordering::Acquire)),
+    );
+    http.register(
+        "shutdown_cancelled_requests",
+        "Requests cancelled at the soft deadline",
+        gauge(counters.cancelled.load(Ordering::Acquire)),
+    );
+    http.register(
+        "shutdown_cut_requests",
+        "Requests cut at the hard deadline",
+        gauge(counters.cut.load(Ordering::Acquire)),
+    );
+
+    let mut text = String::new();
+    prometheus_client::encoding::text::encode(&mut text, &registry)?;
+    Ok(text)
+}
+
+pub(crate) async fn metrics(State(state): State<Arc<MetricsState>>) -> impl IntoResponse {
+    match render(&state) {
+        Ok(text) => {
+            (StatusCode::OK, [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], text)
+        }
+        Err(_) => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            [(header::CONTENT_TYPE, "text/plain")],
+            String::from("encoding failed\n"),
+        ),
+    }
+}
