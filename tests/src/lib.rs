@@ -22,8 +22,14 @@ pub struct Service {
 impl Service {
     /// Starts `program` with `args`, standard output and error piped.
     pub fn spawn(program: &str, args: &[&str]) -> std::io::Result<Self> {
+        Self::spawn_with_env(program, args, &[])
+    }
+
+    /// Starts `program` with `args` and extra environment variables.
+    pub fn spawn_with_env(program: &str, args: &[&str], env: &[(&str, &str)]) -> std::io::Result<Self> {
         let mut child = Command::new(program)
             .args(args)
+            .envs(env.iter().copied())
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())

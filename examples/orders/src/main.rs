@@ -144,6 +144,8 @@ async fn main() -> Result<RegistryBuilder, String> {
 
     let mut builder = RegistryBuilder::new();
     builder.drain_delay(config.drain_delay).shutdown_deadline(config.shutdown_deadline);
+    // READY=1 and STOPPING=1 for a `Type=notify` unit; nothing outside systemd.
+    builder.add(lifecycle_systemd::SystemdNotify::new());
     let store = if config.database_url.starts_with("postgres") {
         Store::Postgres(
             builder.add(PgPool::new("orders_db", config.database_url.clone()).max_connections(20)).dep(),

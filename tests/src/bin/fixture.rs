@@ -4,7 +4,8 @@
 //! the report on standard error and its exit code. Options:
 //! `--current-thread` (a single runtime thread), `--deadline MS`, `--drain-delay MS`,
 //! `--slow-stop MS` (a component whose stop takes that long), `--block-stop` (a component whose
-//! stop hook blocks its thread forever), `--blocking-task` (a `spawn_blocking` that never returns).
+//! stop hook blocks its thread forever), `--blocking-task` (a `spawn_blocking` that never returns),
+//! `--sd-notify` (tell systemd, or a test posing as it, about readiness and stopping).
 
 use std::time::Duration;
 
@@ -73,6 +74,7 @@ struct Options {
     current_thread: bool,
     deadline: Option<Duration>,
     drain_delay: Option<Duration>,
+    sd_notify: bool,
     worker: Worker,
 }
 
@@ -81,6 +83,7 @@ fn parse() -> Result<Options, String> {
         current_thread: false,
         deadline: None,
         drain_delay: None,
+        sd_notify: false,
         worker: Worker { slow_stop: None, block_stop: false, blocking_task: false },
     };
     let mut args = std::env::args().skip(1);
@@ -98,6 +101,7 @@ fn parse() -> Result<Options, String> {
             "--slow-stop" => options.worker.slow_stop = Some(millis(args.next(), "--slow-stop")?),
             "--block-stop" => options.worker.block_stop = true,
             "--blocking-task" => options.worker.blocking_task = true,
+            "--sd-notify" => options.sd_notify = true,
             other => return Err(format!("unknown option `{other}`")),
         }
     }
@@ -135,6 +139,9 @@ fn main() {
         }
         builder.add(Database);
         builder.add(options.worker);
+        if options.sd_notify {
+            builder.add(lifecycle_systemd::SystemdNotify::new());
+        }
         let registry = match builder.build() {
             Ok(registry) => registry,
             Err(error) => {
