@@ -65,6 +65,7 @@ mod progress;
 mod redact;
 mod registry;
 mod report;
+mod resource_error;
 mod retry;
 mod run;
 mod shutdown;
@@ -92,6 +93,7 @@ pub use report::{
     ComponentReport, EXIT_DEADLINE, EXIT_FAILURE, Failure, Outcome, Report, RunError, SharedError, Stage,
     TaskFailure,
 };
+pub use resource_error::ResourceError;
 pub use retry::{Retry, RetryFailure};
 pub use shutdown::{Shutdown, ShutdownReason};
 pub use signal::{Signal, Signals};

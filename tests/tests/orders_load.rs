@@ -92,22 +92,19 @@ async fn readyz(address: SocketAddr) -> Option<u16> {
     sender.send(request).await.ok().map(|(status, _)| status)
 }
 
-async fn run(mode: Mode) {
-    let binary = orders_binary();
-    // Its own database, so tests run in parallel.
-    let database = format!("orders_load_{}_{:?}", std::process::id(), mode).to_lowercase();
-    let admin = sqlx::PgPool::connect(&pg_admin_url()).await.unwrap();
-    sqlx::query(AssertSqlSafe(format!("CREATE DATABASE {database}"))).execute(&admin).await.unwrap();
-    let database_url = format!("postgres://postgres@127.0.0.1:5432/{database}");
-
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let address: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    let mut child = Command::new(binary)
+/// Starts the example with `env` in `dir`, its standard error collected, and waits until
+/// `/readyz` answers 200.
+async fn spawn_orders(
+    address: SocketAddr,
+    env: &[(&str, &str)],
+    dir: &std::path::Path,
+) -> (std::process::Child, std::thread::JoinHandle<String>) {
+    let mut child = Command::new(orders_binary())
+        .current_dir(dir)
+        .env_remove("DATABASE_URL")
+        .env_remove("REDIS_URL")
+        .envs(env.iter().copied())
         .env("LISTEN_ADDR", address.to_string())
-        .env("DATABASE_URL", &database_url)
-        .env("REDIS_URL", "redis://127.0.0.1:6379/9")
-        .env("DRAIN_DELAY", "1")
-        .env("SHUTDOWN_DEADLINE", "10")
         .env("RUST_LOG", "warn")
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -120,6 +117,27 @@ async fn run(mode: Mode) {
         assert!(Instant::now() < until, "the service became ready");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    (child, stderr)
+}
+
+fn free_address() -> SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap()
+}
+
+async fn run(mode: Mode) {
+    // Its own database, so tests run in parallel.
+    let database = format!("orders_load_{}_{:?}", std::process::id(), mode).to_lowercase();
+    let admin = sqlx::PgPool::connect(&pg_admin_url()).await.unwrap();
+    sqlx::query(AssertSqlSafe(format!("CREATE DATABASE {database}"))).execute(&admin).await.unwrap();
+    let database_url = format!("postgres://postgres@127.0.0.1:5432/{database}");
+    let address = free_address();
+    let env = [
+        ("DATABASE_URL", database_url.as_str()),
+        ("REDIS_URL", "redis://127.0.0.1:6379/9"),
+        ("DRAIN_DELAY", "1"),
+        ("SHUTDOWN_DEADLINE", "10"),
+    ];
+    let (mut child, stderr) = spawn_orders(address, &env, &std::env::temp_dir()).await;
 
     let sending = Arc::new(AtomicBool::new(true));
     let tally = Arc::new(Mutex::new(Tally::default()));
@@ -210,28 +228,11 @@ async fn sigterm_under_http2_load_fails_no_request() {
 /// The README's main command: no configuration, SQLite in the working directory.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_default_sqlite_setup_serves_processes_and_stops() {
-    let binary = orders_binary();
     let dir = std::env::temp_dir().join(format!("orders_sqlite_{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let address: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    let mut child = Command::new(binary)
-        .current_dir(&dir)
-        .env_remove("DATABASE_URL")
-        .env_remove("REDIS_URL")
-        .env("LISTEN_ADDR", address.to_string())
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let stderr = std::thread::spawn(move || std::io::read_to_string(stderr).unwrap_or_default());
+    let address = free_address();
+    let (mut child, stderr) = spawn_orders(address, &[], &dir).await;
     let until = Instant::now() + Duration::from_secs(20);
-    while readyz(address).await != Some(200) {
-        assert!(Instant::now() < until, "the service became ready");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
     let mut sender = connect(address, Mode::KeepAlive).await.unwrap();
     let (status, created) = sender
         .send(post("{\"item\":\"tea\",\"quantity\":2}".into(), Mode::KeepAlive).unwrap())

@@ -20,7 +20,8 @@ use std::time::{Duration, Instant};
 
 use deadpool_redis::{Config, Pool, PoolError, Runtime};
 use lifecycle_core::{
-    BoxError, Component, ComponentId, ComponentOptions, Context, Health, Retry, redact_url, scrub_password,
+    BoxError, Component, ComponentId, ComponentOptions, Context, Health, ResourceError, Retry, redact_url,
+    scrub_password,
 };
 
 pub use deadpool_redis;
@@ -28,54 +29,6 @@ pub use deadpool_redis::redis;
 
 /// How long before its deadline a hook gives up, so that its own error reaches the report.
 const MARGIN: Duration = Duration::from_millis(100);
-
-/// What went wrong with a Redis pool component.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum RedisComponentError {
-    /// The URL cannot be used: not retried.
-    #[error("component `{component}`: invalid Redis URL {url}: {reason}")]
-    InvalidUrl {
-        /// The component.
-        component: ComponentId,
-        /// The URL, password hidden.
-        url: String,
-        /// What is wrong with it.
-        reason: String,
-    },
-    /// No `PING` answered before the start deadline, or an error retrying cannot fix.
-    #[error(
-        "component `{component}` could not connect to {url} ({attempts} attempts in {elapsed:.1?}): {last_error}"
-    )]
-    Connect {
-        /// The component.
-        component: ComponentId,
-        /// The URL, password hidden.
-        url: String,
-        /// How many times it tried.
-        attempts: u32,
-        /// For how long.
-        elapsed: Duration,
-        /// The last error, password hidden.
-        last_error: String,
-    },
-    /// The pool was used before its component started, or after it stopped.
-    #[error("component `{component}` is not running: its pool exists between its start and its stop")]
-    NotRunning {
-        /// The component.
-        component: ComponentId,
-    },
-    /// The stop gave up waiting for connections in use.
-    #[error("component `{component}` stopped waiting after {waited:.1?}: {out} connection(s) still in use")]
-    ConnectionsStillOut {
-        /// The component.
-        component: ComponentId,
-        /// Connections not returned.
-        out: usize,
-        /// How long it waited.
-        waited: Duration,
-    },
-}
 
 /// A deadpool-redis pool as a component.
 pub struct RedisPool {
@@ -113,11 +66,11 @@ impl RedisPool {
     }
 
     /// The pool, between the component's start and its stop.
-    pub fn pool(&self) -> Result<&Pool, RedisComponentError> {
+    pub fn pool(&self) -> Result<&Pool, ResourceError> {
         self.pool
             .get()
             .filter(|pool| !pool.is_closed())
-            .ok_or_else(|| RedisComponentError::NotRunning { component: self.name.clone() })
+            .ok_or_else(|| ResourceError::NotRunning { component: self.name.clone() })
     }
 
     /// The URL with its password hidden.
@@ -125,8 +78,8 @@ impl RedisPool {
         redact_url(&self.url)
     }
 
-    fn build(&self) -> Result<Pool, RedisComponentError> {
-        let invalid = |reason: String| RedisComponentError::InvalidUrl {
+    fn build(&self) -> Result<Pool, ResourceError> {
+        let invalid = |reason: String| ResourceError::InvalidUrl {
             component: self.name.clone(),
             url: self.redacted_url(),
             reason: scrub_password(&reason, &self.url),
@@ -205,7 +158,7 @@ impl Component for RedisPool {
             }
             Err(failure) => {
                 pool.close();
-                Err(RedisComponentError::Connect {
+                Err(ResourceError::Connect {
                     component: self.name.clone(),
                     url: self.redacted_url(),
                     attempts: failure.attempts,
@@ -230,7 +183,7 @@ impl Component for RedisPool {
         let give_up = ctx.give_up_at(MARGIN, Duration::from_secs(10));
         while pool.status().size > 0 {
             if Instant::now() >= give_up {
-                return Err(RedisComponentError::ConnectionsStillOut {
+                return Err(ResourceError::StillInUse {
                     component: self.name.clone(),
                     out: pool.status().size,
                     waited: began.elapsed(),

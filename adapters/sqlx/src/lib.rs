@@ -22,13 +22,11 @@
 //! ```
 
 mod backend;
-mod error;
 #[cfg(feature = "postgres")]
 pub mod jobs;
 mod pool;
 
 pub use backend::Backend;
-pub use error::SqlxComponentError;
 pub use pool::SqlxPool;
 pub use sqlx;
 

@@ -6,11 +6,12 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use lifecycle_core::{
-    BoxError, Component, ComponentId, ComponentOptions, Context, Health, Retry, redact_url, scrub_password,
+    BoxError, Component, ComponentId, ComponentOptions, Context, Health, ResourceError, Retry, redact_url,
+    scrub_password,
 };
 use sqlx::pool::PoolOptions;
 
-use crate::{Backend, SqlxComponentError};
+use crate::Backend;
 
 /// How long before its deadline a hook gives up, so that its own error (with attempts, last
 /// cause, connections still out) reaches the report rather than a bare timeout.
@@ -79,11 +80,11 @@ impl<DB: Backend> SqlxPool<DB> {
     }
 
     /// The pool, between the component's start and its stop.
-    pub fn pool(&self) -> Result<&sqlx::Pool<DB>, SqlxComponentError> {
+    pub fn pool(&self) -> Result<&sqlx::Pool<DB>, ResourceError> {
         self.pool
             .get()
             .filter(|pool| !pool.is_closed())
-            .ok_or_else(|| SqlxComponentError::NotRunning { component: self.name.clone() })
+            .ok_or_else(|| ResourceError::NotRunning { component: self.name.clone() })
     }
 
     /// The URL with its password hidden.
@@ -136,7 +137,7 @@ impl<DB: Backend> Component for SqlxPool<DB> {
 
     async fn start(&self, ctx: &Context) -> Result<(), BoxError> {
         let options = DB::connect_options(&self.url, self.name.as_str()).map_err(|error| {
-            SqlxComponentError::InvalidUrl {
+            ResourceError::InvalidUrl {
                 component: self.name.clone(),
                 url: self.redacted_url(),
                 reason: self.scrub(&error),
@@ -160,7 +161,7 @@ impl<DB: Backend> Component for SqlxPool<DB> {
                 let _ = self.pool.set(pool);
                 Ok(())
             }
-            Err(failure) => Err(SqlxComponentError::Connect {
+            Err(failure) => Err(ResourceError::Connect {
                 component: self.name.clone(),
                 url: self.redacted_url(),
                 attempts: failure.attempts,
@@ -185,12 +186,8 @@ impl<DB: Backend> Component for SqlxPool<DB> {
             Ok(()) => Ok(()),
             Err(_) => {
                 let out = (pool.size() as usize).saturating_sub(pool.num_idle());
-                Err(SqlxComponentError::ConnectionsStillOut {
-                    component: self.name.clone(),
-                    out,
-                    waited: began.elapsed(),
-                }
-                .into())
+                Err(ResourceError::StillInUse { component: self.name.clone(), out, waited: began.elapsed() }
+                    .into())
             }
         }
     }

@@ -205,7 +205,7 @@ async fn a_query_stuck_at_stop_is_reported_and_the_deadline_holds() {
     );
     let text = failure_text(&report, &name);
     assert!(text.starts_with(&format!("component `{name}` stopped waiting after")), "{text}");
-    assert!(text.ends_with("1 connection(s) still checked out"), "{text}");
+    assert!(text.ends_with("1 connection(s) still in use"), "{text}");
 
     // Leave the server as we found it.
     let admin = sqlx::PgPool::connect(&pg_url()).await.unwrap();
@@ -268,7 +268,7 @@ async fn a_bad_url_fails_at_once_naming_the_component() {
     assert!(began.elapsed() < Duration::from_secs(1), "not retried");
     assert!(
         text.starts_with(&format!(
-            "component `{name}`: invalid database URL postgres://app:***@127.0.0.1:notaport/test: "
+            "component `{name}`: invalid URL postgres://app:***@127.0.0.1:notaport/test: "
         )),
         "{text}"
     );

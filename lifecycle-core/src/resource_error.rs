@@ -1,24 +1,25 @@
-//! Errors of the pool component. Each names the component and shows the URL without its password.
+//! The errors every connection-pool adapter reports, in one shape: each names the component and
+//! shows its URL without the password.
 
 use std::time::Duration;
 
-use lifecycle_core::ComponentId;
+use crate::ComponentId;
 
-/// What went wrong with a pool component.
+/// What went wrong with a pool-like component (database, cache, broker).
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
-pub enum SqlxComponentError {
+pub enum ResourceError {
     /// The URL cannot be used: not retried.
-    #[error("component `{component}`: invalid database URL {url}: {reason}")]
+    #[error("component `{component}`: invalid URL {url}: {reason}")]
     InvalidUrl {
         /// The component.
         component: ComponentId,
         /// The URL, password hidden.
         url: String,
-        /// What is wrong with it.
+        /// What is wrong with it, password hidden.
         reason: String,
     },
-    /// No working connection before the start deadline, or an error that retrying cannot fix.
+    /// No working connection before the start deadline, or an error retrying cannot fix.
     #[error(
         "component `{component}` could not connect to {url} ({attempts} attempts in {elapsed:.1?}): {last_error}"
     )]
@@ -34,17 +35,15 @@ pub enum SqlxComponentError {
         /// The last error, password hidden.
         last_error: String,
     },
-    /// The pool was used before its component started, or after it stopped.
+    /// The resource was used before its component started, or after it stopped.
     #[error("component `{component}` is not running: its pool exists between its start and its stop")]
     NotRunning {
         /// The component.
         component: ComponentId,
     },
-    /// The stop gave up waiting for checked-out connections.
-    #[error(
-        "component `{component}` stopped waiting after {waited:.1?}: {out} connection(s) still checked out"
-    )]
-    ConnectionsStillOut {
+    /// The stop gave up waiting for connections in use.
+    #[error("component `{component}` stopped waiting after {waited:.1?}: {out} connection(s) still in use")]
+    StillInUse {
         /// The component.
         component: ComponentId,
         /// Connections not returned.
