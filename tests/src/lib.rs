@@ -1,6 +1,7 @@
 //! Helpers for tests that run a service as a real child process and signal it, and the load
 //! generator they share with the benchmarks.
 
+pub mod etcd;
 pub mod load;
 
 use std::io::{BufRead, BufReader, Read};

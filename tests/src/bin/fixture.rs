@@ -5,7 +5,8 @@
 //! `--current-thread` (a single runtime thread), `--deadline MS`, `--drain-delay MS`,
 //! `--slow-stop MS` (a component whose stop takes that long), `--block-stop` (a component whose
 //! stop hook blocks its thread forever), `--blocking-task` (a `spawn_blocking` that never returns),
-//! `--sd-notify` (tell systemd, or a test posing as it, about readiness and stopping).
+//! `--sd-notify` (tell systemd, or a test posing as it, about readiness and stopping), `--etcd URL`
+//! (register as `/services/fixture/<pid>` with a 2 s TTL).
 
 use std::time::Duration;
 
@@ -75,6 +76,7 @@ struct Options {
     deadline: Option<Duration>,
     drain_delay: Option<Duration>,
     sd_notify: bool,
+    etcd: Option<String>,
     worker: Worker,
 }
 
@@ -84,6 +86,7 @@ fn parse() -> Result<Options, String> {
         deadline: None,
         drain_delay: None,
         sd_notify: false,
+        etcd: None,
         worker: Worker { slow_stop: None, block_stop: false, blocking_task: false },
     };
     let mut args = std::env::args().skip(1);
@@ -102,6 +105,7 @@ fn parse() -> Result<Options, String> {
             "--block-stop" => options.worker.block_stop = true,
             "--blocking-task" => options.worker.blocking_task = true,
             "--sd-notify" => options.sd_notify = true,
+            "--etcd" => options.etcd = Some(args.next().ok_or("--etcd takes a URL")?),
             other => return Err(format!("unknown option `{other}`")),
         }
     }
@@ -141,6 +145,19 @@ fn main() {
         builder.add(options.worker);
         if options.sd_notify {
             builder.add(lifecycle_systemd::SystemdNotify::new());
+        }
+        if let Some(url) = options.etcd {
+            let instance = std::process::id().to_string();
+            builder.add(
+                lifecycle_etcd::EtcdRegistration::new(
+                    [url],
+                    "/services/fixture",
+                    "fixture",
+                    &instance,
+                    "127.0.0.1:1",
+                )
+                .ttl(Duration::from_secs(2)),
+            );
         }
         let registry = match builder.build() {
             Ok(registry) => registry,

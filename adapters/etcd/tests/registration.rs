@@ -1,0 +1,135 @@
+//! Registration against a real etcd started by each test on free ports: the key is there while
+//! the service runs, deleted before the HTTP server stops, written again after etcd restarts,
+//! and left to its TTL (with a note) when etcd is gone at shutdown.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use lifecycle_core::{BoxError, ComponentOptions, FnComponent, Phase, Registry, RegistryBuilder, Signals};
+use lifecycle_etcd::{Change, EtcdRegistration, InstanceWatcher};
+use lifecycle_tests::etcd::{Etcd, free_port};
+
+fn builder() -> RegistryBuilder {
+    let mut builder = Registry::builder();
+    builder.signals(Signals::none()).watchdog(false);
+    builder
+}
+
+fn registration(etcd: &Etcd, prefix: &str) -> EtcdRegistration {
+    EtcdRegistration::new([etcd.url()], prefix, "orders", "instance-1", "127.0.0.1:8080")
+        .metadata("zone", "a")
+        .ttl(Duration::from_secs(2))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_key_is_deleted_before_the_http_server_stops() {
+    let etcd = Etcd::start().await;
+    let prefix = "/services/orders";
+    let mut watcher = InstanceWatcher::new(&[etcd.url()], prefix).await.unwrap();
+    let http_stopping = Arc::new(Mutex::new(None));
+    let seen = Arc::clone(&http_stopping);
+
+    let mut b = builder();
+    b.drain_delay(Duration::from_millis(300));
+    b.add(registration(&etcd, prefix));
+    b.add(FnComponent::new("http").on_stop(move |_ctx| {
+        let seen = Arc::clone(&seen);
+        async move {
+            *seen.lock().unwrap() = Some(Instant::now());
+            Ok::<(), BoxError>(())
+        }
+    }));
+    let registry = b.build().unwrap();
+    let handle = registry.handle();
+    let run = tokio::spawn(registry.run());
+
+    let changes = watcher.next_changes().await.unwrap().unwrap();
+    assert_eq!(
+        changes,
+        vec![Change::Put {
+            key: "/services/orders/instance-1".into(),
+            value: "{\"service\":\"orders\",\"instance\":\"instance-1\",\"address\":\"127.0.0.1:8080\",\"metadata\":{\"zone\":\"a\"}}".into()
+        }]
+    );
+    handle.reached(Phase::Ready).await;
+    assert_eq!(handle.health().await[0].1, lifecycle_core::Health::Healthy);
+
+    handle.shutdown().request("test over", 0);
+    let changes = watcher.next_changes().await.unwrap().unwrap();
+    let deleted_at = Instant::now();
+    assert_eq!(changes, vec![Change::Delete { key: "/services/orders/instance-1".into() }]);
+    let report = run.await.unwrap();
+    assert!(report.is_success(), "{report}");
+    let http_stopping = http_stopping.lock().unwrap().expect("the http component stopped");
+    assert!(
+        deleted_at < http_stopping,
+        "clients learn of the deregistration before the server stops accepting"
+    );
+    assert!(watcher.instances().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_an_etcd_restart_the_key_is_written_again() {
+    let mut etcd = Etcd::start().await;
+    let prefix = "/services/restart";
+    let mut b = builder();
+    let registered = b.add(registration(&etcd, prefix)).dep();
+    let registry = b.build().unwrap();
+    let handle = registry.handle();
+    let run = tokio::spawn(registry.run());
+    handle.reached(Phase::Ready).await;
+    assert!(registered.is_registered());
+
+    etcd.kill();
+    // The lease runs out while etcd is down (TTL 2 s); etcd expires it when it comes back.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    etcd.launch().await;
+    let until = Instant::now() + Duration::from_secs(20);
+    loop {
+        let watcher = InstanceWatcher::new(&[etcd.url()], prefix).await.unwrap();
+        if registered.is_registered() && watcher.instances().contains_key("/services/restart/instance-1") {
+            break;
+        }
+        assert!(Instant::now() < until, "registered again within 20 s of etcd's return");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    handle.shutdown().request("test over", 0);
+    assert!(run.await.unwrap().is_success());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etcd_gone_at_shutdown_is_noted_and_the_key_left_to_its_ttl() {
+    let mut etcd = Etcd::start().await;
+    let mut b = builder();
+    b.add(
+        registration(&etcd, "/services/gone")
+            .options(ComponentOptions::new().stop_timeout(Duration::from_millis(800))),
+    );
+    let registry = b.build().unwrap();
+    let handle = registry.handle();
+    let run = tokio::spawn(registry.run());
+    handle.reached(Phase::Ready).await;
+    etcd.kill();
+    let began = Instant::now();
+    handle.shutdown().request("test over", 0);
+    let report = run.await.unwrap();
+    assert!(began.elapsed() < Duration::from_secs(3), "the revoke gave up within its timeout");
+    let notes = report.component("registration").unwrap().notes.join("; ");
+    assert!(notes.contains("key /services/gone/instance-1 expires with its TTL of 2s"), "{report}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etcd_unreachable_at_start_is_an_error_naming_the_component() {
+    let endpoint = format!("http://127.0.0.1:{}", free_port());
+    let mut b = builder();
+    b.add(
+        EtcdRegistration::new([endpoint.clone()], "/services/x", "orders", "i1", "127.0.0.1:1")
+            .options(ComponentOptions::new().start_timeout(Duration::from_secs(1))),
+    );
+    let report = b.build().unwrap().run().await;
+    assert_eq!(report.exit_code, 1);
+    let text = report.component("registration").unwrap().outcome.to_string();
+    assert!(text.contains(&format!("component `registration` could not connect to {endpoint}")), "{text}");
+}
