@@ -15,7 +15,9 @@ use std::time::{Duration, Instant};
 
 use http_body_util::Full;
 use hyper::body::Bytes;
+use lifecycle_etcd::InstanceWatcher;
 use lifecycle_sqlx::sqlx::{self, AssertSqlSafe};
+use lifecycle_tests::etcd::Etcd;
 use lifecycle_tests::load::{Mode, Sender, Tally, classify, connect, post};
 
 const CLIENTS: usize = 16;
@@ -124,37 +126,63 @@ fn free_address() -> SocketAddr {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap()
 }
 
-async fn run(mode: Mode) {
+async fn run(mode: Mode, discovery: Discovery) {
     // Its own database, so tests run in parallel.
-    let database = format!("orders_load_{}_{:?}", std::process::id(), mode).to_lowercase();
+    let database = format!("orders_load_{}_{mode:?}_{discovery:?}", std::process::id()).to_lowercase();
     let admin = sqlx::PgPool::connect(&pg_admin_url()).await.unwrap();
     sqlx::query(AssertSqlSafe(format!("CREATE DATABASE {database}"))).execute(&admin).await.unwrap();
     let database_url = format!("postgres://postgres@127.0.0.1:5432/{database}");
     let address = free_address();
-    let env = [
+    let etcd = match discovery {
+        Discovery::Readiness => None,
+        Discovery::Etcd => Some(Etcd::start().await),
+    };
+    let etcd_url = etcd.as_ref().map(Etcd::url).unwrap_or_default();
+    let mut env = vec![
         ("DATABASE_URL", database_url.as_str()),
         ("REDIS_URL", "redis://127.0.0.1:6379/9"),
         ("DRAIN_DELAY", "1"),
         ("SHUTDOWN_DEADLINE", "10"),
     ];
+    if etcd.is_some() {
+        env.push(("ETCD_ENDPOINTS", etcd_url.as_str()));
+    }
+    let mut watcher = match &etcd {
+        Some(etcd) => Some(InstanceWatcher::new(&[etcd.url()], "/services/orders").await.unwrap()),
+        None => None,
+    };
     let (mut child, stderr) = spawn_orders(address, &env, &std::env::temp_dir()).await;
+    if let Some(watcher) = &mut watcher {
+        while !watcher.instances().contains_key(&format!("/services/orders/{address}")) {
+            watcher.next_changes().await.unwrap();
+        }
+    }
 
     let sending = Arc::new(AtomicBool::new(true));
     let tally = Arc::new(Mutex::new(Tally::default()));
     let clients: Vec<_> = (0..CLIENTS)
         .map(|n| tokio::spawn(client(address, mode, Arc::clone(&sending), Arc::clone(&tally), n)))
         .collect();
-    // The balancer: stops sending once /readyz says 503.
+    // The balancer: stops sending once /readyz says 503, or, with etcd, once the instance's key
+    // is deleted (as a client that watches the prefix would).
     let balancer = {
         let sending = Arc::clone(&sending);
         tokio::spawn(async move {
-            loop {
-                if readyz(address).await != Some(200) {
-                    sending.store(false, Ordering::Release);
-                    return Instant::now();
+            match watcher {
+                Some(mut watcher) => {
+                    let key = format!("/services/orders/{address}");
+                    while watcher.instances().contains_key(&key) {
+                        watcher.next_changes().await.unwrap();
+                    }
                 }
-                tokio::time::sleep(Duration::from_millis(50)).await;
+                None => {
+                    while readyz(address).await == Some(200) {
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                }
             }
+            sending.store(false, Ordering::Release);
+            Instant::now()
         })
     };
     tokio::time::sleep(Duration::from_millis(1500)).await;
@@ -187,10 +215,14 @@ async fn run(mode: Mode) {
         tally.failures,
         tally.ok
     );
-    assert!(unready_at < closed_at, "/readyz turned 503 before the listener closed");
+    assert!(unready_at < closed_at, "{discovery:?} told clients to stop before the listener closed");
     assert!(unready_at > signalled);
     assert_eq!(status.code(), Some(0), "{stderr}");
-    for component in ["orders_db", "migrations", "cache", "worker", "http"] {
+    let mut components = vec!["orders_db", "migrations", "cache", "worker", "http"];
+    if etcd.is_some() {
+        components.push("registration");
+    }
+    for component in components {
         assert!(
             stderr
                 .lines()
@@ -207,22 +239,38 @@ async fn run(mode: Mode) {
         .execute(&admin)
         .await
         .unwrap();
-    eprintln!("{mode:?}: {} orders acknowledged, 0 failed", tally.ok);
+    eprintln!("{mode:?} / {discovery:?}: {} orders acknowledged, 0 failed", tally.ok);
+}
+
+/// How clients learn that the instance is going away.
+#[derive(Clone, Copy, Debug)]
+enum Discovery {
+    /// A balancer polling `/readyz`.
+    Readiness,
+    /// A client watching the service's prefix in etcd.
+    Etcd,
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_under_keep_alive_load_fails_no_request() {
-    run(Mode::KeepAlive).await;
+    run(Mode::KeepAlive, Discovery::Readiness).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_under_connection_close_load_fails_no_request() {
-    run(Mode::ConnectionClose).await;
+    run(Mode::ConnectionClose, Discovery::Readiness).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_under_http2_load_fails_no_request() {
-    run(Mode::Http2).await;
+    run(Mode::Http2, Discovery::Readiness).await;
+}
+
+/// The etcd key is deleted before the first refused connection, and clients that follow the
+/// prefix lose no request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_with_etcd_discovery_deregisters_before_refusing() {
+    run(Mode::KeepAlive, Discovery::Etcd).await;
 }
 
 /// The README's main command: no configuration, SQLite in the working directory.

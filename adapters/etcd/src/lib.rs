@@ -9,6 +9,12 @@
 //! unreachable then, the revoke gives up within the hook's timeout and the report notes that the
 //! key expires with its TTL. [`InstanceWatcher`] is what clients use to follow the live instances.
 //!
+//! **Zero-downtime upgrades** hand the key over by writing it again: the new process registers the
+//! same key (same instance id, e.g. its address) with a lease of its own, which takes the key
+//! over, so the old process's revoke deletes nothing and the key never disappears. No lease id has
+//! to travel between the processes, and a successor that dies leaves the key to expire with *its*
+//! TTL.
+//!
 //! `etcd_client` is re-exported. Building it needs `protoc` (Debian's `protobuf-compiler`).
 
 mod registration;

@@ -133,3 +133,36 @@ async fn etcd_unreachable_at_start_is_an_error_naming_the_component() {
     let text = report.component("registration").unwrap().outcome.to_string();
     assert!(text.contains(&format!("component `registration` could not connect to {endpoint}")), "{text}");
 }
+
+/// The upgrade hand-over this crate chooses: the new process registers the same key with a lease
+/// of its own, which takes the key over; the old process's revoke then deletes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_successor_with_the_same_key_keeps_it_when_the_predecessor_revokes() {
+    let etcd = Etcd::start().await;
+    let prefix = "/services/handover";
+    let key = "/services/handover/instance-1";
+    let start = |registration: EtcdRegistration| async move {
+        let mut b = builder();
+        b.add(registration);
+        let registry = b.build().unwrap();
+        let handle = registry.handle();
+        let run = tokio::spawn(registry.run());
+        handle.reached(Phase::Ready).await;
+        (handle, run)
+    };
+    let (old, old_run) = start(registration(&etcd, prefix)).await;
+    let (new, new_run) = start(registration(&etcd, prefix).metadata("generation", "2")).await;
+
+    let mut watcher = InstanceWatcher::new(&[etcd.url()], prefix).await.unwrap();
+    assert!(watcher.instances()[key].contains("\"generation\":\"2\""), "the successor's value");
+    old.shutdown().request("upgraded", 0);
+    assert!(old_run.await.unwrap().is_success());
+    // Still there after the old lease is revoked (and after its TTL would have passed).
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let current = InstanceWatcher::new(&[etcd.url()], prefix).await.unwrap();
+    assert!(current.instances().contains_key(key), "the key outlived its first owner");
+
+    new.shutdown().request("test over", 0);
+    assert!(new_run.await.unwrap().is_success());
+    assert_eq!(watcher.next_changes().await.unwrap().unwrap(), vec![Change::Delete { key: key.into() }]);
+}

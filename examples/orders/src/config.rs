@@ -9,6 +9,7 @@ pub(crate) struct Config {
     pub(crate) listen: SocketAddr,
     pub(crate) database_url: String,
     pub(crate) redis_url: Option<String>,
+    pub(crate) etcd_endpoints: Vec<String>,
     pub(crate) drain_delay: Duration,
     pub(crate) shutdown_deadline: Duration,
 }
@@ -16,7 +17,7 @@ pub(crate) struct Config {
 const USAGE: &str = "usage: orders [--listen ADDR] [--database-url URL] [--redis-url URL] [--drain-delay SECONDS] \
                      [--shutdown-deadline SECONDS]\n\
                      environment: LISTEN_ADDR, DATABASE_URL (default sqlite://orders.db), REDIS_URL (no cache when unset), \
-                     DRAIN_DELAY, SHUTDOWN_DEADLINE";
+                     ETCD_ENDPOINTS (comma-separated; registers under /services/orders when set), DRAIN_DELAY, SHUTDOWN_DEADLINE";
 
 impl Config {
     /// Flags win over the environment, which wins over the defaults.
@@ -49,6 +50,13 @@ impl Config {
                 .map_err(|e| format!("listen address `{listen}` (LISTEN_ADDR or --listen): {e}"))?,
             database_url,
             redis_url,
+            etcd_endpoints: std::env::var("ETCD_ENDPOINTS")
+                .unwrap_or_default()
+                .split(',')
+                .map(str::trim)
+                .filter(|e| !e.is_empty())
+                .map(String::from)
+                .collect(),
             drain_delay: seconds(&drain_delay, "drain delay (DRAIN_DELAY or --drain-delay)")?,
             shutdown_deadline: seconds(
                 &shutdown_deadline,

@@ -188,6 +188,21 @@ async fn main() -> Result<RegistryBuilder, String> {
     if cache.is_some() {
         http.depends_on("cache");
     }
+    if !config.etcd_endpoints.is_empty() {
+        // The key is the address: an upgraded process registering the same address takes the
+        // key over with its own lease, so the old one's revoke cannot delete it.
+        let address = config.listen.to_string();
+        builder.add(
+            lifecycle_etcd::EtcdRegistration::new(
+                config.etcd_endpoints.clone(),
+                "/services/orders",
+                "orders",
+                &address,
+                &address,
+            )
+            .options(ComponentOptions::new().critical(false)),
+        );
+    }
     tracing::info!(listen = %config.listen, database = %lifecycle_core::redact_url(&config.database_url), "orders configured");
     Ok(builder)
 }
