@@ -126,7 +126,12 @@ async fn readiness_drops_first_then_drain_hooks_then_the_drain_delay_then_stops(
 
     let phases = phases.lock().unwrap().clone();
     let names: Vec<Phase> = phases.iter().map(|(p, _)| *p).collect();
-    assert_eq!(names, vec![Phase::Starting, Phase::Ready, Phase::Draining, Phase::Stopping, Phase::Stopped]);
+    // A watch channel keeps only the latest value: the brief `Stopping` may be coalesced into
+    // `Stopped` on a loaded machine. The phases seen only move forward, through the long ones.
+    assert!(names.windows(2).all(|w| w[0] < w[1]), "{names:?}");
+    for phase in [Phase::Starting, Phase::Ready, Phase::Draining, Phase::Stopped] {
+        assert!(names.contains(&phase), "{names:?}");
+    }
     let at = |wanted: Phase| phases.iter().find(|(p, _)| *p == wanted).map(|(_, t)| *t).unwrap();
 
     // Every started component drained (the probe asserts it was unready by then), before any stop.
@@ -140,7 +145,9 @@ async fn readiness_drops_first_then_drain_hooks_then_the_drain_delay_then_stops(
         first_stop - last_drain >= Duration::from_millis(200),
         "the drain delay passes before the first stop"
     );
-    assert!(at(Phase::Stopping) <= first_stop);
+    if let Some((_, stopping)) = phases.iter().find(|(p, _)| *p == Phase::Stopping) {
+        assert!(*stopping <= first_stop);
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

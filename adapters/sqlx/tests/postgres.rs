@@ -15,7 +15,7 @@ use lifecycle_core::{
 };
 use lifecycle_sqlx::PgPool;
 use lifecycle_sqlx::sqlx::{self, AssertSqlSafe};
-use support::{builder, pg_url, server_connections, start, stop, unique};
+use support::{builder, pg_url, server_connections, start, stop, unique, until_no_server_connections};
 
 fn failure_text(report: &lifecycle_core::Report, name: &str) -> String {
     match &report.component(name).unwrap().outcome {
@@ -39,7 +39,7 @@ async fn normal_stop_leaves_no_connection_on_the_server() {
 
     let report = stop(&handle, run).await;
     assert!(report.is_success(), "{report}");
-    assert_eq!(server_connections(&name).await, 0);
+    assert_eq!(until_no_server_connections(&name).await, 0);
     assert!(db.pool().is_err(), "the pool is gone after the stop");
 }
 
@@ -56,7 +56,7 @@ async fn start_rollback_caused_by_a_later_component_leaves_no_connection() {
     let report = b.build().unwrap().run().await;
     assert_eq!(report.exit_code, 1, "{report}");
     assert!(matches!(report.component(&name).unwrap().outcome, Outcome::Stopped), "{report}");
-    assert_eq!(server_connections(&name).await, 0);
+    assert_eq!(until_no_server_connections(&name).await, 0);
 }
 
 /// Inserts orders, each an order row and a line row in one transaction, from 200 concurrent
@@ -151,7 +151,7 @@ async fn every_acknowledged_insert_survives_a_shutdown_and_none_is_half_written(
     .await
     .unwrap();
     assert_eq!(half_written, 0);
-    assert_eq!(server_connections(&name).await, 0);
+    assert_eq!(until_no_server_connections(&name).await, 0);
     for suffix in ["orders", "lines"] {
         sqlx::query(AssertSqlSafe(format!("DROP TABLE {table}_{suffix}"))).execute(&setup).await.unwrap();
     }

@@ -34,6 +34,20 @@ pub async fn server_connections(application_name: &str) -> i64 {
     count
 }
 
+/// Waits until the server has no connection left for `application_name` (a backend exits a
+/// moment after its client closed the connection), up to 5 s; returns the last count.
+#[cfg(feature = "postgres")]
+pub async fn until_no_server_connections(application_name: &str) -> i64 {
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        let count = server_connections(application_name).await;
+        if count == 0 || std::time::Instant::now() >= until {
+            return count;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+}
+
 /// No signals, no watchdog: the test harness bounds the process.
 pub fn builder() -> RegistryBuilder {
     let mut builder = Registry::builder();
