@@ -112,7 +112,10 @@ pub(crate) async fn run(registry: Registry) -> Report {
     if announced {
         run.handle.set_phase(Phase::Draining);
         forced = run.drain_all(&started, deadline).await;
-        if !forced && !run.config.drain_delay.is_zero() {
+        // The drain delay lets balancers notice; after a hand-over the successor already
+        // accepts on the same sockets, so there is nothing to notice.
+        let handed_over = matches!(reason, ShutdownReason::HandedOver { .. });
+        if !forced && !handed_over && !run.config.drain_delay.is_zero() {
             let until = (Instant::now() + run.config.drain_delay).min(deadline);
             tokio::select! {
                 biased;

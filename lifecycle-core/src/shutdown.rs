@@ -39,6 +39,13 @@ pub enum ShutdownReason {
         /// How its start failed.
         failure: Failure,
     },
+    /// A new process of this service took over its listeners and is ready (a zero-downtime
+    /// upgrade): this one drains and stops. Components that hand state over (a service
+    /// registration, a notification socket) leave to the successor what it now owns.
+    HandedOver {
+        /// The successor's process id.
+        successor: u32,
+    },
 }
 
 impl ShutdownReason {
@@ -46,7 +53,7 @@ impl ShutdownReason {
     /// failure.
     pub fn exit_code(&self) -> i32 {
         match self {
-            ShutdownReason::Signal(_) => 0,
+            ShutdownReason::Signal(_) | ShutdownReason::HandedOver { .. } => 0,
             ShutdownReason::Requested { exit_code, .. } => *exit_code,
             ShutdownReason::ComponentFailed { .. } | ShutdownReason::StartFailed { .. } => 1,
         }
@@ -57,7 +64,9 @@ impl ShutdownReason {
         match self {
             ShutdownReason::ComponentFailed { component, failure, .. }
             | ShutdownReason::StartFailed { component, failure } => Some((component, failure)),
-            ShutdownReason::Signal(_) | ShutdownReason::Requested { .. } => None,
+            ShutdownReason::Signal(_)
+            | ShutdownReason::Requested { .. }
+            | ShutdownReason::HandedOver { .. } => None,
         }
     }
 }
@@ -75,6 +84,7 @@ impl fmt::Display for ShutdownReason {
             ShutdownReason::StartFailed { component, failure } => {
                 write!(f, "component `{component}` failed to start: {failure}")
             }
+            ShutdownReason::HandedOver { successor } => write!(f, "handed over to process {successor}"),
         }
     }
 }
@@ -116,6 +126,18 @@ impl Shutdown {
     /// shutdown was already requested, in which case the first reason stands.
     pub fn request(&self, message: impl Into<String>, exit_code: i32) -> bool {
         self.trigger(ShutdownReason::Requested { message: message.into(), exit_code })
+    }
+
+    /// Starts the shutdown of a process whose successor (process `successor`) took over and is
+    /// ready. Exit code 0; no drain delay, since nothing needs to notice the change: the
+    /// successor accepts on the same sockets. Returns false when a shutdown was already requested.
+    pub fn hand_over(&self, successor: u32) -> bool {
+        self.trigger(ShutdownReason::HandedOver { successor })
+    }
+
+    /// Whether this process is stopping because a successor took over.
+    pub fn is_handed_over(&self) -> bool {
+        matches!(self.reason(), Some(ShutdownReason::HandedOver { .. }))
     }
 
     /// Records `reason` and starts the shutdown, unless one already started.

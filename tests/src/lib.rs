@@ -4,19 +4,21 @@
 pub mod etcd;
 pub mod load;
 
-use std::io::{BufRead, BufReader, Read};
+use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, channel};
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 /// A child process whose standard output is read line by line and whose standard error is
-/// collected whole.
+/// collected whole. Processes it starts (an upgrade's successors) write to the same pipes.
 #[derive(Debug)]
 pub struct Service {
     child: Child,
     lines: Receiver<String>,
-    stderr: Option<JoinHandle<String>>,
+    stderr: Arc<Mutex<String>>,
+    stderr_reader: JoinHandle<()>,
     started: Instant,
 }
 
@@ -37,7 +39,7 @@ impl Service {
             .stderr(Stdio::piped())
             .spawn()?;
         let stdout = child.stdout.take().ok_or_else(|| std::io::Error::other("no stdout"))?;
-        let mut stderr = child.stderr.take().ok_or_else(|| std::io::Error::other("no stderr"))?;
+        let stderr_pipe = child.stderr.take().ok_or_else(|| std::io::Error::other("no stderr"))?;
         let (sender, lines) = channel();
         std::thread::spawn(move || {
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
@@ -46,17 +48,31 @@ impl Service {
                 }
             }
         });
-        let stderr = std::thread::spawn(move || {
-            let mut text = String::new();
-            let _ = stderr.read_to_string(&mut text);
-            text
+        let stderr = Arc::new(Mutex::new(String::new()));
+        let collected = Arc::clone(&stderr);
+        let stderr_reader = std::thread::spawn(move || {
+            for line in BufReader::new(stderr_pipe).lines().map_while(Result::ok) {
+                let mut text = collected.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                text.push_str(&line);
+                text.push('\n');
+            }
         });
-        Ok(Self { child, lines, stderr: Some(stderr), started: Instant::now() })
+        Ok(Self { child, lines, stderr, stderr_reader, started: Instant::now() })
     }
 
     /// The process id.
     pub fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// Standard error so far, of this process and of those it started.
+    pub fn stderr(&self) -> String {
+        self.stderr.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
+    }
+
+    /// The next line of standard output, up to `limit`.
+    pub fn next_line(&self, limit: Duration) -> Option<String> {
+        self.lines.recv_timeout(limit).ok()
     }
 
     /// Waits until the child prints `wanted` on a line of its own, up to `limit`.
@@ -100,8 +116,12 @@ impl Service {
             }
         };
         let lived = self.started.elapsed();
-        let stderr = self.stderr.take().map(|h| h.join().unwrap_or_default()).unwrap_or_default();
-        Ok((status, stderr, lived))
+        // The pipe ends when every process holding it exited: a successor may still hold it.
+        let until = Instant::now() + Duration::from_millis(500);
+        while !self.stderr_reader.is_finished() && Instant::now() < until {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        Ok((status, self.stderr(), lived))
     }
 }
 

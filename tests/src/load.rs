@@ -4,6 +4,8 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 
 use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
@@ -29,6 +31,9 @@ pub struct Tally {
     pub failures: BTreeMap<&'static str, u64>,
     /// What the successful requests returned (order ids).
     pub acknowledged: Vec<i64>,
+    /// Requests hyper cancelled before sending them because the connection had closed: never
+    /// seen by a server, so not failures; sent again.
+    pub unsent: u64,
 }
 
 /// The kind of a failed request, from its error.
@@ -106,5 +111,94 @@ pub async fn connect(address: SocketAddr, mode: Mode) -> Result<Box<dyn Sender>,
         let (sender, connection) = hyper::client::conn::http1::handshake(io).await?;
         tokio::spawn(connection);
         Ok(Box::new(sender))
+    }
+}
+
+/// One client: a connection (or one per request), sending `POST /api/orders` until `sending`
+/// turns false. Every failure is counted by kind in `tally`; nothing is retried.
+pub async fn client(
+    address: SocketAddr,
+    mode: Mode,
+    sending: Arc<AtomicBool>,
+    tally: Arc<Mutex<Tally>>,
+    n: usize,
+) {
+    let count = |kind: &'static str| {
+        *tally.lock().unwrap_or_else(PoisonError::into_inner).failures.entry(kind).or_default() += 1;
+    };
+    let mut sender: Option<Box<dyn Sender>> = None;
+    let mut i = 0;
+    while sending.load(Ordering::Acquire) {
+        i += 1;
+        if sender.as_ref().is_none_or(|s| s.is_closed()) || mode == Mode::ConnectionClose {
+            match connect(address, mode).await {
+                Ok(new) => sender = Some(new),
+                Err(error) => {
+                    count(classify(error.as_ref()));
+                    continue;
+                }
+            }
+        }
+        let Some(s) = sender.as_mut() else { continue };
+        let body = format!("{{\"item\":\"client {n} order {i}\",\"quantity\":1}}");
+        let Ok(request) = post(body, mode) else { return count("bad request") };
+        match s.send(request).await {
+            Ok((201, text)) => match text.trim_start_matches("{\"id\":").trim_end_matches('}').parse::<i64>()
+            {
+                Ok(id) => {
+                    let mut t = tally.lock().unwrap_or_else(PoisonError::into_inner);
+                    t.ok += 1;
+                    t.acknowledged.push(id);
+                }
+                Err(_) => count("bad body"),
+            },
+            Ok((status, _)) if status >= 500 => count("5xx"),
+            Ok(_) => count("unexpected status"),
+            // hyper guarantees a cancelled request was never sent (the connection closed first):
+            // no server saw it, so it is sent again on a new connection, as hyper-util's pooled
+            // client does, and counted apart.
+            Err(error) if error.downcast_ref::<hyper::Error>().is_some_and(hyper::Error::is_canceled) => {
+                tally.lock().unwrap_or_else(PoisonError::into_inner).unsent += 1;
+                sender = None;
+            }
+            Err(error) => {
+                count(classify(error.as_ref()));
+                sender = None;
+            }
+        }
+    }
+}
+
+/// `clients` clients of [`client`] running until [`Clients::stop`].
+#[derive(Debug)]
+pub struct Clients {
+    sending: Arc<AtomicBool>,
+    tally: Arc<Mutex<Tally>>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Clients {
+    /// Starts `clients` clients against `address`.
+    pub fn start(address: SocketAddr, mode: Mode, clients: usize) -> Self {
+        let sending = Arc::new(AtomicBool::new(true));
+        let tally = Arc::new(Mutex::new(Tally::default()));
+        let tasks = (0..clients)
+            .map(|n| tokio::spawn(client(address, mode, Arc::clone(&sending), Arc::clone(&tally), n)))
+            .collect();
+        Self { sending, tally, tasks }
+    }
+
+    /// Successful requests so far.
+    pub fn ok(&self) -> u64 {
+        self.tally.lock().unwrap_or_else(PoisonError::into_inner).ok
+    }
+
+    /// Stops sending, waits for the requests in flight, and returns the tally.
+    pub async fn stop(self) -> Tally {
+        self.sending.store(false, Ordering::Release);
+        for task in self.tasks {
+            let _ = task.await;
+        }
+        std::mem::take(&mut *self.tally.lock().unwrap_or_else(PoisonError::into_inner))
     }
 }

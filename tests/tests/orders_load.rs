@@ -18,7 +18,7 @@ use hyper::body::Bytes;
 use lifecycle_etcd::InstanceWatcher;
 use lifecycle_sqlx::sqlx::{self, AssertSqlSafe};
 use lifecycle_tests::etcd::Etcd;
-use lifecycle_tests::load::{Mode, Sender, Tally, classify, connect, post};
+use lifecycle_tests::load::{Mode, Tally, client, connect, post};
 
 const CLIENTS: usize = 16;
 
@@ -41,49 +41,6 @@ fn orders_binary() -> std::path::PathBuf {
             std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../target/debug/orders")).to_path_buf()
         })
         .clone()
-}
-
-/// One client: a connection (or one per request), sending `POST /api/orders` then `GET` of it,
-/// until the balancer says stop.
-async fn client(
-    address: SocketAddr,
-    mode: Mode,
-    sending: Arc<AtomicBool>,
-    tally: Arc<Mutex<Tally>>,
-    n: usize,
-) {
-    let mut sender: Option<Box<dyn Sender>> = None;
-    let mut i = 0;
-    while sending.load(Ordering::Acquire) {
-        i += 1;
-        if sender.as_ref().is_none_or(|s| s.is_closed()) || mode == Mode::ConnectionClose {
-            match connect(address, mode).await {
-                Ok(new) => sender = Some(new),
-                Err(error) => {
-                    *tally.lock().unwrap().failures.entry(classify(error.as_ref())).or_default() += 1;
-                    continue;
-                }
-            }
-        }
-        let Some(s) = sender.as_mut() else { continue };
-        let body = format!("{{\"item\":\"client {n} order {i}\",\"quantity\":1}}");
-        match s.send(post(body, mode).unwrap()).await {
-            Ok((201, text)) => {
-                let id: i64 = text.trim_start_matches("{\"id\":").trim_end_matches('}').parse().unwrap();
-                let mut t = tally.lock().unwrap();
-                t.ok += 1;
-                t.acknowledged.push(id);
-            }
-            Ok((status, _)) if status >= 500 => {
-                *tally.lock().unwrap().failures.entry("5xx").or_default() += 1
-            }
-            Ok((status, text)) => panic!("unexpected {status}: {text}"),
-            Err(error) => {
-                *tally.lock().unwrap().failures.entry(classify(error.as_ref())).or_default() += 1;
-                sender = None;
-            }
-        }
-    }
 }
 
 /// `GET /readyz` status on a fresh connection, or `None` when refused.

@@ -11,6 +11,7 @@ use axum::http::{HeaderValue, Version, header};
 use axum::middleware::Next;
 use axum::response::Response;
 use axum::routing::get;
+use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use hyper_util::service::TowerToHyperService;
@@ -21,6 +22,9 @@ use crate::{HealthPaths, health_router};
 
 /// How long before the stop deadline the server cuts what is left, so its note reaches the report.
 const MARGIN: Duration = Duration::from_millis(100);
+
+/// Default for [`HttpServer::idle_close_after`].
+const IDLE_CLOSE_AFTER: Duration = Duration::from_millis(500);
 
 /// What a handler can reach through `Extension<RequestContext>`.
 #[derive(Clone, Debug)]
@@ -57,6 +61,51 @@ struct Shared {
     cut_connections: AtomicU64,
 }
 
+/// How often a closing HTTP/1 connection with a request in flight looks again.
+const BUSY_POLL: Duration = Duration::from_millis(20);
+
+/// What one connection is doing: requests in flight, when it last finished one, its protocol.
+struct Activity {
+    in_flight: AtomicU64,
+    last_active: Mutex<Instant>,
+    http2: AtomicBool,
+}
+
+/// Marks the end of a request on its connection when dropped.
+struct Busy(Arc<Activity>);
+
+impl Activity {
+    fn new() -> Self {
+        // A fresh connection counts as active: its first request may be on the wire.
+        Self {
+            in_flight: AtomicU64::new(0),
+            last_active: Mutex::new(Instant::now()),
+            http2: AtomicBool::new(false),
+        }
+    }
+
+    fn begin(self: &Arc<Self>, version: Version) -> Busy {
+        if version == Version::HTTP_2 {
+            self.http2.store(true, Ordering::Release);
+        }
+        self.in_flight.fetch_add(1, Ordering::AcqRel);
+        Busy(Arc::clone(self))
+    }
+
+    /// When the connection will have been quiet for `idle`, or `None` while a request is in flight.
+    fn quiet_until(&self, idle: Duration) -> Option<Instant> {
+        let last = *self.last_active.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        (self.in_flight.load(Ordering::Acquire) == 0).then_some(last + idle)
+    }
+}
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        *self.0.last_active.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Instant::now();
+        self.0.in_flight.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
 /// Counts a request out when its response is ready or it is dropped.
 struct InFlight(Arc<Shared>);
 
@@ -75,8 +124,9 @@ impl Drop for InFlight {
 /// 1. **drain** (the service just turned unready): keep serving and accepting, and answer
 ///    HTTP/1.1 requests with `Connection: close`, so clients move to another instance while the
 ///    drain delay passes;
-/// 2. **stop**: stop accepting, shut each connection down gracefully (HTTP/2 `GOAWAY`; HTTP/1
-///    closes after its response in flight), let requests finish; at the soft deadline cancel each
+/// 2. **stop**: stop accepting, shut each connection down gracefully (HTTP/2 `GOAWAY` at once;
+///    HTTP/1 closes after its next response, or once quiet for [`HttpServer::idle_close_after`]),
+///    let requests finish; at the soft deadline cancel each
 ///    request's [`RequestContext::cancel`] token; at the hard deadline (just before the stop
 ///    deadline) drop what is left. The report notes how many requests were drained, cancelled
 ///    and cut.
@@ -85,6 +135,7 @@ pub struct HttpServer {
     listener: Mutex<Option<std::net::TcpListener>>,
     router: Mutex<Option<Router>>,
     soft_deadline: Option<Duration>,
+    idle_close_after: Duration,
     health: Option<HealthPaths>,
     metrics: Option<String>,
     options: ComponentOptions,
@@ -99,6 +150,7 @@ impl HttpServer {
             listener: Mutex::new(Some(listener)),
             router: Mutex::new(Some(router)),
             soft_deadline: None,
+            idle_close_after: IDLE_CLOSE_AFTER,
             health: None,
             metrics: None,
             options: ComponentOptions::new(),
@@ -110,6 +162,19 @@ impl HttpServer {
     #[must_use]
     pub fn soft_deadline(mut self, after: Duration) -> Self {
         self.soft_deadline = Some(after);
+        self
+    }
+
+    /// How long an HTTP/1 connection must have been idle before the stop closes it (default
+    /// 500 ms; never later than the soft deadline).
+    ///
+    /// A keep-alive client may have its next request on the wire at the moment a server closes
+    /// a connection it thinks idle; the client then sees the connection end without a response.
+    /// So at stop a busy connection is left to close itself after its next response (which
+    /// carries `Connection: close`), and only a connection quiet for this long is closed.
+    #[must_use]
+    pub fn idle_close_after(mut self, idle: Duration) -> Self {
+        self.idle_close_after = idle;
         self
     }
 
@@ -200,6 +265,7 @@ impl Component for HttpServer {
         ));
         let (shared, tasks, token, name) =
             (Arc::clone(&self.shared), ctx.tasks().clone(), ctx.token().clone(), self.name.clone());
+        let idle_close_after = self.idle_close_after;
         tracing::info!(component = %name, %address, "HTTP server listening");
         ctx.tasks().spawn("accept", async move {
             loop {
@@ -217,6 +283,17 @@ impl Component for HttpServer {
                     },
                 };
                 let service = TowerToHyperService::new(router.clone());
+                let activity = Arc::new(Activity::new());
+                let watched = Arc::clone(&activity);
+                let service = hyper::service::service_fn(move |request: hyper::Request<Incoming>| {
+                    let busy = watched.begin(request.version());
+                    let response = hyper::service::Service::call(&service, request);
+                    async move {
+                        let response = response.await;
+                        drop(busy);
+                        response
+                    }
+                });
                 let shared = Arc::clone(&shared);
                 tasks.spawn("connection", async move {
                     let builder = auto::Builder::new(TokioExecutor::new());
@@ -224,8 +301,26 @@ impl Component for HttpServer {
                     tokio::pin!(connection);
                     tokio::select! {
                         _ = connection.as_mut() => return,
-                        _ = shared.closing.cancelled() => connection.as_mut().graceful_shutdown(),
+                        _ = shared.closing.cancelled() => {}
                     }
+                    // HTTP/2 gets its GOAWAY at once: the client knows which streams were served.
+                    // HTTP/1 has no such message, so it waits until quiet (see `idle_close_after`).
+                    if !activity.http2.load(Ordering::Acquire) {
+                        loop {
+                            let quiet_until = activity.quiet_until(idle_close_after);
+                            if quiet_until.is_some_and(|at| at <= Instant::now()) {
+                                break;
+                            }
+                            let wake = quiet_until.unwrap_or_else(|| Instant::now() + BUSY_POLL);
+                            tokio::select! {
+                                _ = connection.as_mut() => return,
+                                // The soft deadline: no more waiting for anyone.
+                                _ = shared.requests.cancelled() => break,
+                                _ = tokio::time::sleep_until(wake.into()) => {}
+                            }
+                        }
+                    }
+                    connection.as_mut().graceful_shutdown();
                     tokio::select! {
                         _ = connection.as_mut() => {}
                         _ = shared.cut.cancelled() => {

@@ -1,0 +1,124 @@
+//! Taking over what a previous process passed us: the listening sockets and the readiness
+//! channel from a parent during an upgrade, or systemd's socket-activated descriptors.
+//!
+//! This is the only module of the workspace with `unsafe` code, for two operations the
+//! protocols require: claiming a descriptor number as our own (`OwnedFd::from_raw_fd`) and
+//! clearing the variables that described them (`env::remove_var`), so that processes we start
+//! later inherit neither.
+
+#![allow(unsafe_code)]
+
+use std::env;
+use std::os::fd::{FromRawFd, OwnedFd, RawFd};
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use crate::HandoffError;
+
+/// The parent's process id, set by the parent on its successor's environment.
+pub(crate) const PARENT_VAR: &str = "LIFECYCLE_UPGRADE_PARENT";
+/// The names of the listeners the parent passed, `:`-separated, from [`FIRST_LISTENER_FD`] on.
+pub(crate) const NAMES_VAR: &str = "LIFECYCLE_UPGRADE_FDNAMES";
+/// The successor's end of the readiness channel.
+pub(crate) const CONTROL_FD: RawFd = 3;
+/// The first listener a parent passes.
+pub(crate) const FIRST_LISTENER_FD: RawFd = 4;
+
+/// Set once descriptors were taken: a second taker would claim descriptors someone owns.
+static TAKEN: AtomicBool = AtomicBool::new(false);
+
+/// Where inherited sockets came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Source {
+    /// Nothing was inherited.
+    Nothing,
+    /// The previous generation of this service, during an upgrade.
+    Upgrade {
+        /// Its process id.
+        parent: u32,
+    },
+    /// systemd's socket activation (`LISTEN_FDS`).
+    SocketActivation,
+}
+
+/// What [`take`] found.
+pub(crate) struct Inherited {
+    pub(crate) source: Source,
+    /// Listening sockets by name, in the order they were passed.
+    pub(crate) sockets: Vec<(String, OwnedFd)>,
+    /// The readiness channel to the parent (upgrade only).
+    pub(crate) control: Option<OwnedFd>,
+}
+
+impl Inherited {
+    fn nothing() -> Self {
+        Self { source: Source::Nothing, sockets: Vec::new(), control: None }
+    }
+}
+
+/// Takes the descriptors passed to this process, once per process, and clears the variables
+/// that named them. A second call finds nothing: the first caller owns them.
+pub(crate) fn take() -> Result<Inherited, HandoffError> {
+    if TAKEN.swap(true, Ordering::AcqRel) {
+        return Ok(Inherited::nothing());
+    }
+    if let Some(parent) = env::var_os(PARENT_VAR) {
+        let names = env::var(NAMES_VAR).unwrap_or_default();
+        // SAFETY: `remove_var` races only with code that reads the environment without std's
+        // lock (C code calling getenv). This runs while the service is being set up, before its
+        // components start, where nothing reads the environment concurrently (see
+        // `Listeners::inherit`).
+        unsafe {
+            env::remove_var(PARENT_VAR);
+            env::remove_var(NAMES_VAR);
+        }
+        let parent: u32 = parent
+            .to_str()
+            .and_then(|p| p.parse().ok())
+            .ok_or_else(|| HandoffError::Inherit(format!("{PARENT_VAR} is not a process id: {parent:?}")))?;
+        // Left in the environment of a process the parent did not start (a grandchild, if the
+        // variables leaked): the descriptor numbers mean nothing here.
+        if std::os::unix::process::parent_id() != parent {
+            tracing::warn!(parent, "upgrade variables from a process that is not our parent; ignored");
+            return Ok(Inherited::nothing());
+        }
+        let control = adopt(CONTROL_FD, "the upgrade's readiness channel")?;
+        let mut sockets = Vec::new();
+        for (index, name) in names.split(':').filter(|n| !n.is_empty()).enumerate() {
+            let fd = FIRST_LISTENER_FD + RawFd::try_from(index).unwrap_or(RawFd::MAX - FIRST_LISTENER_FD);
+            sockets.push((name.to_owned(), adopt(fd, name)?));
+        }
+        return Ok(Inherited { source: Source::Upgrade { parent }, sockets, control: Some(control) });
+    }
+    // SAFETY: as above for the environment; sd-notify checks `LISTEN_PID` is ours and sets
+    // close-on-exec on each descriptor.
+    let activated = unsafe { sd_notify::listen_fds_with_names_and_unset_env() }
+        .map_err(|error| HandoffError::Inherit(format!("socket activation (LISTEN_FDS): {error}")))?;
+    let mut sockets = Vec::new();
+    for (fd, name) in activated {
+        sockets.push((name.clone(), adopt(fd, &name)?));
+    }
+    if sockets.is_empty() {
+        return Ok(Inherited::nothing());
+    }
+    Ok(Inherited { source: Source::SocketActivation, sockets, control: None })
+}
+
+/// Claims descriptor `fd`, passed for `what`, after checking it is an open socket, and marks it
+/// close-on-exec so it reaches no process we start.
+fn adopt(fd: RawFd, what: &str) -> Result<OwnedFd, HandoffError> {
+    let link = std::fs::read_link(format!("/proc/self/fd/{fd}"))
+        .map_err(|error| HandoffError::Inherit(format!("descriptor {fd} for {what} is not open: {error}")))?;
+    if !link.to_string_lossy().starts_with("socket:") {
+        return Err(HandoffError::Inherit(format!(
+            "descriptor {fd} for {what} is not a socket but {}",
+            link.display()
+        )));
+    }
+    // SAFETY: the descriptor is open (checked above) and was passed to this process for this
+    // purpose by the protocol; `TAKEN` makes sure nothing else in this process claimed it.
+    let owned = unsafe { OwnedFd::from_raw_fd(fd) };
+    socket2::SockRef::from(&owned).set_cloexec(true).map_err(|error| {
+        HandoffError::Inherit(format!("descriptor {fd} for {what}: close-on-exec: {error}"))
+    })?;
+    Ok(owned)
+}

@@ -1,0 +1,40 @@
+//! Zero-downtime binary upgrades for a lifecycle service, and systemd socket activation.
+//!
+//! - [`Listeners`]: the service's listening sockets by name, adopted from the previous
+//!   generation or from systemd when they were passed, bound otherwise.
+//! - [`Upgrade`]: a component that, on SIGUSR2/SIGHUP or [`UpgradeHandle::upgrade`], starts the
+//!   binary as it now is on disk with those sockets, waits until it is ready, and only then
+//!   retires this process. Not a single connection is refused: both processes accept on the
+//!   same sockets while this one drains.
+//!
+//! ```no_run
+//! use lifecycle_core::RegistryBuilder;
+//! use lifecycle_handoff::{Listeners, Upgrade};
+//!
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! // First thing in `main`: take over what the previous process (or systemd) passed.
+//! let listeners = Listeners::inherit()?;
+//! let http = listeners.tcp("http", "127.0.0.1:8080".parse()?)?;
+//! let upgrade = Upgrade::new(&listeners).pid_file("/run/orders.pid");
+//!
+//! let mut builder = RegistryBuilder::new();
+//! builder.add(upgrade.systemd_notify());
+//! builder.add(upgrade);
+//! // builder.add(HttpServer::new("http", http, router)) ...
+//! # drop(http);
+//! # Ok(()) }
+//! ```
+//!
+//! SO_REUSEPORT ([`Listeners::tcp_reuse_port`]) lets two processes listen at once, but it is no
+//! hand-over: connections waiting in the accept queue of the socket that closes are reset.
+
+mod control;
+mod error;
+mod inherit;
+mod listeners;
+mod pidfile;
+mod upgrade;
+
+pub use error::{HandoffError, UpgradeError};
+pub use listeners::{Listeners, Origin};
+pub use upgrade::{Upgrade, UpgradeHandle, UpgradeState};

@@ -1,0 +1,26 @@
+//! An optional PID file naming the process that currently serves, replaced atomically so a
+//! reader never sees it empty or half written.
+
+use std::io::{self, Write};
+use std::path::Path;
+
+/// Writes `pid` to `path` through a temporary file in the same directory and a rename.
+pub(crate) fn write(path: &Path, pid: u32) -> io::Result<()> {
+    let mut temporary = path.as_os_str().to_owned();
+    temporary.push(format!(".{}.tmp", std::process::id()));
+    let temporary = std::path::PathBuf::from(temporary);
+    let mut file = std::fs::File::create(&temporary)?;
+    writeln!(file, "{pid}")?;
+    file.sync_all()?;
+    std::fs::rename(&temporary, path)
+}
+
+/// Removes `path` if it still names `pid` (a successor may have replaced it).
+pub(crate) fn remove_if_ours(path: &Path, pid: u32) -> io::Result<()> {
+    match std::fs::read_to_string(path) {
+        Ok(text) if text.trim() == pid.to_string() => std::fs::remove_file(path),
+        Ok(_) => Ok(()),
+        Err(error) if error.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(error) => Err(error),
+    }
+}

@@ -1,0 +1,446 @@
+//! The upgrade itself: start the binary as it now is on disk with our listeners, wait until it
+//! is ready, then hand over and retire; or, when anything goes wrong, stop it and keep serving.
+
+use std::ffi::OsString;
+use std::os::fd::RawFd;
+use std::path::PathBuf;
+use std::process::ExitStatus;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
+
+use command_fds::{CommandFdExt, FdMapping};
+use lifecycle_core::{BoxError, Component, ComponentId, ComponentOptions, Context, Phase};
+use lifecycle_systemd::sd_notify::NotifyState;
+use lifecycle_systemd::{ReadyGate, SystemdNotify};
+use tokio::net::UnixStream;
+use tokio::process::Child;
+use tokio::signal::unix::SignalKind;
+
+use crate::inherit::{CONTROL_FD, FIRST_LISTENER_FD, NAMES_VAR, PARENT_VAR};
+use crate::{Listeners, UpgradeError, control, pidfile};
+
+/// Default for [`Upgrade::ready_timeout`].
+const READY_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a successor that failed gets to stop after SIGTERM before SIGKILL.
+const STOP_GRACE: Duration = Duration::from_secs(5);
+/// Variables a successor must not inherit: they describe this process, not the successor.
+const NOT_INHERITED: [&str; 4] = ["LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES", "WATCHDOG_PID"];
+
+/// Where this process stands in the upgrade sequence.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum UpgradeState {
+    /// Serving; an upgrade may start.
+    Idle,
+    /// An upgrade is under way.
+    Upgrading,
+    /// This process is a successor whose predecessor is still draining: no upgrade until it
+    /// is gone.
+    PredecessorRunning {
+        /// The predecessor's process id.
+        predecessor: u32,
+    },
+    /// This process handed over and is retiring.
+    HandedOver {
+        /// The successor's process id.
+        successor: u32,
+    },
+}
+
+/// Zero-downtime upgrades as a component named `upgrade`.
+///
+/// On SIGUSR2 or SIGHUP (see [`signals`](Self::signals)), or [`UpgradeHandle::upgrade`]:
+///
+/// 1. refuses unless this process is ready, no upgrade runs and its own predecessor is gone;
+/// 2. tells systemd `RELOADING=1`, starts the binary as it now is on disk, with the same
+///    arguments, every listener of the [`Listeners`] set from descriptor 4 on (names in
+///    `LIFECYCLE_UPGRADE_FDNAMES`) and a readiness channel on descriptor 3;
+/// 3. the successor adopts the listeners by name ([`Listeners::inherit`]), starts every
+///    component and says `ready`;
+/// 4. this process tells systemd `MAINPID=<successor>`, answers `handed-over` (the successor
+///    then sends `READY=1`), rewrites the PID file, and stops with
+///    [`ShutdownReason::HandedOver`](lifecycle_core::ShutdownReason::HandedOver): no drain
+///    delay, the successor accepts on the same sockets while this process drains.
+///
+/// If the binary cannot be started, the successor exits, or it is not ready within
+/// [`ready_timeout`](Self::ready_timeout), the successor is stopped (SIGTERM, then SIGKILL),
+/// this process keeps serving, and the error is logged, noted in the report and returned.
+pub struct Upgrade {
+    shared: Arc<Shared>,
+    gate: ReadyGate,
+}
+
+/// Everything an upgrade needs, shared by the component and its handles.
+struct Shared {
+    listeners: Listeners,
+    binary: Result<PathBuf, String>,
+    args: Vec<OsString>,
+    ready_timeout: Mutex<Duration>,
+    signals: Mutex<Vec<SignalKind>>,
+    pid_file: Mutex<Option<PathBuf>>,
+    state: Mutex<UpgradeState>,
+    /// The run this component belongs to, while it runs.
+    running: Mutex<Option<Context>>,
+    /// Our end of the readiness channel to the successor: open until this process ends, so
+    /// the successor knows when we are gone.
+    successor_channel: Mutex<Option<UnixStream>>,
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl Upgrade {
+    /// Upgrades that pass `listeners` on, re-executing this process's binary (its path as it
+    /// was at start, so a new file at that path is what runs) with the same arguments.
+    pub fn new(listeners: &Listeners) -> Self {
+        let binary =
+            std::env::current_exe().map_err(|error| format!("cannot find this process's binary: {error}"));
+        let predecessor = listeners.predecessor();
+        let gate = ReadyGate::new();
+        if predecessor.is_none() {
+            gate.open();
+        }
+        let state = match predecessor {
+            Some(predecessor) => UpgradeState::PredecessorRunning { predecessor },
+            None => UpgradeState::Idle,
+        };
+        Self {
+            shared: Arc::new(Shared {
+                listeners: listeners.clone(),
+                binary,
+                args: std::env::args_os().skip(1).collect(),
+                ready_timeout: Mutex::new(READY_TIMEOUT),
+                signals: Mutex::new(vec![SignalKind::user_defined2(), SignalKind::hangup()]),
+                pid_file: Mutex::new(None),
+                state: Mutex::new(state),
+                running: Mutex::new(None),
+                successor_channel: Mutex::new(None),
+            }),
+            gate,
+        }
+    }
+
+    /// How long the successor has to become ready (default 30 s) before it is stopped and the
+    /// upgrade fails.
+    #[must_use]
+    pub fn ready_timeout(self, timeout: Duration) -> Self {
+        *lock(&self.shared.ready_timeout) = timeout;
+        self
+    }
+
+    /// The signals that start an upgrade (default SIGUSR2 and SIGHUP; none: only the API).
+    #[must_use]
+    pub fn signals(self, signals: impl IntoIterator<Item = SignalKind>) -> Self {
+        *lock(&self.shared.signals) = signals.into_iter().collect();
+        self
+    }
+
+    /// Keeps a PID file at `path` naming the process that serves: written at start by a process
+    /// without predecessor, rewritten with the successor's id at a hand-over, removed at a
+    /// stop that hands over to nobody.
+    #[must_use]
+    pub fn pid_file(self, path: impl Into<PathBuf>) -> Self {
+        *lock(&self.shared.pid_file) = Some(path.into());
+        self
+    }
+
+    /// A handle to start upgrades from code (an admin endpoint, a file watcher).
+    pub fn handle(&self) -> UpgradeHandle {
+        UpgradeHandle { shared: Arc::clone(&self.shared) }
+    }
+
+    /// The systemd notifier for a service that upgrades: a successor sends `READY=1` only
+    /// after its predecessor sent `MAINPID=`, so systemd accepts it from the new main process.
+    pub fn systemd_notify(&self) -> SystemdNotify {
+        SystemdNotify::new().hold_ready_until(self.gate.clone())
+    }
+}
+
+/// Starts upgrades and tells where the process stands. Cheap to clone.
+#[derive(Clone)]
+pub struct UpgradeHandle {
+    shared: Arc<Shared>,
+}
+
+impl UpgradeHandle {
+    /// Where this process stands.
+    pub fn state(&self) -> UpgradeState {
+        *lock(&self.shared.state)
+    }
+
+    /// Upgrades now. Returns the successor's process id once it is ready and this process
+    /// began to retire; on error this process keeps serving.
+    pub async fn upgrade(&self) -> Result<u32, UpgradeError> {
+        let ctx = lock(&self.shared.running).clone().ok_or(UpgradeError::NotRunning)?;
+        let phase = ctx.lifecycle().phase();
+        {
+            let mut state = lock(&self.shared.state);
+            match *state {
+                UpgradeState::Idle => {}
+                UpgradeState::Upgrading => return Err(UpgradeError::InProgress),
+                UpgradeState::PredecessorRunning { predecessor } => {
+                    return Err(UpgradeError::PredecessorRunning { predecessor });
+                }
+                UpgradeState::HandedOver { successor } => return Err(UpgradeError::HandedOver { successor }),
+            }
+            if phase != Phase::Ready {
+                return Err(UpgradeError::NotReady { phase });
+            }
+            *state = UpgradeState::Upgrading;
+        }
+        let began = Instant::now();
+        notify(&ctx, &[NotifyState::Reloading, monotonic_now(), NotifyState::Status("upgrading")]);
+        let result = self.perform(&ctx).await;
+        match &result {
+            Ok(successor) => {
+                *lock(&self.shared.state) = UpgradeState::HandedOver { successor: *successor };
+                let ms = began.elapsed().as_secs_f64() * 1e3;
+                tracing::info!(component = %ctx.name(), successor, ready_ms = ms, "handed over; retiring");
+                ctx.note(format!("handed over to process {successor}, ready {ms:.1} ms after the trigger"));
+                ctx.shutdown().hand_over(*successor);
+            }
+            Err(error) => {
+                *lock(&self.shared.state) = UpgradeState::Idle;
+                tracing::error!(component = %ctx.name(), %error, "upgrade failed; still serving");
+                ctx.note(format!("upgrade failed, still serving: {error}"));
+                let status = format!("ready; upgrade failed: {error}");
+                notify(&ctx, &[NotifyState::Ready, NotifyState::Status(&status)]);
+            }
+        }
+        result
+    }
+
+    async fn perform(&self, ctx: &Context) -> Result<u32, UpgradeError> {
+        let shared = &self.shared;
+        let binary =
+            shared.binary.clone().map_err(|error| UpgradeError::Prepare(std::io::Error::other(error)))?;
+        let listeners = shared.listeners.for_successor().map_err(UpgradeError::Prepare)?;
+        let (ours, theirs) = std::os::unix::net::UnixStream::pair().map_err(UpgradeError::Prepare)?;
+        let names: Vec<&str> = listeners.iter().map(|(name, _)| name.as_str()).collect();
+
+        let mut command = tokio::process::Command::new(&binary);
+        command
+            .args(&shared.args)
+            .env(PARENT_VAR, std::process::id().to_string())
+            .env(NAMES_VAR, names.join(":"));
+        for variable in NOT_INHERITED {
+            command.env_remove(variable);
+        }
+        let mut mappings = vec![FdMapping { parent_fd: theirs.into(), child_fd: CONTROL_FD }];
+        for (index, (_, socket)) in listeners.into_iter().enumerate() {
+            let child_fd =
+                FIRST_LISTENER_FD + RawFd::try_from(index).unwrap_or(RawFd::MAX - FIRST_LISTENER_FD);
+            mappings.push(FdMapping { parent_fd: socket, child_fd });
+        }
+        command
+            .fd_mappings(mappings)
+            .map_err(|_| UpgradeError::Prepare(std::io::Error::other("descriptor numbers collide")))?;
+        let spawned = command.spawn();
+        // The command holds our copies of the successor's descriptors: closed now, so its end
+        // of the channel lives in the successor alone and its exit reads as end of file.
+        drop(command);
+        let mut child = spawned.map_err(|source| UpgradeError::Spawn { binary: binary.clone(), source })?;
+        let pid = child.id().unwrap_or_default();
+        tracing::info!(component = %ctx.name(), pid, binary = %binary.display(), "upgrade: successor started");
+
+        let mut channel = ours
+            .set_nonblocking(true)
+            .and_then(|()| UnixStream::from_std(ours))
+            .map_err(|source| UpgradeError::Channel { pid, source })?;
+        let timeout = *lock(&shared.ready_timeout);
+        let heard = tokio::select! {
+            message = control::receive(&mut channel) => Heard::Message(message),
+            status = child.wait() => Heard::Exited(status),
+            _ = tokio::time::sleep(timeout) => Heard::Nothing,
+            _ = ctx.shutdown().requested() => Heard::Nothing,
+        };
+        let failure = match heard {
+            Heard::Message(Ok(Some(message))) if message == control::READY => None,
+            Heard::Message(Ok(Some(message))) => Some(UpgradeError::Channel {
+                pid,
+                source: std::io::Error::other(format!("unexpected message {message:?}")),
+            }),
+            // The successor closed its end: it is exiting or exited.
+            Heard::Message(Ok(None)) => match tokio::time::timeout(STOP_GRACE, child.wait()).await {
+                Ok(Ok(status)) => Some(UpgradeError::ChildExited { pid, status }),
+                _ => Some(UpgradeError::Channel { pid, source: std::io::ErrorKind::UnexpectedEof.into() }),
+            },
+            Heard::Message(Err(source)) => Some(UpgradeError::Channel { pid, source }),
+            Heard::Exited(Ok(status)) => Some(UpgradeError::ChildExited { pid, status }),
+            Heard::Exited(Err(source)) => Some(UpgradeError::Channel { pid, source }),
+            Heard::Nothing => Some(UpgradeError::NotReadyInTime { pid, timeout }),
+        };
+        if let Some(failure) = failure {
+            stop_successor(&mut child, pid).await;
+            return Err(failure);
+        }
+
+        // systemd first learns the new main process, then the successor announces itself.
+        let status = format!("handed over to process {pid}");
+        notify(ctx, &[NotifyState::MainPid(pid), NotifyState::Status(&status)]);
+        if let Err(source) = control::send(&mut channel, control::HANDED_OVER).await {
+            notify(ctx, &[NotifyState::MainPid(std::process::id())]);
+            stop_successor(&mut child, pid).await;
+            return Err(UpgradeError::Channel { pid, source });
+        }
+        if let Some(path) = lock(&shared.pid_file).as_ref() {
+            if let Err(error) = pidfile::write(path, pid) {
+                tracing::warn!(component = %ctx.name(), path = %path.display(), %error, "cannot write the PID file");
+            }
+        }
+        *lock(&shared.successor_channel) = Some(channel);
+        Ok(pid)
+    }
+}
+
+/// What the wait for the successor's readiness ended with.
+enum Heard {
+    Message(std::io::Result<Option<String>>),
+    Exited(std::io::Result<ExitStatus>),
+    /// Timed out, or this process is stopping.
+    Nothing,
+}
+
+/// Stops a successor that will not take over: SIGTERM, so connections it accepted on the shared
+/// sockets are drained rather than reset, then SIGKILL after a grace period.
+async fn stop_successor(child: &mut Child, pid: u32) {
+    if let Ok(Some(_)) = child.try_wait() {
+        return;
+    }
+    if let Ok(raw) = i32::try_from(pid) {
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(raw), nix::sys::signal::Signal::SIGTERM);
+    }
+    if tokio::time::timeout(STOP_GRACE, child.wait()).await.is_err() {
+        tracing::warn!(pid, "successor ignored SIGTERM; killing it");
+        let _ = child.kill().await;
+    }
+}
+
+fn notify(ctx: &Context, states: &[NotifyState<'_>]) {
+    if lifecycle_systemd::under_systemd() {
+        lifecycle_systemd::notify(ctx.name(), states);
+    }
+}
+
+/// `MONOTONIC_USEC=` for `RELOADING=1`, which systemd 253 and later require with it.
+fn monotonic_now() -> NotifyState<'static> {
+    NotifyState::monotonic_usec_now().unwrap_or(NotifyState::Custom(""))
+}
+
+impl Component for Upgrade {
+    fn name(&self) -> ComponentId {
+        "upgrade".into()
+    }
+
+    fn options(&self) -> ComponentOptions {
+        // An upgrade that cannot happen must not stop a service that serves.
+        ComponentOptions::new().critical(false)
+    }
+
+    async fn start(&self, ctx: &Context) -> Result<(), BoxError> {
+        let shared = &self.shared;
+        *lock(&shared.running) = Some(ctx.clone());
+        let closed = shared.listeners.close_unclaimed();
+        if !closed.is_empty() {
+            ctx.note(format!("closed inherited listeners no longer configured: {}", closed.join(", ")));
+        }
+        if let Some(control) = shared.listeners.take_control() {
+            let channel = std::os::unix::net::UnixStream::from(control);
+            channel.set_nonblocking(true)?;
+            let channel = UnixStream::from_std(channel)?;
+            ctx.tasks().spawn(
+                "predecessor",
+                follow_predecessor(ctx.clone(), Arc::clone(shared), self.gate.clone(), channel),
+            );
+        } else if let Some(path) = lock(&shared.pid_file).as_ref() {
+            pidfile::write(path, std::process::id())
+                .map_err(|error| format!("cannot write the PID file {}: {error}", path.display()))?;
+        }
+        for kind in lock(&shared.signals).iter().copied() {
+            let mut signal = tokio::signal::unix::signal(kind)?;
+            let (handle, token, name) =
+                (UpgradeHandle { shared: Arc::clone(shared) }, ctx.token().clone(), ctx.name().clone());
+            ctx.tasks().spawn("upgrade_signal", async move {
+                loop {
+                    tokio::select! {
+                        _ = token.cancelled() => return,
+                        received = signal.recv() => if received.is_none() { return },
+                    }
+                    tracing::info!(component = %name, signal = ?kind, "upgrade requested");
+                    if let Err(error) = handle.upgrade().await {
+                        tracing::warn!(component = %name, %error, "upgrade not done");
+                    }
+                }
+            });
+        }
+        Ok(())
+    }
+
+    async fn stop(&self, ctx: &Context) -> Result<(), BoxError> {
+        let shared = &self.shared;
+        *lock(&shared.running) = None;
+        shared.listeners.release();
+        if !ctx.shutdown().is_handed_over() {
+            if let Some(path) = lock(&shared.pid_file).as_ref() {
+                pidfile::remove_if_ours(path, std::process::id())?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The successor's side: says `ready` once the run is, opens the systemd gate when the
+/// predecessor answers, and allows upgrades again once the predecessor is gone.
+async fn follow_predecessor(ctx: Context, shared: Arc<Shared>, gate: ReadyGate, mut channel: UnixStream) {
+    let predecessor = shared.listeners.predecessor().unwrap_or_default();
+    tokio::select! {
+        _ = ctx.lifecycle().reached(Phase::Ready) => {}
+        _ = ctx.cancelled() => return,
+    }
+    if ctx.lifecycle().phase() != Phase::Ready {
+        return;
+    }
+    if let Err(error) = control::send(&mut channel, control::READY).await {
+        tracing::warn!(component = %ctx.name(), predecessor, %error, "cannot tell the predecessor we are ready");
+    }
+    let answer = tokio::select! {
+        answer = control::receive(&mut channel) => answer,
+        _ = ctx.cancelled() => return,
+    };
+    match answer {
+        Ok(Some(message)) if message == control::HANDED_OVER => {}
+        other => {
+            tracing::warn!(component = %ctx.name(), predecessor, ?other, "predecessor did not confirm the hand-over")
+        }
+    }
+    gate.open();
+    // Anything else before the end of file is ignored: the predecessor only ever closes.
+    loop {
+        tokio::select! {
+            message = control::receive(&mut channel) => if !matches!(message, Ok(Some(_))) { break },
+            _ = ctx.cancelled() => return,
+        }
+    }
+    let mut state = lock(&shared.state);
+    if *state == (UpgradeState::PredecessorRunning { predecessor }) {
+        *state = UpgradeState::Idle;
+    }
+    drop(state);
+    tracing::info!(component = %ctx.name(), predecessor, "previous generation exited; upgrades allowed");
+}
+
+impl std::fmt::Debug for Upgrade {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Upgrade")
+            .field("listeners", &self.shared.listeners)
+            .field("state", &*lock(&self.shared.state))
+            .finish()
+    }
+}
+
+impl std::fmt::Debug for UpgradeHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UpgradeHandle").field("state", &self.state()).finish()
+    }
+}
