@@ -117,7 +117,7 @@ impl Service {
         };
         let lived = self.started.elapsed();
         // The pipe ends when every process holding it exited: a successor may still hold it.
-        let until = Instant::now() + Duration::from_millis(500);
+        let until = Instant::now() + Duration::from_secs(5);
         while !self.stderr_reader.is_finished() && Instant::now() < until {
             std::thread::sleep(Duration::from_millis(5));
         }

@@ -187,16 +187,21 @@ async fn run(mode: Mode, discovery: Discovery) {
             "{component} stopped:\n{stderr}"
         );
     }
-    let db = sqlx::PgPool::connect(&database_url).await.unwrap();
+    assert_stored_and_drop(&admin, &database, &tally).await;
+    eprintln!("{mode:?} / {discovery:?}: {} orders acknowledged, 0 failed", tally.ok);
+}
+
+/// Checks every acknowledged order is in `database`, then drops it.
+async fn assert_stored_and_drop(admin: &sqlx::PgPool, database: &str, tally: &Tally) {
+    let db = sqlx::PgPool::connect(&format!("postgres://postgres@127.0.0.1:5432/{database}")).await.unwrap();
     let stored: Vec<i64> = sqlx::query_scalar("SELECT id FROM orders").fetch_all(&db).await.unwrap();
     let stored: std::collections::HashSet<i64> = stored.into_iter().collect();
     assert!(tally.acknowledged.iter().all(|id| stored.contains(id)), "every 2xx POST is in the database");
     db.close().await;
     sqlx::query(AssertSqlSafe(format!("DROP DATABASE {database} WITH (FORCE)")))
-        .execute(&admin)
+        .execute(admin)
         .await
         .unwrap();
-    eprintln!("{mode:?} / {discovery:?}: {} orders acknowledged, 0 failed", tally.ok);
 }
 
 /// How clients learn that the instance is going away.
@@ -263,4 +268,108 @@ async fn the_default_sqlite_setup_serves_processes_and_stops() {
     assert_eq!(status.code(), Some(0), "{stderr}");
     assert!(dir.join("orders.db").exists());
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// Issue 7's upgrade case: `orders` registered in etcd, under keep-alive load, upgraded three
+/// times with SIGUSR2. Each successor writes the same key with its own lease before it is ready,
+/// so the retiring process's revoke deletes nothing: a client following the prefix never sees
+/// the instance disappear, and no request fails. At the final SIGTERM the key is deleted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upgrades_under_load_keep_the_etcd_key_and_fail_no_request() {
+    let database = format!("orders_upgrade_{}", std::process::id());
+    let admin = sqlx::PgPool::connect(&pg_admin_url()).await.unwrap();
+    sqlx::query(AssertSqlSafe(format!("CREATE DATABASE {database}"))).execute(&admin).await.unwrap();
+    let database_url = format!("postgres://postgres@127.0.0.1:5432/{database}");
+    let dir = std::env::temp_dir().join(format!("orders_upgrade_{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let pid_file = dir.join("orders.pid");
+    let etcd = Etcd::start().await;
+    let address = free_address();
+    let key = format!("/services/orders/{address}");
+    let (mut first, stderr) = spawn_orders(
+        address,
+        &[
+            ("DATABASE_URL", &database_url),
+            ("ETCD_ENDPOINTS", &etcd.url()),
+            ("PID_FILE", pid_file.to_str().unwrap()),
+        ],
+        &dir,
+    )
+    .await;
+    let mut watcher = InstanceWatcher::new(&[etcd.url()], "/services/orders").await.unwrap();
+    let until = Instant::now() + Duration::from_secs(10);
+    while !watcher.instances().contains_key(&key) {
+        assert!(Instant::now() < until, "registered");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        watcher = InstanceWatcher::new(&[etcd.url()], "/services/orders").await.unwrap();
+    }
+    let deletes = Arc::new(Mutex::new(Vec::<Instant>::new()));
+    let following = {
+        let deletes = Arc::clone(&deletes);
+        tokio::spawn(async move {
+            while let Ok(Some(changes)) = watcher.next_changes().await {
+                for change in changes {
+                    if matches!(change, lifecycle_etcd::Change::Delete { .. }) {
+                        deletes.lock().unwrap().push(Instant::now());
+                    }
+                }
+            }
+        })
+    };
+
+    let clients = lifecycle_tests::load::Clients::start(address, Mode::KeepAlive, 16);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut pid: u32 = std::fs::read_to_string(&pid_file).unwrap().trim().parse().unwrap();
+    for _ in 0..3 {
+        assert!(Command::new("kill").args(["-USR2", &pid.to_string()]).status().unwrap().success());
+        let until = Instant::now() + Duration::from_secs(20);
+        let successor = loop {
+            let now: u32 = std::fs::read_to_string(&pid_file).unwrap().trim().parse().unwrap();
+            if now != pid {
+                break now;
+            }
+            assert!(Instant::now() < until, "upgrade of {pid} done");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        };
+        while std::path::Path::new(&format!("/proc/{pid}")).exists() && !zombie(pid) {
+            assert!(Instant::now() < until, "{pid} exited");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        pid = successor;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    let tally = clients.stop().await;
+    assert!(deletes.lock().unwrap().is_empty(), "the key never disappeared during the upgrades");
+    let stopped = Instant::now();
+    assert!(Command::new("kill").args(["-TERM", &pid.to_string()]).status().unwrap().success());
+    let until = Instant::now() + Duration::from_secs(20);
+    while deletes.lock().unwrap().is_empty() {
+        assert!(Instant::now() < until, "the key is deleted at the final stop");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(deletes.lock().unwrap()[0] > stopped);
+    following.abort();
+    while std::path::Path::new(&format!("/proc/{pid}")).exists() && !zombie(pid) {
+        assert!(Instant::now() < until, "{pid} exited");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let _ = first.wait();
+    let stderr = stderr.join().unwrap();
+    assert!(tally.ok > 100, "real load: {tally:?}");
+    assert!(
+        tally.failures.is_empty(),
+        "failed requests by kind {:?} (ok {})\n{stderr}",
+        tally.failures,
+        tally.ok
+    );
+    assert_eq!(stderr.matches("lifecycle report: handed over to process").count(), 3, "{stderr}");
+    assert_stored_and_drop(&admin, &database, &tally).await;
+    std::fs::remove_dir_all(&dir).unwrap();
+    eprintln!("3 upgrades with etcd: {} orders acknowledged, 0 failed, key never deleted", tally.ok);
+}
+
+/// Whether `pid` is a zombie: exited, not reaped yet (its parent was the previous generation).
+fn zombie(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .is_ok_and(|stat| stat.rsplit(')').next().is_some_and(|rest| rest.trim_start().starts_with('Z')))
 }

@@ -168,11 +168,19 @@ async fn failed_upgrades_leave_the_old_process_serving() {
     let knobs = dir.join("knobs");
     std::fs::create_dir_all(&knobs).unwrap();
     let binary = private_binary(&dir);
-    let service = Service::spawn(
-        binary.to_str().unwrap(),
-        &["--knobs", knobs.to_str().unwrap(), "--ready-timeout", "1000"],
-    )
-    .unwrap();
+    // A copy just written can be "busy" for a moment: another test's fork may still hold the
+    // descriptor it was written through.
+    let mut attempts = 0;
+    let service = loop {
+        match Service::spawn(
+            binary.to_str().unwrap(),
+            &["--knobs", knobs.to_str().unwrap(), "--ready-timeout", "1000"],
+        ) {
+            Err(error) if error.raw_os_error() == Some(26) && attempts < 50 => attempts += 1,
+            spawned => break spawned.unwrap(),
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
     let (address, pid) = ready(&service);
     let clients = Clients::start(address, Mode::KeepAlive, CLIENTS);
     tokio::time::sleep(Duration::from_millis(200)).await;

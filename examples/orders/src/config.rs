@@ -1,6 +1,7 @@
 //! Configuration from flags and the environment, with errors that name the setting.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 /// Everything the service reads at start.
@@ -12,12 +13,18 @@ pub(crate) struct Config {
     pub(crate) etcd_endpoints: Vec<String>,
     pub(crate) drain_delay: Duration,
     pub(crate) shutdown_deadline: Duration,
+    /// Where the serving process writes its id (rewritten by each upgrade).
+    pub(crate) pid_file: Option<PathBuf>,
+    /// Bind with `SO_REUSEPORT`, so a second instance can start on the same port.
+    pub(crate) reuse_port: bool,
 }
 
 const USAGE: &str = "usage: orders [--listen ADDR] [--database-url URL] [--redis-url URL] [--drain-delay SECONDS] \
-                     [--shutdown-deadline SECONDS]\n\
+                     [--shutdown-deadline SECONDS] [--pid-file PATH]\n\
                      environment: LISTEN_ADDR, DATABASE_URL (default sqlite://orders.db), REDIS_URL (no cache when unset), \
-                     ETCD_ENDPOINTS (comma-separated; registers under /services/orders when set), DRAIN_DELAY, SHUTDOWN_DEADLINE";
+                     ETCD_ENDPOINTS (comma-separated; registers under /services/orders when set), DRAIN_DELAY, SHUTDOWN_DEADLINE, \
+                     PID_FILE, LISTEN_REUSEPORT=1 (bind with SO_REUSEPORT)\n\
+                     SIGUSR2 or SIGHUP: zero-downtime upgrade to the binary now on disk";
 
 impl Config {
     /// Flags win over the environment, which wins over the defaults.
@@ -27,6 +34,12 @@ impl Config {
         let mut redis_url = std::env::var("REDIS_URL").ok().filter(|u| !u.is_empty());
         let mut drain_delay = std::env::var("DRAIN_DELAY").unwrap_or_else(|_| "0".into());
         let mut shutdown_deadline = std::env::var("SHUTDOWN_DEADLINE").unwrap_or_else(|_| "25".into());
+        let mut pid_file = std::env::var("PID_FILE").unwrap_or_default();
+        let reuse_port = match std::env::var("LISTEN_REUSEPORT").unwrap_or_default().as_str() {
+            "" | "0" => false,
+            "1" => true,
+            other => return Err(format!("LISTEN_REUSEPORT is `{other}`: expected 0 or 1")),
+        };
         let mut args = std::env::args().skip(1);
         while let Some(flag) = args.next() {
             let slot = match flag.as_str() {
@@ -34,6 +47,7 @@ impl Config {
                 "--database-url" => &mut database_url,
                 "--drain-delay" => &mut drain_delay,
                 "--shutdown-deadline" => &mut shutdown_deadline,
+                "--pid-file" => &mut pid_file,
                 "--redis-url" => {
                     redis_url =
                         Some(args.next().ok_or_else(|| format!("--redis-url needs a value\n{USAGE}"))?);
@@ -62,6 +76,8 @@ impl Config {
                 &shutdown_deadline,
                 "shutdown deadline (SHUTDOWN_DEADLINE or --shutdown-deadline)",
             )?,
+            pid_file: (!pid_file.is_empty()).then(|| pid_file.into()),
+            reuse_port,
         })
     }
 }

@@ -1,7 +1,8 @@
 //! Run with `cargo run -p orders`: an order service on http://127.0.0.1:8080, on SQLite
 //! (`orders.db`) with no server needed. With `DATABASE_URL=postgres://...` it uses PostgreSQL and
 //! its job queue; with `REDIS_URL=redis://...` a Redis cache in front of reads. Ctrl-C or SIGTERM
-//! drains and stops it; `deploy/` has the Kubernetes and systemd files.
+//! drains and stops it; SIGUSR2 (or SIGHUP) upgrades it without refusing a connection to the
+//! binary now on disk; `deploy/` has the Kubernetes and systemd files.
 //!
 //! ```text
 //! curl -s -XPOST localhost:8080/api/orders -H 'content-type: application/json' -d '{"item":"tea","quantity":2}'
@@ -22,6 +23,7 @@ use axum::{Json, Router};
 use lifecycle_core::{
     BoxError, Component, ComponentOptions, Context, Dep, Dependency, FnComponent, RegistryBuilder,
 };
+use lifecycle_handoff::{Listeners, Upgrade};
 use lifecycle_http::{HealthPaths, HttpServer};
 use lifecycle_redis::{RedisPool, redis};
 use lifecycle_sqlx::jobs::JobWorker;
@@ -139,13 +141,25 @@ async fn main() -> Result<RegistryBuilder, String> {
         .with_writer(std::io::stderr)
         .init();
     let config = config::Config::load()?;
-    let listener = std::net::TcpListener::bind(config.listen)
-        .map_err(|error| format!("cannot listen on {} (LISTEN_ADDR or --listen): {error}", config.listen))?;
+    // The listener of the previous generation during an upgrade, systemd's with socket
+    // activation, else a new one.
+    let listeners = Listeners::inherit().map_err(|error| error.to_string())?;
+    let listener = if config.reuse_port {
+        listeners.tcp_reuse_port("http", config.listen)
+    } else {
+        listeners.tcp("http", config.listen)
+    }
+    .map_err(|error| format!("{error} (LISTEN_ADDR or --listen)"))?;
+    let mut upgrade = Upgrade::new(&listeners);
+    if let Some(path) = &config.pid_file {
+        upgrade = upgrade.pid_file(path);
+    }
 
     let mut builder = RegistryBuilder::new();
     builder.drain_delay(config.drain_delay).shutdown_deadline(config.shutdown_deadline);
-    // READY=1 and STOPPING=1 for a `Type=notify` unit; nothing outside systemd.
-    builder.add(lifecycle_systemd::SystemdNotify::new());
+    // READY=1, WATCHDOG=1, STOPPING=1 for a `Type=notify` unit, in the right order across an
+    // upgrade; nothing outside systemd.
+    builder.add(upgrade.systemd_notify());
     let store = if config.database_url.starts_with("postgres") {
         Store::Postgres(
             builder.add(PgPool::new("orders_db", config.database_url.clone()).max_connections(20)).dep(),
@@ -203,6 +217,7 @@ async fn main() -> Result<RegistryBuilder, String> {
             .options(ComponentOptions::new().critical(false)),
         );
     }
+    builder.add(upgrade);
     tracing::info!(listen = %config.listen, database = %lifecycle_core::redact_url(&config.database_url), "orders configured");
     Ok(builder)
 }

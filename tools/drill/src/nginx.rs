@@ -62,7 +62,7 @@ impl Nginx {
         let address = std::net::SocketAddr::from(([127, 0, 0, 1], port));
         let deadline = Instant::now() + timeout;
         while !crate::service::is_ready(address).await {
-            if let Some(exit) = process::exit(nginx.master)? {
+            if let Some(exit) = process::reap(nginx.master)? {
                 return Err(format!(
                     "nginx ended ({exit}) before serving: see {}",
                     nginx.error_log().display()

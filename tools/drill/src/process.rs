@@ -98,7 +98,7 @@ pub(crate) fn spawn(command: &mut Command, logs: &Logs) -> Result<Pid, Error> {
         .stderr(Logs::open(&logs.stderr)?)
         .spawn()
         .map_err(|error| format!("cannot start {program}: {error}"))?;
-    // The `Child` handle is dropped without waiting: `exit` reaps this process like any other.
+    // The `Child` handle is dropped without waiting: `reap` reaps this process like any other.
     let pid =
         i32::try_from(child.id()).map_err(|_| format!("{program} got pid {} out of range", child.id()))?;
     Ok(Pid::from_raw(pid))
@@ -110,8 +110,10 @@ pub(crate) fn send(pid: Pid, signal: Signal) -> Result<(), Error> {
         .map_err(|error| format!("cannot send {} to pid {pid}: {error}", signal.as_str()).into())
 }
 
-/// How `pid` ended, reaping it, or `None` while it runs.
-pub(crate) fn exit(pid: Pid) -> Result<Option<Exit>, Error> {
+/// How `pid` ended, or `None` while it runs. A child of the drill (every service process, once
+/// its parent is gone) is reaped and its status known; any other process is looked up in
+/// `/proc`.
+pub(crate) fn reap(pid: Pid) -> Result<Option<Exit>, Error> {
     match waitpid(pid, Some(WaitPidFlag::WNOHANG)) {
         Ok(WaitStatus::Exited(_, code)) => Ok(Some(Exit::Code(code))),
         Ok(WaitStatus::Signaled(_, signal, _)) => Ok(Some(Exit::Signal(signal))),
@@ -140,7 +142,7 @@ pub(crate) fn exit(pid: Pid) -> Result<Option<Exit>, Error> {
 pub(crate) async fn wait_exit(pid: Pid, timeout: Duration) -> Result<Option<Exit>, Error> {
     let deadline = Instant::now() + timeout;
     loop {
-        if let Some(exit) = exit(pid)? {
+        if let Some(exit) = reap(pid)? {
             return Ok(Some(exit));
         }
         if Instant::now() >= deadline {
@@ -201,7 +203,7 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         let logs = Logs::new(&dir, "sleep");
         let pid = spawn(Command::new("sleep").arg("30"), &logs).unwrap();
-        assert_eq!(exit(pid).unwrap(), None, "still running");
+        assert_eq!(reap(pid).unwrap(), None, "still running");
         let ended = terminate(pid, "sleep", Duration::from_secs(5)).await.unwrap();
         assert_eq!(ended, Exit::Signal(Signal::SIGTERM));
         let pid = spawn(Command::new("sh").args(["-c", "echo out; echo err >&2; exit 3"]), &logs).unwrap();

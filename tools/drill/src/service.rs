@@ -187,13 +187,13 @@ impl Service {
                 ready = successor().map(|pid| (pid, triggered.elapsed()));
             }
             if ended.is_none() {
-                ended = process::exit(old.pid)?.map(|exit| (exit, triggered.elapsed()));
+                ended = process::reap(old.pid)?.map(|exit| (exit, triggered.elapsed()));
             }
             match (ready, ended) {
                 (Some((new_pid, ready)), Some((old_exit, done))) => {
                     self.current = Some(Instance { pid: new_pid, port: old.port });
                     self.generation += 1;
-                    if let Some(exit) = process::exit(new_pid)? {
+                    if let Some(exit) = process::reap(new_pid)? {
                         self.current = None;
                         return Err(format!("handoff: the new process (pid {new_pid}) ended ({exit})").into());
                     }
@@ -328,7 +328,7 @@ impl Service {
     async fn wait_ready(&self, instance: Instance, deadline: Instant) -> Result<(), Error> {
         let address = SocketAddr::from(([127, 0, 0, 1], instance.port));
         while !is_ready(address).await {
-            if let Some(exit) = process::exit(instance.pid)? {
+            if let Some(exit) = process::reap(instance.pid)? {
                 return Err(format!(
                     "{}: the service (pid {}) ended ({exit}) before /readyz on {address} answered 200",
                     self.mode, instance.pid
@@ -356,7 +356,7 @@ impl Service {
             if let Some(pid) = process::read_pid_file(&path) {
                 return Ok(pid);
             }
-            if let Some(exit) = process::exit(instance.pid)? {
+            if let Some(exit) = process::reap(instance.pid)? {
                 return Err(format!(
                     "{}: the service (pid {}) ended ({exit}) before writing {}",
                     self.mode,
