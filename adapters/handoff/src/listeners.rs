@@ -338,3 +338,62 @@ fn bind_unix(name: &str, path: &Path) -> Result<Socket, HandoffError> {
     socket.listen(BACKLOG).map_err(failed)?;
     Ok(socket)
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    #[test]
+    fn names_are_unique_and_travel_in_a_colon_separated_list() {
+        let listeners = Listeners::new();
+        let http = listeners.tcp("http", "127.0.0.1:0".parse().unwrap()).unwrap();
+        assert!(matches!(
+            listeners.tcp("http", "127.0.0.1:0".parse().unwrap()),
+            Err(HandoffError::Duplicate { name }) if name == "http"
+        ));
+        for bad in ["", "a:b", "tab\there"] {
+            let error = listeners.tcp(bad, "127.0.0.1:0".parse().unwrap()).unwrap_err();
+            assert!(matches!(error, HandoffError::InvalidName { .. }), "{bad:?}: {error}");
+        }
+        assert_eq!(listeners.names(), ["http"]);
+        assert_eq!(listeners.origin("http"), Some(Origin::Bound));
+        assert_eq!(listeners.predecessor(), None);
+        drop(http);
+    }
+
+    #[test]
+    fn a_busy_address_names_the_listener() {
+        let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let error = Listeners::new().tcp("api", taken.local_addr().unwrap()).unwrap_err();
+        let text = error.to_string();
+        assert!(text.starts_with("listener `api`: cannot listen on 127.0.0.1:"), "{text}");
+    }
+
+    #[test]
+    fn the_successor_gets_a_copy_of_every_listener_that_accepts_the_same_connections() {
+        let listeners = Listeners::new();
+        let tcp = listeners.tcp("http", "127.0.0.1:0".parse().unwrap()).unwrap();
+        let dir = std::env::temp_dir().join(format!("lifecycle-handoff-unit-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("admin.sock");
+        // A socket file nobody listens on is left over: replaced.
+        drop(std::os::unix::net::UnixListener::bind(&path).unwrap());
+        let unix = listeners.unix("admin", &path).unwrap();
+        let copies = listeners.for_successor().unwrap();
+        assert_eq!(copies.iter().map(|(name, _)| name.as_str()).collect::<Vec<_>>(), ["http", "admin"]);
+
+        // A connection made now is accepted through the copy: it is the same socket.
+        let address = tcp.local_addr().unwrap();
+        let _client = std::net::TcpStream::connect(address).unwrap();
+        let copy: std::net::TcpListener = Socket::from(copies.into_iter().next().unwrap().1).into();
+        copy.set_nonblocking(false).unwrap();
+        assert!(copy.accept().is_ok());
+
+        listeners.release();
+        assert!(listeners.for_successor().unwrap().is_empty());
+        drop((tcp, unix));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

@@ -24,3 +24,25 @@ pub(crate) fn remove_if_ours(path: &Path, pid: u32) -> io::Result<()> {
         Err(error) => Err(error),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    #[test]
+    fn written_whole_and_removed_only_by_its_owner() {
+        let dir = std::env::temp_dir().join(format!("lifecycle-pidfile-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("service.pid");
+        std::fs::write(&path, "stale\n").unwrap();
+        super::write(&path, 41).unwrap();
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "41\n");
+        super::remove_if_ours(&path, 42).unwrap();
+        assert!(path.exists(), "a successor's file is left alone");
+        super::remove_if_ours(&path, 41).unwrap();
+        assert!(!path.exists());
+        super::remove_if_ours(&path, 41).unwrap();
+        assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 0, "no temporary file left");
+        std::fs::remove_dir(&dir).unwrap();
+    }
+}

@@ -304,3 +304,37 @@ async fn metrics_are_valid_prometheus_text() {
     served.handle.shutdown().request("test over", 0);
     assert!(served.run.await.unwrap().is_success());
 }
+
+/// At stop, a keep-alive connection that is not quiet yet stays open: a request sent during the
+/// grace period is answered (with `Connection: close`) instead of meeting a closed socket, and a
+/// connection left quiet is closed once the grace period has passed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn at_stop_a_keep_alive_connection_is_closed_only_once_quiet() {
+    let app = Router::new().route("/", get(|| async { "ok" }));
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let address = listener.local_addr().unwrap();
+    let mut builder = builder();
+    builder.add(HttpServer::new("http", listener, app).idle_close_after(Duration::from_millis(300)));
+    let registry = builder.build().unwrap();
+    let handle = registry.handle();
+    let run = tokio::spawn(registry.run());
+    handle.reached(Phase::Ready).await;
+
+    let mut busy = Client::connect(address).await;
+    let mut quiet = Client::connect(address).await;
+    assert_eq!(busy.get("/").await.unwrap().0, 200);
+    assert_eq!(quiet.get("/").await.unwrap().0, 200);
+    let answered = Instant::now();
+    handle.shutdown().request("test", 0);
+    handle.reached(Phase::Stopping).await;
+    // Within the grace period, the connection still answers; its response closes it.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let (status, connection, _) = busy.get("/").await.unwrap();
+    assert_eq!((status, connection.as_deref()), (200, Some("close")));
+    // The quiet one is closed by the server after the grace period, not before.
+    quiet.closed.await.unwrap();
+    // (The server's clock started when it finished the response, a moment before `answered`.)
+    assert!(answered.elapsed() >= Duration::from_millis(250), "closed after {:?}", answered.elapsed());
+    let report = run.await.unwrap();
+    assert_eq!(report.exit_code, 0, "{report}");
+}
