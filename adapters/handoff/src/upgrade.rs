@@ -136,9 +136,9 @@ impl Upgrade {
         self
     }
 
-    /// Keeps a PID file at `path` naming the process that serves: written at start by a process
-    /// without predecessor, rewritten with the successor's id at a hand-over, removed at a
-    /// stop that hands over to nobody.
+    /// Keeps a PID file at `path` naming the process that serves: written once ready by a
+    /// process without predecessor, rewritten with the successor's id at a hand-over (once the
+    /// successor is ready), removed at a stop that hands over to nobody.
     #[must_use]
     pub fn pid_file(self, path: impl Into<PathBuf>) -> Self {
         *lock(&self.shared.pid_file) = Some(path.into());
@@ -353,9 +353,22 @@ impl Component for Upgrade {
                 "predecessor",
                 follow_predecessor(ctx.clone(), Arc::clone(shared), self.gate.clone(), channel),
             );
-        } else if let Some(path) = lock(&shared.pid_file).as_ref() {
-            pidfile::write(path, std::process::id())
-                .map_err(|error| format!("cannot write the PID file {}: {error}", path.display()))?;
+        } else if let Some(path) = lock(&shared.pid_file).clone() {
+            // Written once the process serves, so the file never names one that is still starting.
+            let serving = ctx.clone();
+            ctx.tasks().spawn("pid_file", async move {
+                tokio::select! {
+                    _ = serving.lifecycle().reached(Phase::Ready) => {}
+                    _ = serving.cancelled() => return,
+                }
+                if serving.lifecycle().phase() != Phase::Ready {
+                    return;
+                }
+                if let Err(error) = pidfile::write(&path, std::process::id()) {
+                    tracing::error!(component = %serving.name(), path = %path.display(), %error, "cannot write the PID file");
+                    serving.note(format!("cannot write the PID file {}: {error}", path.display()));
+                }
+            });
         }
         for kind in lock(&shared.signals).iter().copied() {
             let mut signal = tokio::signal::unix::signal(kind)?;

@@ -34,14 +34,19 @@ pub const SCHEMA: [&str; 2] = [
 
 /// Creates the queue's table if it is missing. Safe when several instances start at once: a
 /// transaction-scoped advisory lock serializes them (PostgreSQL's `CREATE TABLE IF NOT EXISTS`
-/// alone races on its catalog).
+/// alone races on its catalog). When the table and its index exist (every start but the first,
+/// and every upgrade), one catalog read is all it costs: no lock, no DDL.
 pub async fn install<'c, E>(executor: E) -> Result<(), sqlx::Error>
 where
     E: sqlx::Acquire<'c, Database = Postgres>,
 {
     /// Any constant shared by every instance: "lifecycle" in ASCII.
     const INSTALL_LOCK: i64 = 0x6c69_6665_6379_636c;
+    const INSTALLED: &str = "SELECT to_regclass('lifecycle_jobs') IS NOT NULL AND to_regclass('lifecycle_jobs_pending') IS NOT NULL";
     let mut transaction = executor.begin().await?;
+    if sqlx::query_scalar::<_, bool>(INSTALLED).fetch_one(&mut *transaction).await? {
+        return transaction.commit().await;
+    }
     sqlx::query("SELECT pg_advisory_xact_lock($1)").bind(INSTALL_LOCK).execute(&mut *transaction).await?;
     for statement in SCHEMA {
         sqlx::query(statement).execute(&mut *transaction).await?;

@@ -49,9 +49,21 @@ impl Store {
             "CREATE TABLE IF NOT EXISTS orders (id {id_column}, item TEXT NOT NULL, quantity BIGINT NOT NULL, \
              status TEXT NOT NULL DEFAULT 'new')"
         );
-        with_pool!(self, |pool| {
-            sqlx::query(sqlx::AssertSqlSafe(create)).execute(pool).await?;
-        });
+        // On PostgreSQL, DDL takes catalog locks even when it changes nothing: skipped when the
+        // table exists, which keeps an upgraded process's start short.
+        let exists = match self {
+            Store::Postgres(db) => {
+                sqlx::query_scalar::<_, bool>("SELECT to_regclass('orders') IS NOT NULL")
+                    .fetch_one(db.pool()?)
+                    .await?
+            }
+            Store::Sqlite(_) => false,
+        };
+        if !exists {
+            with_pool!(self, |pool| {
+                sqlx::query(sqlx::AssertSqlSafe(create)).execute(pool).await?;
+            });
+        }
         if let Store::Postgres(db) = self {
             jobs::install(db.pool()?).await?;
         }

@@ -27,8 +27,10 @@ REQUIRED:
         graceful           SIGTERM, wait for the exit, start a new process, wait for /readyz.
         kill               SIGKILL, wait for the exit, start a new process, wait for /readyz.
         reuseport          Start the new process beside the old one (both with LISTEN_REUSEPORT=1
-                           and a PID_FILE each); once its PID_FILE exists and --settle has passed,
-                           SIGTERM the old one and wait for its exit.
+                           and a PID_FILE each). It is ready once its PID_FILE exists and 8
+                           /readyz probes in a row on new connections answered 200 (either
+                           process may answer a probe; a streak from the old one alone is
+                           unlikely). After --settle, SIGTERM the old one and wait for its exit.
         nginx              Blue-green behind an nginx the drill runs on its own port: start the
                            other instance on its own port, wait for its /readyz, point the
                            upstream at it, reload nginx, wait for nginx's old workers to exit,
@@ -55,8 +57,8 @@ SEQUENCE:
     --stop-timeout DURATION
                            Longest wait for a process to exit after SIGTERM; it is then killed and
                            the drill fails [default: 30s]
-    --settle DURATION      reuseport: wait between the new PID_FILE appearing and SIGTERM to the
-                           old process [default: 50ms]
+    --settle DURATION      reuseport: wait between the new process being ready and SIGTERM to
+                           the old one [default: 50ms]
     --drain-delay DURATION The service's DRAIN_DELAY (in seconds, as orders reads it) [default: 0s]
     --nginx PATH           nginx executable [default: `nginx` on PATH, or /usr/sbin/nginx]
 
@@ -79,9 +81,10 @@ REPORT (tables on standard output, the same values as JSON with --json; times in
     longest gap            the longest time without any successful response, when it began and
                            the restart it overlapped
     restarts               per restart: when it was triggered; ready, from the trigger to the new
-                           process ready (/readyz 200; handoff and reuseport: its pid in
-                           PID_FILE); done, from the trigger to the old process's exit; the failed
-                           requests that overlapped it; old and new pid; how the old one ended
+                           process ready (/readyz 200; handoff: its pid in PID_FILE; reuseport:
+                           see above); done, from the trigger to the old process's exit; the
+                           failed requests that overlapped it; old and new pid; how the old one
+                           ended
 
 DURATIONS are a number and a unit: 500us, 250ms, 1.5s, 2m.
 

@@ -214,14 +214,18 @@ impl Load {
 
     /// Stops sending, lets each request in flight end (within the request timeout), and adds up.
     pub(crate) async fn stop(self) -> Result<Totals, crate::Error> {
-        let duration = self.elapsed();
+        let (duration, gap) = {
+            // Under the lock, like every success, so that none recorded comes after the end.
+            let mut gaps = self.shared.gaps.lock().unwrap_or_else(PoisonError::into_inner);
+            let duration = self.elapsed();
+            (duration, gaps.finish(duration))
+        };
         // Relaxed: tasks only need to see the flag eventually; the results come back by `join`.
         self.shared.stopping.store(true, Ordering::Relaxed);
         let mut record = Record::default();
         for task in self.tasks {
             record.merge(task.await.map_err(|error| format!("a load task failed: {error}"))?);
         }
-        let gap = self.shared.gaps.lock().unwrap_or_else(PoisonError::into_inner).finish(duration);
         Ok(Totals { record, gap, duration })
     }
 }

@@ -23,6 +23,9 @@ use crate::process::{self, Exit, Logs};
 const NOT_INHERITED: [&str; 6] =
     ["LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES", "NOTIFY_SOCKET", "LISTEN_REUSEPORT", "PID_FILE"];
 
+/// `/readyz` answers in a row that make a new process ready in reuseport mode.
+const REUSEPORT_PROBES: u32 = 8;
+
 /// The files in the drill's directory worth reading when something failed: the service's
 /// standard error, and nginx's error log in that mode.
 pub(crate) fn logs(dir: &Path) -> Vec<PathBuf> {
@@ -253,14 +256,31 @@ impl Service {
         Ok(Restart { ready, done: ready, old_pid: old.pid, new_pid: new.pid, old_exit })
     }
 
-    /// A new process beside the old one on the same port (SO_REUSEPORT), ready once its PID
-    /// file exists and `settle` has passed (with two processes on the port, `/readyz` cannot
-    /// tell which one answers), then SIGTERM to the old one.
+    /// A new process beside the old one on the same port (SO_REUSEPORT), then SIGTERM to the
+    /// old one once the new one is ready and `settle` has passed.
+    ///
+    /// With two processes on the port a `/readyz` probe reaches either, so one 200 proves
+    /// nothing. The new process counts as ready once its PID file exists and
+    /// [`REUSEPORT_PROBES`] probes in a row, each on a new connection, answered 200: the kernel
+    /// spreads new connections over both sockets, so while the new process does not serve, a
+    /// probe that reaches it waits in its accept queue or gets a 503, and a streak of that length
+    /// from the old process alone is unlikely (1 in 2^8 per streak).
     async fn reuseport(&mut self, old: Instance) -> Result<Restart, Error> {
         let triggered = Instant::now();
         let generation = self.generation + 1;
         let new = self.spawn(generation)?;
         self.wait_pid_file(new, generation).await?;
+        let deadline = triggered + self.ready_timeout;
+        let mut streak = 0;
+        while streak < REUSEPORT_PROBES {
+            if is_ready(self.address()).await {
+                streak += 1;
+                continue;
+            }
+            streak = 0;
+            self.check_starting(new, deadline)?;
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
         let ready = triggered.elapsed();
         tokio::time::sleep(self.settle).await;
         let old_exit = process::terminate(old.pid, "the old process", self.stop_timeout).await?;
@@ -328,22 +348,29 @@ impl Service {
     async fn wait_ready(&self, instance: Instance, deadline: Instant) -> Result<(), Error> {
         let address = SocketAddr::from(([127, 0, 0, 1], instance.port));
         while !is_ready(address).await {
-            if let Some(exit) = process::reap(instance.pid)? {
-                return Err(format!(
-                    "{}: the service (pid {}) ended ({exit}) before /readyz on {address} answered 200",
-                    self.mode, instance.pid
-                )
-                .into());
-            }
-            if Instant::now() >= deadline {
-                return Err(format!(
-                    "{}: the service (pid {}) did not answer 200 on /readyz at {address} within {:?}",
-                    self.mode, instance.pid, self.ready_timeout
-                )
-                .into());
-            }
+            self.check_starting(instance, deadline)?;
             // Often: this wait is part of the restart times the report gives.
             tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        Ok(())
+    }
+
+    /// An error when `instance`, not ready yet, has ended or has run out of time.
+    fn check_starting(&self, instance: Instance, deadline: Instant) -> Result<(), Error> {
+        let address = SocketAddr::from(([127, 0, 0, 1], instance.port));
+        if let Some(exit) = process::reap(instance.pid)? {
+            return Err(format!(
+                "{}: the service (pid {}) ended ({exit}) before /readyz on {address} answered 200",
+                self.mode, instance.pid
+            )
+            .into());
+        }
+        if Instant::now() >= deadline {
+            return Err(format!(
+                "{}: the service (pid {}) did not answer 200 on /readyz at {address} within {:?}",
+                self.mode, instance.pid, self.ready_timeout
+            )
+            .into());
         }
         Ok(())
     }

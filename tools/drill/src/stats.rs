@@ -101,11 +101,14 @@ fn highest_in(index: usize) -> u64 {
 /// The longest time between two successive successes, fed in time order.
 ///
 /// The load generator records successes under one lock and reads the clock inside it, so the
-/// times arrive sorted even though they come from many connections.
+/// times arrive sorted even though they come from many connections, and it finishes the tracker
+/// under the same lock, so that the requests still in flight when the load stops (whose
+/// answers trickle in with nothing sent after them) cannot make gaps of their own.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct GapTracker {
     last: Duration,
     longest: Gap,
+    finished: bool,
 }
 
 /// A stretch of time without any successful response.
@@ -120,19 +123,26 @@ pub(crate) struct Gap {
 impl GapTracker {
     /// A tracker whose first gap starts at `origin`, when the load began.
     pub(crate) fn new(origin: Duration) -> Self {
-        Self { last: origin, longest: Gap { from: origin, length: Duration::ZERO } }
+        Self { last: origin, longest: Gap { from: origin, length: Duration::ZERO }, finished: false }
     }
 
-    /// A success at `at`.
+    /// A success at `at`; ignored once the tracker is finished.
     pub(crate) fn success(&mut self, at: Duration) {
+        if self.finished {
+            return;
+        }
         self.observe(at);
         self.last = self.last.max(at);
     }
 
-    /// The longest gap, counting the stretch from the last success to `end` (when the load
-    /// stopped): a service that never comes back must show as one long gap, not as none.
-    pub(crate) fn finish(mut self, end: Duration) -> Gap {
-        self.observe(end);
+    /// Ends the tracking at `end` (when the load stopped) and returns the longest gap, counting
+    /// the stretch from the last success to `end`: a service that never comes back must show as
+    /// one long gap, not as none. Later calls return the same gap.
+    pub(crate) fn finish(&mut self, end: Duration) -> Gap {
+        if !self.finished {
+            self.observe(end);
+            self.finished = true;
+        }
         self.longest
     }
 
@@ -244,6 +254,19 @@ mod tests {
             gaps.success(ms(at));
         }
         assert_eq!(gaps.finish(ms(1_030)), Gap { from: ms(30), length: ms(1_000) });
+    }
+
+    #[test]
+    fn answers_after_the_end_make_no_gap() {
+        let mut gaps = GapTracker::new(ms(0));
+        for at in [10, 25, 30] {
+            gaps.success(ms(at));
+        }
+        assert_eq!(gaps.finish(ms(40)), Gap { from: ms(10), length: ms(15) });
+        // Requests in flight at the stop, answered late and far apart.
+        gaps.success(ms(500));
+        gaps.success(ms(900));
+        assert_eq!(gaps.finish(ms(900)), Gap { from: ms(10), length: ms(15) });
     }
 
     #[test]
