@@ -134,3 +134,22 @@ impl Drop for Service {
         }
     }
 }
+
+/// The debug binary of workspace package `package` (named like it), built with cargo the first
+/// time it is asked for in a test process. Tests run after cargo released its build lock, so the
+/// nested build can take it.
+pub fn workspace_binary(package: &str) -> std::path::PathBuf {
+    static BUILT: Mutex<Vec<String>> = Mutex::new(Vec::new());
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let mut built = BUILT.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    if !built.iter().any(|p| p == package) {
+        let status = Command::new(env!("CARGO"))
+            .args(["build", "--quiet", "-p", package])
+            .current_dir(&root)
+            .status()
+            .unwrap_or_else(|error| panic!("cannot run cargo: {error}"));
+        assert!(status.success(), "cargo build -p {package} failed");
+        built.push(package.to_owned());
+    }
+    root.join("target/debug").join(package)
+}

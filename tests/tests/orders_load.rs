@@ -10,7 +10,7 @@
 use std::net::SocketAddr;
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use http_body_util::Full;
@@ -27,20 +27,9 @@ fn pg_admin_url() -> String {
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into())
 }
 
-/// Builds the example once per test process (cargo released its lock before running tests).
+/// The example's binary, built once per test process.
 fn orders_binary() -> std::path::PathBuf {
-    static BUILT: OnceLock<std::path::PathBuf> = OnceLock::new();
-    BUILT
-        .get_or_init(|| {
-            let status = Command::new(env!("CARGO"))
-                .args(["build", "--quiet", "-p", "orders"])
-                .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
-                .status()
-                .unwrap();
-            assert!(status.success(), "cargo build -p orders failed");
-            std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../target/debug/orders")).to_path_buf()
-        })
-        .clone()
+    lifecycle_tests::workspace_binary("orders")
 }
 
 /// `GET /readyz` status on a fresh connection, or `None` when refused.

@@ -58,7 +58,9 @@ impl<DB: Backend> SqlxPool<DB> {
         self
     }
 
-    /// Connections the pool keeps open when idle (default 0).
+    /// Connections the pool keeps open when idle (default 0). They are opened during the start,
+    /// in parallel, so a service turns ready with a warm pool: a process that takes over from
+    /// another under load (an upgrade) does not make its first requests wait for connections.
     #[must_use]
     pub fn min_connections(mut self, min: u32) -> Self {
         self.min_connections = min;
@@ -126,6 +128,31 @@ impl<DB: Backend> SqlxPool<DB> {
     }
 }
 
+impl<DB: Backend> SqlxPool<DB> {
+    /// Opens `min_connections` at once (all checked out together, then returned). A failure is
+    /// only logged: the pool opens connections on demand anyway.
+    async fn warm(&self, pool: &sqlx::Pool<DB>) {
+        let mut opening = tokio::task::JoinSet::new();
+        for _ in 0..self.min_connections {
+            let pool = pool.clone();
+            opening.spawn(async move { pool.acquire().await });
+        }
+        let mut held = Vec::new();
+        while let Some(opened) = opening.join_next().await {
+            match opened {
+                Ok(Ok(connection)) => held.push(connection),
+                Ok(Err(error)) => {
+                    tracing::warn!(component = %self.name, error = %self.scrub(&error), "cannot open a warm connection");
+                }
+                Err(error) => tracing::warn!(component = %self.name, %error, "warming task failed"),
+            }
+        }
+        if !held.is_empty() {
+            tracing::debug!(component = %self.name, connections = held.len(), "pool warmed");
+        }
+    }
+}
+
 impl<DB: Backend> Component for SqlxPool<DB> {
     fn name(&self) -> ComponentId {
         self.name.clone()
@@ -157,6 +184,7 @@ impl<DB: Backend> Component for SqlxPool<DB> {
         match Retry::until(give_up).run(attempt, DB::is_transient).await {
             Ok(pool) => {
                 tracing::info!(component = %self.name, url = %self.redacted_url(), kind = DB::KIND, "database pool connected");
+                self.warm(&pool).await;
                 // A second start of the same value would leave the first pool to its drop.
                 let _ = self.pool.set(pool);
                 Ok(())

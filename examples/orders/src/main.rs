@@ -162,7 +162,13 @@ async fn main() -> Result<RegistryBuilder, String> {
     builder.add(upgrade.systemd_notify());
     let store = if config.database_url.starts_with("postgres") {
         Store::Postgres(
-            builder.add(PgPool::new("orders_db", config.database_url.clone()).max_connections(20)).dep(),
+            builder
+                .add(
+                    PgPool::new("orders_db", config.database_url.clone())
+                        .max_connections(20)
+                        .min_connections(16),
+                )
+                .dep(),
         )
     } else {
         Store::Sqlite(

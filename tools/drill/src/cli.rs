@@ -45,6 +45,8 @@ LOAD:
     --backoff DURATION     Pause after a failed request, so a service that is down is not
                            hammered with connection attempts (each attempt is a failed
                            request) [default: 10ms]
+    --pause DURATION       Pause after each successful request, to measure latency below
+                           saturation (0: back to back, the service at full load) [default: 0s]
 
 SEQUENCE:
     --restarts N           Restarts to perform [default: 10]
@@ -176,6 +178,7 @@ pub(crate) struct Options {
     pub(crate) target: Target,
     pub(crate) timeout: Duration,
     pub(crate) backoff: Duration,
+    pub(crate) pause: Duration,
     pub(crate) restarts: usize,
     pub(crate) warmup: Duration,
     pub(crate) interval: Duration,
@@ -226,6 +229,7 @@ pub(crate) fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Command,
         target: Target::CreateOrder,
         timeout: Duration::from_secs(5),
         backoff: Duration::from_millis(10),
+        pause: Duration::ZERO,
         restarts: 10,
         warmup: Duration::from_secs(1),
         interval: Duration::from_millis(200),
@@ -267,6 +271,7 @@ pub(crate) fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Command,
             }
             "--timeout" => options.timeout = nonzero_duration(&flag, value()?)?,
             "--backoff" => options.backoff = duration(&flag, value()?)?,
+            "--pause" => options.pause = duration(&flag, value()?)?,
             "--restarts" => options.restarts = count(&flag, &text(&flag, value()?)?)?,
             "--warmup" => options.warmup = duration(&flag, value()?)?,
             "--interval" => options.interval = duration(&flag, value()?)?,
@@ -442,6 +447,7 @@ mod tests {
             "--get",
             "--timeout",
             "--backoff",
+            "--pause",
             "--restarts",
             "--warmup",
             "--interval",

@@ -24,6 +24,7 @@ pub(crate) async fn run(options: &Options, dir: &Path) -> Result<Report, Error> 
             target: options.target.clone(),
             timeout: options.timeout,
             backoff: options.backoff,
+            pause: options.pause,
         },
         Arc::clone(&windows),
     );

@@ -117,6 +117,8 @@ pub(crate) struct LoadOptions {
     pub(crate) target: Target,
     pub(crate) timeout: Duration,
     pub(crate) backoff: Duration,
+    /// Pause after each success (zero: back to back).
+    pub(crate) pause: Duration,
 }
 
 /// State shared by every connection's task.
@@ -272,6 +274,8 @@ async fn connection(shared: Arc<Shared>) -> Record {
         if let Some(kind) = failure {
             record.fail(kind, restart);
             tokio::time::sleep(options.backoff).await;
+        } else if !options.pause.is_zero() {
+            tokio::time::sleep(options.pause).await;
         }
     }
     record

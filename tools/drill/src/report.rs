@@ -18,6 +18,8 @@ pub(crate) struct Report {
     pub(crate) binary: String,
     pub(crate) request: String,
     pub(crate) connections: usize,
+    /// Each connection's pause after a success (0: back to back).
+    pub(crate) pause_ms: f64,
     pub(crate) restarts_requested: usize,
     pub(crate) restarts_completed: usize,
     /// How long the load ran.
@@ -212,6 +214,7 @@ impl Report {
             binary: options.binary.display().to_string(),
             request: options.target.to_string(),
             connections: options.connections,
+            pause_ms: ms(options.pause),
             restarts_requested: options.restarts,
             restarts_completed: restarts.len(),
             load_ms: ms(totals.duration),
@@ -254,12 +257,17 @@ impl fmt::Display for Report {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(
             f,
-            "{} drill: {} of {} restarts of {}, {} connections, {}, {:.2} s of load\n",
+            "{} drill: {} of {} restarts of {}, {} connections{}, {}, {:.2} s of load\n",
             self.mode,
             self.restarts_completed,
             self.restarts_requested,
             self.binary,
             self.connections,
+            if self.pause_ms > 0.0 {
+                format!(" pausing {} ms after each success", self.pause_ms)
+            } else {
+                String::new()
+            },
             self.request,
             self.load_ms / 1000.0
         )?;
