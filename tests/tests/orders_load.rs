@@ -54,6 +54,8 @@ async fn spawn_orders(
         .envs(env.iter().copied())
         .env("LISTEN_ADDR", address.to_string())
         .env("RUST_LOG", "warn")
+        // Tests run side by side on one PostgreSQL (100 connections): a small warm pool each.
+        .env("DATABASE_WARM_CONNECTIONS", "2")
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()

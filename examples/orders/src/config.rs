@@ -15,6 +15,8 @@ pub(crate) struct Config {
     pub(crate) shutdown_deadline: Duration,
     /// Where the serving process writes its id (rewritten by each upgrade).
     pub(crate) pid_file: Option<PathBuf>,
+    /// PostgreSQL connections opened before the service turns ready.
+    pub(crate) warm_connections: u32,
     /// Bind with `SO_REUSEPORT`, so a second instance can start on the same port.
     pub(crate) reuse_port: bool,
 }
@@ -23,7 +25,8 @@ const USAGE: &str = "usage: orders [--listen ADDR] [--database-url URL] [--redis
                      [--shutdown-deadline SECONDS] [--pid-file PATH]\n\
                      environment: LISTEN_ADDR, DATABASE_URL (default sqlite://orders.db), REDIS_URL (no cache when unset), \
                      ETCD_ENDPOINTS (comma-separated; registers under /services/orders when set), DRAIN_DELAY, SHUTDOWN_DEADLINE, \
-                     PID_FILE, LISTEN_REUSEPORT=1 (bind with SO_REUSEPORT)\n\
+                     PID_FILE, LISTEN_REUSEPORT=1 (bind with SO_REUSEPORT), \
+                     DATABASE_WARM_CONNECTIONS (PostgreSQL connections opened before ready, default 16 of 20)\n\
                      SIGUSR2 or SIGHUP: zero-downtime upgrade to the binary now on disk";
 
 impl Config {
@@ -35,6 +38,12 @@ impl Config {
         let mut drain_delay = std::env::var("DRAIN_DELAY").unwrap_or_else(|_| "0".into());
         let mut shutdown_deadline = std::env::var("SHUTDOWN_DEADLINE").unwrap_or_else(|_| "25".into());
         let mut pid_file = std::env::var("PID_FILE").unwrap_or_default();
+        let warm = std::env::var("DATABASE_WARM_CONNECTIONS").unwrap_or_else(|_| "16".into());
+        let warm_connections = warm
+            .parse::<u32>()
+            .ok()
+            .filter(|&n| n <= 20)
+            .ok_or_else(|| format!("DATABASE_WARM_CONNECTIONS is `{warm}`: expected 0 to 20"))?;
         let reuse_port = match std::env::var("LISTEN_REUSEPORT").unwrap_or_default().as_str() {
             "" | "0" => false,
             "1" => true,
@@ -78,6 +87,7 @@ impl Config {
             )?,
             pid_file: (!pid_file.is_empty()).then(|| pid_file.into()),
             reuse_port,
+            warm_connections,
         })
     }
 }

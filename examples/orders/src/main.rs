@@ -166,7 +166,7 @@ async fn main() -> Result<RegistryBuilder, String> {
                 .add(
                     PgPool::new("orders_db", config.database_url.clone())
                         .max_connections(20)
-                        .min_connections(16),
+                        .min_connections(config.warm_connections),
                 )
                 .dep(),
         )
