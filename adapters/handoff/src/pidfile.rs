@@ -1,5 +1,5 @@
-//! An optional PID file naming the process that currently serves, replaced atomically so a
-//! reader never sees it empty or half written.
+//! An optional PID file naming the process that currently serves, replaced atomically (rename)
+//! so a reader never sees it empty or half written.
 
 use std::io::{self, Write};
 use std::path::Path;
@@ -11,7 +11,9 @@ pub(crate) fn write(path: &Path, pid: u32) -> io::Result<()> {
     let temporary = std::path::PathBuf::from(temporary);
     let mut file = std::fs::File::create(&temporary)?;
     writeln!(file, "{pid}")?;
-    file.sync_all()?;
+    // No fsync: a process id means nothing after a crash of the machine, and on a disk busy with
+    // the service's own commits an fsync would delay the hand-over by milliseconds.
+    drop(file);
     std::fs::rename(&temporary, path)
 }
 
