@@ -398,3 +398,36 @@ async fn notify_socket_hears_the_exact_sequence_over_start_upgrade_and_stop() {
     let stopping = received.iter().position(|m| m.starts_with("STOPPING=1")).unwrap();
     assert!(received[stopping..].iter().any(|m| m.starts_with("EXTEND_TIMEOUT_USEC=")), "{received:#?}");
 }
+
+/// SIGTERM while the successor is still starting: the upgrade is abandoned (the successor is
+/// stopped, not left behind), the old process stops normally, and it never said ready again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shutdown_during_an_upgrade_stops_the_successor_too() {
+    let dir = temp_dir("abandoned");
+    let knobs = dir.join("knobs");
+    std::fs::create_dir_all(&knobs).unwrap();
+    let service = Service::spawn(FIXTURE, &["--knobs", knobs.to_str().unwrap()]).unwrap();
+    let (_, pid) = ready(&service);
+    std::fs::write(knobs.join("hang"), b"").unwrap();
+    kill("USR2", pid);
+    stderr_contains(&service, "knobs: hanging during start", Duration::from_secs(10)).await;
+    let successor: u32 = service
+        .stderr()
+        .lines()
+        .find_map(|l| {
+            l.split("upgrade: successor started")
+                .nth(1)?
+                .split("pid=")
+                .nth(1)?
+                .split(' ')
+                .next()?
+                .parse()
+                .ok()
+        })
+        .unwrap();
+    kill("TERM", pid);
+    let (status, stderr, _) = service.wait(Duration::from_secs(15)).unwrap();
+    assert_eq!(status.code(), Some(0), "{stderr}");
+    assert!(stderr.contains("began to stop during the upgrade; the new process"), "{stderr}");
+    wait_exited(successor, Duration::from_secs(5)).await;
+}

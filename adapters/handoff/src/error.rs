@@ -100,6 +100,20 @@ pub enum UpgradeError {
         /// The ready timeout.
         timeout: Duration,
     },
+    /// This process began to stop during the upgrade; the new process was stopped.
+    #[error("this process began to stop during the upgrade; the new process {pid} was stopped")]
+    Stopping {
+        /// Its process id.
+        pid: u32,
+    },
+    /// systemd could not be told the new main process; the new process was stopped.
+    #[error("cannot tell systemd MAINPID={pid}: {source}; the new process was stopped")]
+    Systemd {
+        /// Its process id.
+        pid: u32,
+        /// Why not.
+        source: io::Error,
+    },
     /// The readiness channel to the new process broke.
     #[error("readiness channel to the new process {pid}: {source}")]
     Channel {

@@ -62,7 +62,7 @@ pub(crate) fn take() -> Result<Inherited, HandoffError> {
         return Ok(Inherited::nothing());
     }
     if let Some(parent) = env::var_os(PARENT_VAR) {
-        let names = env::var(NAMES_VAR).unwrap_or_default();
+        let names = env::var(NAMES_VAR).ok();
         // SAFETY: `remove_var` races only with code that reads the environment without std's
         // lock (C code calling getenv). This runs while the service is being set up, before its
         // components start, where nothing reads the environment concurrently (see
@@ -75,8 +75,11 @@ pub(crate) fn take() -> Result<Inherited, HandoffError> {
             .to_str()
             .and_then(|p| p.parse().ok())
             .ok_or_else(|| HandoffError::Inherit(format!("{PARENT_VAR} is not a process id: {parent:?}")))?;
+        let names = names
+            .ok_or_else(|| HandoffError::Inherit(format!("{PARENT_VAR} is set but {NAMES_VAR} is not")))?;
         // Left in the environment of a process the parent did not start (a grandchild, if the
-        // variables leaked): the descriptor numbers mean nothing here.
+        // variables leaked): the descriptor numbers mean nothing here. (A parent that died
+        // between starting us and this check leaves its descriptors unclaimed; it gave up.)
         if std::os::unix::process::parent_id() != parent {
             tracing::warn!(parent, "upgrade variables from a process that is not our parent; ignored");
             return Ok(Inherited::nothing());

@@ -279,9 +279,9 @@ fn usable_tcp(socket: &Socket, wanted: SocketAddr) -> Result<bool, String> {
     check_listening_stream(socket)?;
     let local = socket.local_addr().map_err(|e| e.to_string())?;
     let local = local.as_socket().ok_or("it is not a TCP socket")?;
-    Ok(wanted.port() == 0
-        || local == wanted
-        || (wanted.ip().is_unspecified() && local.port() == wanted.port()))
+    // Port 0 asks for any port on that address; otherwise only the same address fits, so a
+    // changed address in the configuration binds anew.
+    Ok(local == wanted || (wanted.port() == 0 && local.ip() == wanted.ip()))
 }
 
 /// Whether an inherited socket is a listening Unix socket bound to `path`.

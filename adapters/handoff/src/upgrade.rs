@@ -73,7 +73,7 @@ pub struct Upgrade {
 /// Everything an upgrade needs, shared by the component and its handles.
 struct Shared {
     listeners: Listeners,
-    binary: Result<PathBuf, String>,
+    binary: Mutex<Result<PathBuf, String>>,
     args: Vec<OsString>,
     ready_timeout: Mutex<Duration>,
     signals: Mutex<Vec<SignalKind>>,
@@ -108,7 +108,7 @@ impl Upgrade {
         Self {
             shared: Arc::new(Shared {
                 listeners: listeners.clone(),
-                binary,
+                binary: Mutex::new(binary),
                 args: std::env::args_os().skip(1).collect(),
                 ready_timeout: Mutex::new(READY_TIMEOUT),
                 signals: Mutex::new(vec![SignalKind::user_defined2(), SignalKind::hangup()]),
@@ -119,6 +119,15 @@ impl Upgrade {
             }),
             gate,
         }
+    }
+
+    /// The program to start (default: this process's binary as the kernel resolved it at start,
+    /// symbolic links followed). Set it when deploys switch a symbolic link (`current ->
+    /// releases/v2`): give the link's path, so the upgrade runs what it points to now.
+    #[must_use]
+    pub fn binary(self, path: impl Into<PathBuf>) -> Self {
+        *lock(&self.shared.binary) = Ok(path.into());
+        self
     }
 
     /// How long the successor has to become ready (default 30 s) before it is stopped and the
@@ -198,14 +207,21 @@ impl UpgradeHandle {
                 let ms = began.elapsed().as_secs_f64() * 1e3;
                 tracing::info!(component = %ctx.name(), successor, ready_ms = ms, "handed over; retiring");
                 ctx.note(format!("handed over to process {successor}, ready {ms:.1} ms after the trigger"));
-                ctx.shutdown().hand_over(*successor);
+                if !ctx.shutdown().hand_over(*successor) {
+                    // A shutdown request raced the hand-over: its reason stands, and the
+                    // successor serves.
+                    tracing::warn!(component = %ctx.name(), successor, "a shutdown began during the hand-over");
+                }
             }
             Err(error) => {
                 *lock(&self.shared.state) = UpgradeState::Idle;
                 tracing::error!(component = %ctx.name(), %error, "upgrade failed; still serving");
                 ctx.note(format!("upgrade failed, still serving: {error}"));
-                let status = format!("ready; upgrade failed: {error}");
-                notify(&ctx, &[NotifyState::Ready, NotifyState::Status(&status)]);
+                // A stopping process no longer says it is ready.
+                if !ctx.shutdown().is_requested() {
+                    let status = format!("ready; upgrade failed: {error}");
+                    notify(&ctx, &[NotifyState::Ready, NotifyState::Status(&status)]);
+                }
             }
         }
         result
@@ -213,8 +229,9 @@ impl UpgradeHandle {
 
     async fn perform(&self, ctx: &Context) -> Result<u32, UpgradeError> {
         let shared = &self.shared;
-        let binary =
-            shared.binary.clone().map_err(|error| UpgradeError::Prepare(std::io::Error::other(error)))?;
+        let binary = lock(&shared.binary)
+            .clone()
+            .map_err(|error| UpgradeError::Prepare(std::io::Error::other(error)))?;
         let listeners = shared.listeners.for_successor().map_err(UpgradeError::Prepare)?;
         let (ours, theirs) = std::os::unix::net::UnixStream::pair().map_err(UpgradeError::Prepare)?;
         let names: Vec<&str> = listeners.iter().map(|(name, _)| name.as_str()).collect();
@@ -253,7 +270,7 @@ impl UpgradeHandle {
             message = control::receive(&mut channel) => Heard::Message(message),
             status = child.wait() => Heard::Exited(status),
             _ = tokio::time::sleep(timeout) => Heard::Nothing,
-            _ = ctx.shutdown().requested() => Heard::Nothing,
+            _ = ctx.shutdown().requested() => Heard::Stopping,
         };
         let failure = match heard {
             Heard::Message(Ok(Some(message))) if message == control::READY => None,
@@ -270,15 +287,30 @@ impl UpgradeHandle {
             Heard::Exited(Ok(status)) => Some(UpgradeError::ChildExited { pid, status }),
             Heard::Exited(Err(source)) => Some(UpgradeError::Channel { pid, source }),
             Heard::Nothing => Some(UpgradeError::NotReadyInTime { pid, timeout }),
+            Heard::Stopping => Some(UpgradeError::Stopping { pid }),
         };
         if let Some(failure) = failure {
             stop_successor(&mut child, pid).await;
             return Err(failure);
         }
 
-        // systemd first learns the new main process, then the successor announces itself.
+        // A shutdown that began meanwhile wins: this process still owns the service.
+        if ctx.shutdown().is_requested() {
+            stop_successor(&mut child, pid).await;
+            return Err(UpgradeError::Stopping { pid });
+        }
+        // systemd first learns the new main process, then the successor announces itself. If
+        // systemd cannot be told, the successor would die with this process's unit: give up.
         let status = format!("handed over to process {pid}");
-        notify(ctx, &[NotifyState::MainPid(pid), NotifyState::Status(&status)]);
+        if lifecycle_systemd::under_systemd() {
+            if let Err(source) = lifecycle_systemd::sd_notify::notify(&[
+                NotifyState::MainPid(pid),
+                NotifyState::Status(&status),
+            ]) {
+                stop_successor(&mut child, pid).await;
+                return Err(UpgradeError::Systemd { pid, source });
+            }
+        }
         if let Err(source) = control::send(&mut channel, control::HANDED_OVER).await {
             notify(ctx, &[NotifyState::MainPid(std::process::id())]);
             stop_successor(&mut child, pid).await;
@@ -298,8 +330,10 @@ impl UpgradeHandle {
 enum Heard {
     Message(std::io::Result<Option<String>>),
     Exited(std::io::Result<ExitStatus>),
-    /// Timed out, or this process is stopping.
+    /// Timed out.
     Nothing,
+    /// This process began to stop.
+    Stopping,
 }
 
 /// Stops a successor that will not take over: SIGTERM, so connections it accepted on the shared
@@ -341,10 +375,19 @@ impl Component for Upgrade {
     async fn start(&self, ctx: &Context) -> Result<(), BoxError> {
         let shared = &self.shared;
         *lock(&shared.running) = Some(ctx.clone());
-        let closed = shared.listeners.close_unclaimed();
-        if !closed.is_empty() {
-            ctx.note(format!("closed inherited listeners no longer configured: {}", closed.join(", ")));
-        }
+        // Once every component started: any of them may still claim a listener in its start.
+        let (listeners, unclaimed) = (shared.listeners.clone(), ctx.clone());
+        ctx.tasks().spawn("close_unclaimed", async move {
+            tokio::select! {
+                _ = unclaimed.lifecycle().reached(Phase::Ready) => {}
+                _ = unclaimed.cancelled() => return,
+            }
+            let closed = listeners.close_unclaimed();
+            if !closed.is_empty() {
+                unclaimed
+                    .note(format!("closed inherited listeners no longer configured: {}", closed.join(", ")));
+            }
+        });
         if let Some(control) = shared.listeners.take_control() {
             let channel = std::os::unix::net::UnixStream::from(control);
             channel.set_nonblocking(true)?;
@@ -422,12 +465,14 @@ async fn follow_predecessor(ctx: Context, shared: Arc<Shared>, gate: ReadyGate, 
         _ = ctx.cancelled() => return,
     };
     match answer {
-        Ok(Some(message)) if message == control::HANDED_OVER => {}
+        // systemd knows us as the main process now: `READY=1` may go.
+        Ok(Some(message)) if message == control::HANDED_OVER => gate.open(),
+        // The predecessor gave up on us (timeout, failure): it stops us next, and systemd must
+        // not hear `READY=1` from a process that is not its main one.
         other => {
             tracing::warn!(component = %ctx.name(), predecessor, ?other, "predecessor did not confirm the hand-over")
         }
     }
-    gate.open();
     // Anything else before the end of file is ignored: the predecessor only ever closes.
     loop {
         tokio::select! {

@@ -94,8 +94,11 @@ impl Activity {
 
     /// When the connection will have been quiet for `idle`, or `None` while a request is in flight.
     fn quiet_until(&self, idle: Duration) -> Option<Instant> {
+        // The count first: `Busy::drop` stamps the time before it decrements, so a zero count
+        // comes with the last request's end.
+        let quiet = self.in_flight.load(Ordering::Acquire) == 0;
         let last = *self.last_active.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        (self.in_flight.load(Ordering::Acquire) == 0).then_some(last + idle)
+        quiet.then_some(last + idle)
     }
 }
 
