@@ -221,7 +221,7 @@ where
         };
         let report = registry.run().await;
         if options.report_always || !report.is_success() {
-            eprintln!("{report}");
+            report.print();
         }
         report.exit_code
     });

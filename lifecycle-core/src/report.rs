@@ -204,8 +204,17 @@ impl Report {
     /// Exiting here, rather than returning from `main`, does not wait for tasks that were
     /// abandoned: a hung thread cannot keep the process alive.
     pub fn exit(self) -> ! {
-        eprintln!("{self}");
+        self.print();
         std::process::exit(self.exit_code)
+    }
+
+    /// Writes the report to standard error in one write, so that lines other processes write to
+    /// the same standard error (an upgrade's successor) cannot land in the middle of it.
+    pub fn print(&self) {
+        use std::io::Write;
+        let text = format!("{self}\n");
+        // Nothing better to do when standard error is gone.
+        let _ = std::io::stderr().lock().write_all(text.as_bytes());
     }
 
     /// Emits one `tracing` event for the run and one per component, with the component's name

@@ -83,6 +83,7 @@ fn watch(shared: &(Mutex<State>, Condvar), progress: &Progress, shutdown: &Shutd
         .unwrap_or_else(|| ShutdownReason::Requested { message: "unknown".into(), exit_code: EXIT_DEADLINE });
     let mut report = progress.report(reason, shutdown.forced_by(), true);
     report.exit_code = EXIT_DEADLINE;
-    eprintln!("lifecycle: shutdown deadline passed; ending the process now\n{report}");
+    eprintln!("lifecycle: shutdown deadline passed; ending the process now");
+    report.print();
     std::process::exit(EXIT_DEADLINE);
 }

@@ -162,7 +162,7 @@ fn main() -> Result<(), String> {
             println!("ready {}", std::process::id());
         }
         let report = runner.await.map_err(|e| e.to_string())?;
-        eprintln!("{report}");
+        report.print();
         Ok(report.exit_code)
     })?;
     std::process::exit(code)
