@@ -93,11 +93,7 @@ impl Service {
 
     /// Sends a real signal with the `kill` command (`TERM`, `INT`, ...).
     pub fn signal(&self, name: &str) -> Result<(), String> {
-        let status = Command::new("kill")
-            .args([&format!("-{name}"), &self.pid().to_string()])
-            .status()
-            .map_err(|e| format!("cannot run kill: {e}"))?;
-        if status.success() { Ok(()) } else { Err(format!("kill -{name} failed: {status}")) }
+        send_signal(name, self.pid())
     }
 
     /// Waits for the child to exit, up to `limit` (then kills it and fails). Returns its status,
@@ -152,4 +148,38 @@ pub fn workspace_binary(package: &str) -> std::path::PathBuf {
         built.push(package.to_owned());
     }
     root.join("target/debug").join(package)
+}
+
+/// Whether process `pid` has exited: gone, or a zombie nobody reaped yet (an upgraded service's
+/// old generations are not the test's children).
+pub fn exited(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => stat.rsplit(')').next().is_some_and(|rest| rest.trim_start().starts_with('Z')),
+        Err(_) => true,
+    }
+}
+
+/// Waits until process `pid` has exited, up to `limit` (then panics).
+pub async fn wait_exited(pid: u32, limit: Duration) {
+    let until = Instant::now() + limit;
+    while !exited(pid) {
+        assert!(Instant::now() < until, "process {pid} still running after {limit:?}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Sends signal `name` (`TERM`, `USR2`, ...) to process `pid` with the `kill` command; panics if
+/// it fails.
+pub fn kill(name: &str, pid: u32) {
+    if let Err(error) = send_signal(name, pid) {
+        panic!("{error}");
+    }
+}
+
+fn send_signal(name: &str, pid: u32) -> Result<(), String> {
+    let status = Command::new("kill")
+        .args([&format!("-{name}"), &pid.to_string()])
+        .status()
+        .map_err(|e| format!("cannot run kill: {e}"))?;
+    if status.success() { Ok(()) } else { Err(format!("kill -{name} {pid} failed: {status}")) }
 }

@@ -19,6 +19,7 @@ use lifecycle_etcd::InstanceWatcher;
 use lifecycle_sqlx::sqlx::{self, AssertSqlSafe};
 use lifecycle_tests::etcd::Etcd;
 use lifecycle_tests::load::{Mode, Tally, client, connect, post};
+use lifecycle_tests::{kill, wait_exited};
 
 const CLIENTS: usize = 16;
 
@@ -135,7 +136,7 @@ async fn run(mode: Mode, discovery: Discovery) {
     };
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let signalled = Instant::now();
-    assert!(Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap().success());
+    kill("TERM", child.id());
     // A probe for when the listener closes: the first refused connection.
     let listener_closed = tokio::spawn(async move {
         loop {
@@ -253,7 +254,7 @@ async fn the_default_sqlite_setup_serves_processes_and_stops() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
     assert_eq!(processed, "{\"id\":1,\"item\":\"tea\",\"quantity\":2,\"status\":\"processed\"}");
-    assert!(Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap().success());
+    kill("TERM", child.id());
     let status = tokio::task::spawn_blocking(move || child.wait()).await.unwrap().unwrap();
     let stderr = stderr.join().unwrap();
     assert_eq!(status.code(), Some(0), "{stderr}");
@@ -312,7 +313,7 @@ async fn upgrades_under_load_keep_the_etcd_key_and_fail_no_request() {
     tokio::time::sleep(Duration::from_millis(500)).await;
     let mut pid: u32 = std::fs::read_to_string(&pid_file).unwrap().trim().parse().unwrap();
     for _ in 0..3 {
-        assert!(Command::new("kill").args(["-USR2", &pid.to_string()]).status().unwrap().success());
+        kill("USR2", pid);
         let until = Instant::now() + Duration::from_secs(20);
         let successor = loop {
             let now: u32 = std::fs::read_to_string(&pid_file).unwrap().trim().parse().unwrap();
@@ -322,17 +323,14 @@ async fn upgrades_under_load_keep_the_etcd_key_and_fail_no_request() {
             assert!(Instant::now() < until, "upgrade of {pid} done");
             tokio::time::sleep(Duration::from_millis(10)).await;
         };
-        while std::path::Path::new(&format!("/proc/{pid}")).exists() && !zombie(pid) {
-            assert!(Instant::now() < until, "{pid} exited");
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+        wait_exited(pid, until.saturating_duration_since(Instant::now())).await;
         pid = successor;
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
     let tally = clients.stop().await;
     assert!(deletes.lock().unwrap().is_empty(), "the key never disappeared during the upgrades");
     let stopped = Instant::now();
-    assert!(Command::new("kill").args(["-TERM", &pid.to_string()]).status().unwrap().success());
+    kill("TERM", pid);
     let until = Instant::now() + Duration::from_secs(20);
     while deletes.lock().unwrap().is_empty() {
         assert!(Instant::now() < until, "the key is deleted at the final stop");
@@ -340,10 +338,7 @@ async fn upgrades_under_load_keep_the_etcd_key_and_fail_no_request() {
     }
     assert!(deletes.lock().unwrap()[0] > stopped);
     following.abort();
-    while std::path::Path::new(&format!("/proc/{pid}")).exists() && !zombie(pid) {
-        assert!(Instant::now() < until, "{pid} exited");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    wait_exited(pid, until.saturating_duration_since(Instant::now())).await;
     let _ = first.wait();
     let stderr = stderr.join().unwrap();
     assert!(tally.ok > 100, "real load: {tally:?}");
@@ -357,10 +352,4 @@ async fn upgrades_under_load_keep_the_etcd_key_and_fail_no_request() {
     assert_stored_and_drop(&admin, &database, &tally).await;
     std::fs::remove_dir_all(&dir).unwrap();
     eprintln!("3 upgrades with etcd: {} orders acknowledged, 0 failed, key never deleted", tally.ok);
-}
-
-/// Whether `pid` is a zombie: exited, not reaped yet (its parent was the previous generation).
-fn zombie(pid: u32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .is_ok_and(|stat| stat.rsplit(')').next().is_some_and(|rest| rest.trim_start().starts_with('Z')))
 }

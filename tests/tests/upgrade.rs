@@ -12,8 +12,8 @@ use std::time::{Duration, Instant};
 
 use http_body_util::Full;
 use hyper::body::Bytes;
-use lifecycle_tests::Service;
 use lifecycle_tests::load::{Clients, Mode, Tally, connect};
+use lifecycle_tests::{Service, kill, wait_exited};
 
 const FIXTURE: &str = env!("CARGO_BIN_EXE_upgrade_fixture");
 const CLIENTS: usize = 12;
@@ -31,28 +31,6 @@ fn ready(service: &Service) -> (SocketAddr, u32) {
         }
     }
     panic!("fixture not ready within 20 s; stderr:\n{}", service.stderr());
-}
-
-/// Whether process `pid` has exited (gone, or a zombie nobody reaped yet).
-fn exited(pid: u32) -> bool {
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(stat) => stat.rsplit(')').next().is_some_and(|rest| rest.trim_start().starts_with('Z')),
-        Err(_) => true,
-    }
-}
-
-async fn wait_exited(pid: u32, limit: Duration) {
-    let until = Instant::now() + limit;
-    while !exited(pid) {
-        assert!(Instant::now() < until, "process {pid} still running after {limit:?}");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-}
-
-fn kill(signal: &str, pid: u32) {
-    let status =
-        std::process::Command::new("kill").args([&format!("-{signal}"), &pid.to_string()]).status().unwrap();
-    assert!(status.success(), "kill -{signal} {pid}");
 }
 
 /// Sends SIGUSR2 to `pid`, waits for its successor's `ready` line and for `pid` to exit.

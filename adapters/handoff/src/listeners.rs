@@ -124,11 +124,10 @@ impl Listeners {
         address: SocketAddr,
         reuse_port: bool,
     ) -> Result<std::net::TcpListener, HandoffError> {
-        let socket = match self.take_inherited(name, |socket| usable_tcp(socket, address))? {
-            Some((socket, origin)) => (socket, origin),
+        let (socket, origin) = match self.take_inherited(name, |socket| usable_tcp(socket, address))? {
+            Some(inherited) => inherited,
             None => (bind_tcp(name, address, reuse_port)?, Origin::Bound),
         };
-        let (socket, origin) = socket;
         self.keep(name, &socket, origin)?;
         let listener: std::net::TcpListener = socket.into();
         listener.set_nonblocking(true).map_err(|error| unusable(name, error))?;
@@ -145,11 +144,10 @@ impl Listeners {
         path: impl AsRef<Path>,
     ) -> Result<std::os::unix::net::UnixListener, HandoffError> {
         let path = path.as_ref();
-        let socket = match self.take_inherited(name, |socket| usable_unix(socket, path))? {
-            Some(found) => found,
+        let (socket, origin) = match self.take_inherited(name, |socket| usable_unix(socket, path))? {
+            Some(inherited) => inherited,
             None => (bind_unix(name, path)?, Origin::Bound),
         };
-        let (socket, origin) = socket;
         self.keep(name, &socket, origin)?;
         let listener: std::os::unix::net::UnixListener = socket.into();
         listener.set_nonblocking(true).map_err(|error| unusable(name, error))?;

@@ -142,22 +142,21 @@ impl Component for SystemdNotify {
 /// run's deadline (`until`) is reached: never asks for time past it.
 async fn extend_timeout(lifecycle: LifecycleHandle, name: ComponentId, until: Option<Instant>) {
     let until = until.unwrap_or_else(|| Instant::now() + EXTEND_BY);
-    loop {
-        let others_done =
-            lifecycle.components().iter().filter(|c| c.name != name).all(|c| c.outcome.is_some());
-        let left = until.saturating_duration_since(Instant::now());
-        if others_done || left.is_zero() {
+    let others_stopped =
+        || lifecycle.components().iter().filter(|c| c.name != name).all(|c| c.outcome.is_some());
+    let mut next_extension = Instant::now();
+    // Checks for the end more often than it sends.
+    while !others_stopped() {
+        let now = Instant::now();
+        let left = until.saturating_duration_since(now);
+        if left.is_zero() {
             return;
         }
-        let extend = u32::try_from(EXTEND_BY.min(left).as_micros()).unwrap_or(u32::MAX);
-        notify(&name, &[NotifyState::ExtendTimeoutUsec(extend)]);
-        // Checks for the end more often than it sends.
-        let next = Instant::now() + EXTEND_EVERY;
-        while Instant::now() < next {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-            if lifecycle.components().iter().filter(|c| c.name != name).all(|c| c.outcome.is_some()) {
-                return;
-            }
+        if now >= next_extension {
+            let extend = u32::try_from(EXTEND_BY.min(left).as_micros()).unwrap_or(u32::MAX);
+            notify(&name, &[NotifyState::ExtendTimeoutUsec(extend)]);
+            next_extension = now + EXTEND_EVERY;
         }
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
