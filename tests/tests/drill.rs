@@ -1,8 +1,10 @@
 //! The restart drill against the real `orders` example on PostgreSQL: a handoff drill loses no
-//! request, and a kill drill proves the drill sees the requests a crude restart loses.
+//! request, and a kill drill proves the drill sees the requests a crude restart loses. And against
+//! the upgrade fixture, which serves the drill's contract with nothing but the hand-over to measure.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+use std::path::PathBuf;
 use std::process::Command;
 
 use lifecycle_sqlx::sqlx::{self, AssertSqlSafe};
@@ -13,16 +15,32 @@ fn pg_admin_url() -> String {
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into())
 }
 
-/// Runs the drill in `mode` with a database of its own; returns its JSON report.
+/// Runs the drill on `orders` in `mode` with a database of its own; returns its JSON report.
 async fn drill(mode: &'static str, restarts: &'static str) -> serde_json::Value {
     let database = format!("drill_test_{mode}_{}", std::process::id());
     let admin = sqlx::PgPool::connect(&pg_admin_url()).await.unwrap();
     sqlx::query(AssertSqlSafe(format!("CREATE DATABASE {database}"))).execute(&admin).await.unwrap();
-    let (drill, orders) = (workspace_binary("lifecycle-drill"), workspace_binary("orders"));
     let url = format!("postgres://postgres@127.0.0.1:5432/{database}");
+    let report = run_drill(workspace_binary("orders"), mode, restarts, &url).await;
+    sqlx::query(AssertSqlSafe(format!("DROP DATABASE {database} WITH (FORCE)")))
+        .execute(&admin)
+        .await
+        .unwrap();
+    report
+}
+
+/// Runs the drill on `service` and checks what every report must hold.
+async fn run_drill(
+    service: PathBuf,
+    mode: &'static str,
+    restarts: &'static str,
+    database_url: &str,
+) -> serde_json::Value {
+    let drill = workspace_binary("lifecycle-drill");
+    let (binary, url) = (service.clone(), database_url.to_owned());
     let output = tokio::task::spawn_blocking(move || {
         Command::new(drill)
-            .args(["--binary", orders.to_str().unwrap(), "--mode", mode, "--restarts", restarts])
+            .args(["--binary", binary.to_str().unwrap(), "--mode", mode, "--restarts", restarts])
             .args(["--connections", "8", "--warmup", "300ms", "--json", "-"])
             .env("DATABASE_URL", url)
             .output()
@@ -30,12 +48,8 @@ async fn drill(mode: &'static str, restarts: &'static str) -> serde_json::Value 
     })
     .await
     .unwrap();
-    sqlx::query(AssertSqlSafe(format!("DROP DATABASE {database} WITH (FORCE)")))
-        .execute(&admin)
-        .await
-        .unwrap();
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(output.status.success(), "drill {mode} failed: {stderr}");
+    assert!(output.status.success(), "drill {mode} of {} failed: {stderr}", service.display());
     let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
     assert_eq!(report["mode"], mode);
     assert_eq!(report["restarts_completed"], report["restarts_requested"], "{stderr}");
@@ -43,14 +57,28 @@ async fn drill(mode: &'static str, restarts: &'static str) -> serde_json::Value 
     report
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_handoff_drill_loses_no_request() {
-    let report = drill("handoff", "3").await;
+fn assert_handed_over_without_a_failure(report: &serde_json::Value) {
     assert_eq!(report["requests"]["failed"], 0, "{report:#}");
     for restart in report["restarts"].as_array().unwrap() {
         assert_ne!(restart["old_pid"], restart["new_pid"]);
         assert_eq!(restart["old_exit"], "exit 0", "{report:#}");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_handoff_drill_loses_no_request() {
+    assert_handed_over_without_a_failure(&drill("handoff", "3").await);
+}
+
+/// The drill's contract (`LISTEN_ADDR`, `PID_FILE`, `/readyz`) is all a service needs: the upgrade
+/// fixture, which has no database, is how BENCHMARKS measures the hand-over alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_handoff_drill_of_the_bare_fixture_loses_no_request() {
+    // The fixture ignores DATABASE_URL.
+    let fixture = PathBuf::from(env!("CARGO_BIN_EXE_upgrade_fixture"));
+    let report = run_drill(fixture, "handoff", "5", "unused:").await;
+    assert_handed_over_without_a_failure(&report);
+    assert_eq!(report["restarts"].as_array().unwrap().len(), 5);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

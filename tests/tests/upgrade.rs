@@ -224,7 +224,7 @@ async fn two_triggers_start_one_upgrade_and_a_successor_waits_for_its_predecesso
     // A request the successor holds for 1.5 s keeps it draining after it hands over in turn:
     // its own successor refuses to upgrade until it is gone.
     let slow = tokio::spawn(get(address, "/slow"));
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    stderr_contains(&service, &format!("slow request received by {successor}"), Duration::from_secs(5)).await;
     let third = upgrade_without_waiting(&service, successor).await;
     kill("USR2", third);
     stderr_contains(

@@ -17,7 +17,9 @@ pub trait Backend: sqlx::Database {
         component: &str,
     ) -> Result<<Self::Connection as Connection>::Options, sqlx::Error>;
 
-    /// A round trip that proves a connection works.
+    /// One round trip that proves a connection runs queries: the simple query protocol, so a
+    /// new connection does not first prepare the statement (one more round trip, which under
+    /// load is most of a successor's wait during an upgrade).
     fn ping(pool: &sqlx::Pool<Self>) -> impl Future<Output = Result<(), sqlx::Error>> + Send + '_;
 
     /// Whether retrying after `error` can help (the server is not up yet) or not (bad credentials).
@@ -38,7 +40,7 @@ impl Backend for sqlx::Postgres {
     }
 
     async fn ping(pool: &sqlx::Pool<Self>) -> Result<(), sqlx::Error> {
-        sqlx::query("SELECT 1").execute(pool).await.map(drop)
+        sqlx::raw_sql("SELECT 1").execute(pool).await.map(drop)
     }
 
     fn is_transient(error: &sqlx::Error) -> bool {
@@ -62,6 +64,6 @@ impl Backend for sqlx::Sqlite {
     }
 
     async fn ping(pool: &sqlx::Pool<Self>) -> Result<(), sqlx::Error> {
-        sqlx::query("SELECT 1").execute(pool).await.map(drop)
+        sqlx::raw_sql("SELECT 1").execute(pool).await.map(drop)
     }
 }

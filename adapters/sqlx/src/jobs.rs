@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use lifecycle_core::{
     BoxError, CancellationToken, Component, ComponentId, ComponentOptions, Context, Dep, Dependency,
 };
-use sqlx::{PgConnection, Postgres};
+use sqlx::{PgConnection, Postgres, Row};
 
 use crate::PgPool;
 
@@ -43,10 +43,12 @@ where
     /// Any constant shared by every instance: "lifecycle" in ASCII.
     const INSTALL_LOCK: i64 = 0x6c69_6665_6379_636c;
     const INSTALLED: &str = "SELECT to_regclass('lifecycle_jobs') IS NOT NULL AND to_regclass('lifecycle_jobs_pending') IS NOT NULL";
-    let mut transaction = executor.begin().await?;
-    if sqlx::query_scalar::<_, bool>(INSTALLED).fetch_one(&mut *transaction).await? {
-        return transaction.commit().await;
+    let mut connection = executor.acquire().await?;
+    // A read outside any transaction, over the simple query protocol: one round trip.
+    if sqlx::raw_sql(INSTALLED).fetch_one(&mut *connection).await?.try_get::<bool, _>(0)? {
+        return Ok(());
     }
+    let mut transaction = sqlx::Acquire::begin(&mut *connection).await?;
     sqlx::query("SELECT pg_advisory_xact_lock($1)").bind(INSTALL_LOCK).execute(&mut *transaction).await?;
     for statement in SCHEMA {
         sqlx::query(statement).execute(&mut *transaction).await?;

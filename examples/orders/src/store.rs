@@ -2,7 +2,7 @@
 
 use lifecycle_core::{BoxError, CancellationToken, Dep};
 use lifecycle_sqlx::jobs::{self, Job, JobHandler};
-use lifecycle_sqlx::sqlx::{self, PgConnection};
+use lifecycle_sqlx::sqlx::{self, PgConnection, Row};
 use lifecycle_sqlx::{PgPool, SqlitePool};
 use serde::Serialize;
 
@@ -53,9 +53,11 @@ impl Store {
         // table exists, which keeps an upgraded process's start short.
         let exists = match self {
             Store::Postgres(db) => {
-                sqlx::query_scalar::<_, bool>("SELECT to_regclass('orders') IS NOT NULL")
+                // The simple query protocol: one round trip on a new connection, none to prepare.
+                sqlx::raw_sql("SELECT to_regclass('orders') IS NOT NULL")
                     .fetch_one(db.pool()?)
                     .await?
+                    .try_get::<bool, _>(0)?
             }
             Store::Sqlite(_) => false,
         };

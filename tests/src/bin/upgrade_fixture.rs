@@ -2,13 +2,15 @@
 //! `upgrade_fixture [options]`.
 //!
 //! Prints `listening <address>` and `ready <pid>` on standard output; the report goes to standard
-//! error. Routes: `POST /api/orders` (201 `{"id":n}` after 2 ms), `GET /pid`, `GET /slow`
-//! (answers after 1.5 s), `GET /grandchild` (runs `sh` and returns its environment and open
-//! descriptors). Options:
+//! error. Routes: `POST /api/orders` (201 `{"id":n}` after 2 ms), `GET /readyz`, `GET /pid`,
+//! `GET /slow` (prints `slow request received by <pid>` on standard error, answers after 1.5 s),
+//! `GET /grandchild` (runs `sh` and returns its environment and open descriptors). Options:
 //! `--listen ADDR` (default `127.0.0.1:0`), `--unix PATH` (also a Unix listener), `--pid-file
 //! PATH`, `--ready-timeout MS`, `--sd-notify`, `--knobs DIR`: when `DIR/crash` exists at start
 //! the process exits with code 3 while starting; when `DIR/hang` exists its start never ends.
-//! Both are read at start, so a test can change them between generations.
+//! Both are read at start, so a test can change them between generations. Without `--listen`
+//! and `--pid-file`, the variables `LISTEN_ADDR` and `PID_FILE` give them: the contract of
+//! `lifecycle-drill`, which can so measure an upgrade with nothing but the hand-over in it.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -20,7 +22,7 @@ use axum::Router;
 use axum::routing::{get, post};
 use lifecycle::{BoxError, Component, ComponentId, Context, Dependency, Phase, Registry};
 use lifecycle_handoff::{Listeners, Upgrade};
-use lifecycle_http::HttpServer;
+use lifecycle_http::{HealthPaths, HttpServer};
 
 /// A dependency of the HTTP server whose start can crash or hang, as a failing release would.
 struct Knobs {
@@ -57,10 +59,14 @@ struct Options {
 }
 
 fn options() -> Result<Options, String> {
+    let listen = match std::env::var("LISTEN_ADDR") {
+        Ok(address) => address.parse().map_err(|e| format!("LISTEN_ADDR: {e}"))?,
+        Err(_) => SocketAddr::from(([127, 0, 0, 1], 0)),
+    };
     let mut options = Options {
-        listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+        listen,
         unix: None,
-        pid_file: None,
+        pid_file: std::env::var_os("PID_FILE").map(PathBuf::from),
         ready_timeout: None,
         sd_notify: false,
         knobs: None,
@@ -133,6 +139,8 @@ fn main() -> Result<(), String> {
             .route(
                 "/slow",
                 get(|| async {
+                    // Tests wait for this line rather than guess how long the request takes to arrive.
+                    eprintln!("slow request received by {}", std::process::id());
                     tokio::time::sleep(Duration::from_millis(1500)).await;
                     "slow"
                 }),
@@ -145,7 +153,9 @@ fn main() -> Result<(), String> {
             builder.add(upgrade.systemd_notify());
         }
         builder.add(Knobs { dir: options.knobs.clone() });
-        builder.add(HttpServer::new("http", tcp, app.clone())).depends_on(Dependency::on("knobs"));
+        builder
+            .add(HttpServer::new("http", tcp, app.clone()).with_health(HealthPaths::default()))
+            .depends_on(Dependency::on("knobs"));
         if let Some(unix) = unix {
             builder.add(UnixEcho { listener: std::sync::Mutex::new(Some(unix)) });
         }
