@@ -176,6 +176,38 @@ pub struct MainOptions {
     pub report_always: bool,
 }
 
+/// What the `setup` of `#[lifecycle_core::main]` may return.
+#[diagnostic::on_unimplemented(
+    message = "a `setup` function returns `Result<T, E>` with `E: Display`, not `{Self}`",
+    note = "its `T` becomes the argument of the `#[lifecycle_core::main]` function"
+)]
+pub trait SetupOutput {
+    /// What the main function receives.
+    type Value;
+    /// The value, or why there is none.
+    fn into_value(self) -> Result<Self::Value, String>;
+}
+
+impl<T, E: Display> SetupOutput for Result<T, E> {
+    type Value = T;
+    fn into_value(self) -> Result<T, String> {
+        self.map_err(|error| error.to_string())
+    }
+}
+
+/// Runs `#[lifecycle_core::main(setup = path)]`'s setup, before the runtime and its threads
+/// exist; on error writes it to standard error and ends the process with
+/// [`EXIT_FAILURE`](crate::EXIT_FAILURE).
+pub fn run_setup<S: SetupOutput>(setup: impl FnOnce() -> S) -> S::Value {
+    match setup().into_value() {
+        Ok(value) => value,
+        Err(error) => {
+            eprintln!("error: {error}");
+            std::process::exit(crate::EXIT_FAILURE)
+        }
+    }
+}
+
 /// Builds the runtime, awaits the user's function for the builder, runs the registry, writes
 /// the report to standard error (when the run failed, or always if asked), and ends the process
 /// with its exit code.

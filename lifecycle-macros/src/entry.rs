@@ -11,7 +11,8 @@ use syn::{ItemFn, LitBool, LitInt, LitStr, Path, ReturnType};
 use crate::attr::Errors;
 use crate::{crate_path, duration};
 
-const KEYS: &[&str] = &["shutdown_deadline", "drain_delay", "signals", "worker_threads", "report", "crate"];
+const KEYS: &[&str] =
+    &["shutdown_deadline", "drain_delay", "signals", "worker_threads", "report", "setup", "crate"];
 const SIGNALS: &[(&str, &str)] =
     &[("TERM", "Terminate"), ("INT", "Interrupt"), ("HUP", "Hangup"), ("QUIT", "Quit")];
 
@@ -23,6 +24,7 @@ struct Options {
     signals: Option<(Vec<&'static str>, Span)>,
     worker_threads: Option<(usize, Span)>,
     report_always: Option<(bool, Span)>,
+    setup: Option<(Path, Span)>,
     krate: Option<(Path, Span)>,
 }
 
@@ -57,6 +59,10 @@ impl Options {
                     }
                 };
                 self.report_always.replace((always, span)).map(|(_, s)| s)
+            }
+            "setup" => {
+                let path: Path = meta.value()?.parse()?;
+                self.setup.replace((path, span)).map(|(_, s)| s)
             }
             "crate" => {
                 let path: LitStr = meta.value()?.parse()?;
@@ -138,9 +144,25 @@ pub(crate) fn main(args: TokenStream, item: TokenStream) -> TokenStream {
         ));
     }
     let mut unusable = Errors::default();
-    if !signature.inputs.is_empty() {
-        unusable
-            .push(syn::Error::new(signature.inputs.span(), "`#[lifecycle_core::main]` takes no arguments"));
+    match (&options.setup, signature.inputs.len()) {
+        (None, 0) | (Some(_), 1) => {}
+        (None, _) => unusable.push(syn::Error::new(
+            signature.inputs.span(),
+            "`#[lifecycle_core::main]` takes no arguments, or one with `setup = path` (the setup's value)",
+        )),
+        (Some((_, span)), 0) => unusable.push(syn::Error::new(
+            *span,
+            "`setup` passes its value to the function: give it one argument, as in \
+             `async fn main(listeners: Listeners)`",
+        )),
+        (Some(_), _) => {
+            let extra =
+                signature.inputs.iter().skip(1).map(Spanned::span).reduce(|a, b| a.join(b).unwrap_or(a));
+            unusable.push(syn::Error::new(
+                extra.unwrap_or_else(|| signature.inputs.span()),
+                "`#[lifecycle_core::main]` with `setup` takes one argument: the setup's value",
+            ));
+        }
     }
     if !signature.generics.params.is_empty() {
         unusable
@@ -193,14 +215,25 @@ pub(crate) fn main(args: TokenStream, item: TokenStream) -> TokenStream {
     let ItemFn { attrs, vis, sig, block } = function;
     let ident = &sig.ident;
     let output = &sig.output;
+    let inputs = &sig.inputs;
+    // Before the runtime exists: the setup may change the environment, which is only sound
+    // while the process has one thread.
+    let (prepare, argument) = match &options.setup {
+        Some((setup, span)) => (
+            quote_spanned! {*span=> let prepared = #core::macro_support::run_setup(#setup); },
+            quote!(prepared),
+        ),
+        None => (quote!(), quote!()),
+    };
     let run = quote_spanned! {sig.output.span()=>
-        #core::macro_support::run_main(options, body())
+        #core::macro_support::run_main(options, body(#argument))
     };
     quote! {
         #errors
         #(#attrs)*
         #vis fn #ident() {
-            async fn body() #output #block
+            async fn body(#inputs) #output #block
+            #prepare
             let options = #core::macro_support::MainOptions {
                 shutdown_deadline: #shutdown_deadline,
                 drain_delay: #drain_delay,

@@ -67,6 +67,27 @@ pub fn derive_component(input: TokenStream) -> TokenStream {
 /// applies the options, runs the registry, writes the report to standard error when the run
 /// failed, and exits with the report's exit code (without waiting for abandoned tasks).
 ///
+/// `setup = path` names a function `fn() -> Result<T, E>` (`E: Display`) that runs first, while
+/// the process has one thread, and whose value becomes the function's one argument: the place
+/// for what must happen before any thread exists, such as changing the environment (taking
+/// inherited sockets with `lifecycle_handoff::Listeners::inherit`) or setting up logging. An
+/// error ends the process with exit code 1.
+///
+/// ```no_run
+/// use lifecycle_core::RegistryBuilder;
+///
+/// /// Runs while the process has one thread, before the runtime exists.
+/// fn setup() -> Result<String, std::env::VarError> {
+///     std::env::var("REGION")
+/// }
+///
+/// #[lifecycle_core::main(setup = setup)]
+/// async fn main(region: String) -> RegistryBuilder {
+///     println!("serving {region}");
+///     RegistryBuilder::new()
+/// }
+/// ```
+///
 /// ```no_run
 /// use lifecycle_core::RegistryBuilder;
 ///

@@ -1,4 +1,5 @@
-//! `#[lifecycle::main]` maps the report to the exit code and writes it when the run failed.
+//! `#[lifecycle::main]` maps the report to the exit code and writes it when the run failed; its
+//! setup runs before the runtime's threads exist.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -7,7 +8,7 @@ use std::process::Command;
 const BINARY: &str = env!("CARGO_BIN_EXE_main_attr");
 
 fn run(mode: &str) -> (Option<i32>, String) {
-    let output = Command::new(BINARY).arg(mode).output().unwrap();
+    let output = Command::new(BINARY).args([mode].into_iter().filter(|m| !m.is_empty())).output().unwrap();
     (output.status.code(), String::from_utf8_lossy(&output.stderr).into_owned())
 }
 
@@ -46,5 +47,19 @@ fn a_requested_exit_code_is_the_process_exit_code() {
 fn an_error_instead_of_a_builder_exits_one_with_the_error() {
     let (code, stderr) = run("nonsense");
     assert_eq!(code, Some(1));
-    assert_eq!(stderr.trim(), "error: unknown mode Some(\"nonsense\"); use `fail`, `ok` or `exit3`");
+    assert_eq!(stderr.trim(), "error: unknown mode \"nonsense\"; use `fail`, `ok` or `exit3`");
+}
+
+#[test]
+fn the_setup_runs_before_the_runtime_starts_a_thread() {
+    let output = Command::new(BINARY).arg("threads").output().unwrap();
+    assert_eq!(output.status.code(), Some(0), "{}", String::from_utf8_lossy(&output.stderr));
+    assert_eq!(String::from_utf8_lossy(&output.stdout).trim(), "threads during setup: 1");
+}
+
+#[test]
+fn a_failed_setup_exits_one_with_its_error() {
+    let (code, stderr) = run("");
+    assert_eq!(code, Some(1));
+    assert_eq!(stderr.trim(), "error: no mode given; use `fail`, `ok`, `exit3` or `threads`");
 }

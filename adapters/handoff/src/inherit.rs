@@ -63,10 +63,11 @@ pub(crate) fn take() -> Result<Inherited, HandoffError> {
     }
     if let Some(parent) = env::var_os(PARENT_VAR) {
         let names = env::var(NAMES_VAR).ok();
+        warn_if_threads_run();
         // SAFETY: `remove_var` races only with code that reads the environment without std's
-        // lock (C code calling getenv). This runs while the service is being set up, before its
-        // components start, where nothing reads the environment concurrently (see
-        // `Listeners::inherit`).
+        // lock (C code calling getenv) on another thread. `Listeners::inherit` is documented to
+        // run while the process has one thread (before the runtime, or as the main attribute's
+        // setup); `warn_if_threads_run` says so when it does not.
         unsafe {
             env::remove_var(PARENT_VAR);
             env::remove_var(NAMES_VAR);
@@ -92,6 +93,9 @@ pub(crate) fn take() -> Result<Inherited, HandoffError> {
         }
         return Ok(Inherited { source: Source::Upgrade { parent }, sockets, control: Some(control) });
     }
+    if env::var_os("LISTEN_FDS").is_some() {
+        warn_if_threads_run();
+    }
     // SAFETY: as above for the environment; sd-notify checks `LISTEN_PID` is ours and sets
     // close-on-exec on each descriptor.
     let activated = unsafe { sd_notify::listen_fds_with_names_and_unset_env() }
@@ -104,6 +108,19 @@ pub(crate) fn take() -> Result<Inherited, HandoffError> {
         return Ok(Inherited::nothing());
     }
     Ok(Inherited { source: Source::SocketActivation, sockets, control: None })
+}
+
+/// Logs a warning when other threads exist while the environment is about to change: the
+/// removal is then sound only if none of them reads the environment outside std.
+fn warn_if_threads_run() {
+    let threads = std::fs::read_dir("/proc/self/task").map(Iterator::count).unwrap_or(1);
+    if threads > 1 {
+        tracing::warn!(
+            threads,
+            "inheriting sockets clears environment variables while other threads run; call \
+             Listeners::inherit before the runtime starts (the main attribute's `setup`)"
+        );
+    }
 }
 
 /// Claims descriptor `fd`, passed for `what`, after checking it is an open socket, and marks it

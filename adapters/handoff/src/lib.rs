@@ -12,7 +12,8 @@
 //! use lifecycle_handoff::{Listeners, Upgrade};
 //!
 //! # fn main() -> Result<(), Box<dyn std::error::Error>> {
-//! // First thing in `main`: take over what the previous process (or systemd) passed.
+//! // First thing in `main`, before the runtime's threads exist (or as the main attribute's
+//! // `setup`): take over what the previous process (or systemd) passed.
 //! let listeners = Listeners::inherit()?;
 //! let http = listeners.tcp("http", "127.0.0.1:8080".parse()?)?;
 //! let upgrade = Upgrade::new(&listeners).pid_file("/run/orders.pid");

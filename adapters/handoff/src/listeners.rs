@@ -40,7 +40,7 @@ impl fmt::Display for Origin {
 
 /// The service's listeners by name. Cheap to clone; clones share the set.
 ///
-/// Create it once, early in `main` ([`Listeners::inherit`]), take each listener by name, and
+/// Create it once, before the runtime starts ([`Listeners::inherit`]), take each listener by name, and
 /// give the set to an [`Upgrade`](crate::Upgrade) so the next generation receives them.
 #[derive(Clone)]
 pub struct Listeners {
@@ -81,8 +81,9 @@ impl Listeners {
     /// them are cleared and the descriptors made close-on-exec, so no process started later
     /// inherits either. Only the first call in a process inherits.
     ///
-    /// Call it early in `main`, while nothing else reads or changes the environment (before
-    /// your own threads and name lookups start).
+    /// Call it while the process has one thread: before building the runtime, or as the setup
+    /// of the main attribute (`#[lifecycle_core::main(setup = ...)]`, which runs before the
+    /// runtime exists), since clearing variables races with any thread reading the environment.
     pub fn inherit() -> Result<Self, HandoffError> {
         let inherited = inherit::take()?;
         if inherited.source != Source::Nothing {

@@ -132,18 +132,24 @@ impl Component for SqliteProcessor {
     }
 }
 
-#[lifecycle_core::main(report = "always")]
-async fn main() -> Result<RegistryBuilder, String> {
+/// Runs before the runtime starts its threads: taking the sockets a previous generation (or
+/// systemd) passed clears environment variables, which is only sound while the process has one
+/// thread. Logging is set up first, so that what the inheriting logs is seen.
+fn setup() -> Result<Listeners, String> {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
         .with_writer(std::io::stderr)
         .init();
-    let config = config::Config::load()?;
     // The listener of the previous generation during an upgrade, systemd's with socket
-    // activation, else a new one.
-    let listeners = Listeners::inherit().map_err(|error| error.to_string())?;
+    // activation, else none (bound below).
+    Listeners::inherit().map_err(|error| error.to_string())
+}
+
+#[lifecycle_core::main(report = "always", setup = setup)]
+async fn main(listeners: Listeners) -> Result<RegistryBuilder, String> {
+    let config = config::Config::load()?;
     let listener = if config.reuse_port {
         listeners.tcp_reuse_port("http", config.listen)
     } else {

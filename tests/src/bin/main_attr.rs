@@ -1,6 +1,8 @@
 //! `#[lifecycle::main]` as a user writes it: `main_attr fail` has a component whose start fails;
-//! `main_attr ok` and `main_attr exit3` stop themselves as they start, with exit code 0 or 3; any
-//! other argument makes `main` return an error instead of a builder.
+//! `main_attr ok` and `main_attr exit3` stop themselves as they start, with exit code 0 or 3;
+//! `main_attr threads` prints how many threads the process had during its setup and stops; any
+//! other argument makes `main` return an error instead of a builder, and none at all makes the
+//! setup fail.
 
 use lifecycle::{BoxError, Component, Context, RegistryBuilder};
 
@@ -28,18 +30,29 @@ impl Finisher {
     }
 }
 
-#[lifecycle::main(signals = false, shutdown_deadline = "5s")]
-async fn main() -> Result<RegistryBuilder, String> {
+/// The mode from the command line, and the process's thread count while the setup runs.
+fn setup() -> Result<(String, usize), String> {
+    let mode = std::env::args().nth(1).ok_or("no mode given; use `fail`, `ok`, `exit3` or `threads`")?;
+    let threads = std::fs::read_dir("/proc/self/task").map_err(|error| error.to_string())?.count();
+    Ok((mode, threads))
+}
+
+#[lifecycle::main(signals = false, shutdown_deadline = "5s", setup = setup)]
+async fn main((mode, threads_at_setup): (String, usize)) -> Result<RegistryBuilder, String> {
     let mut builder = RegistryBuilder::new();
-    match std::env::args().nth(1).as_deref() {
-        Some("fail") => {
+    match mode.as_str() {
+        "fail" => {
             builder.add(Broken);
         }
-        Some("ok") => {
+        "ok" => {
             builder.add(Finisher { exit_code: 0 });
         }
-        Some("exit3") => {
+        "exit3" => {
             builder.add(Finisher { exit_code: 3 });
+        }
+        "threads" => {
+            println!("threads during setup: {threads_at_setup}");
+            builder.add(Finisher { exit_code: 0 });
         }
         other => return Err(format!("unknown mode {other:?}; use `fail`, `ok` or `exit3`")),
     }
