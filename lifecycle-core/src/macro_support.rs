@@ -181,25 +181,22 @@ pub struct MainOptions {
     message = "a `setup` function returns `Result<T, E>` with `E: Display`, not `{Self}`",
     note = "its `T` becomes the argument of the `#[lifecycle_core::main]` function"
 )]
-pub trait SetupOutput {
-    /// What the main function receives.
-    type Value;
-    /// The value, or why there is none.
-    fn into_value(self) -> Result<Self::Value, String>;
+pub trait SetupOutput<T> {
+    /// The value for the main function, or why there is none.
+    fn into_value(self) -> Result<T, String>;
 }
 
-impl<T, E: Display> SetupOutput for Result<T, E> {
-    type Value = T;
+impl<T, E: Display> SetupOutput<T> for Result<T, E> {
     fn into_value(self) -> Result<T, String> {
         self.map_err(|error| error.to_string())
     }
 }
 
-/// Runs `#[lifecycle_core::main(setup = path)]`'s setup, before the runtime and its threads
-/// exist; on error writes it to standard error and ends the process with
+/// Takes what `#[lifecycle_core::main(setup = path)]`'s setup returned (it ran before the
+/// runtime and its threads exist); on error writes it to standard error and ends the process with
 /// [`EXIT_FAILURE`](crate::EXIT_FAILURE).
-pub fn run_setup<S: SetupOutput>(setup: impl FnOnce() -> S) -> S::Value {
-    match setup().into_value() {
+pub fn run_setup<T, S: SetupOutput<T>>(setup_output: S) -> T {
+    match setup_output.into_value() {
         Ok(value) => value,
         Err(error) => {
             eprintln!("error: {error}");

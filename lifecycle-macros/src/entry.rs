@@ -219,8 +219,8 @@ pub(crate) fn main(args: TokenStream, item: TokenStream) -> TokenStream {
     // Before the runtime exists: the setup may change the environment, which is only sound
     // while the process has one thread.
     let (prepare, argument) = match &options.setup {
-        Some((setup, span)) => (
-            quote_spanned! {*span=> let prepared = #core::macro_support::run_setup(#setup); },
+        Some((setup, _)) => (
+            quote_spanned! {setup.span()=> let prepared = #core::macro_support::run_setup(#setup()); },
             quote!(prepared),
         ),
         None => (quote!(), quote!()),
