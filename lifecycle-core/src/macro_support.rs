@@ -196,13 +196,14 @@ impl<T, E: Display> SetupOutput<T> for Result<T, E> {
 /// runtime and its threads exist); on error writes it to standard error and ends the process with
 /// [`EXIT_FAILURE`](crate::EXIT_FAILURE).
 pub fn run_setup<T, S: SetupOutput<T>>(setup_output: S) -> T {
-    match setup_output.into_value() {
-        Ok(value) => value,
-        Err(error) => {
-            eprintln!("error: {error}");
-            std::process::exit(crate::EXIT_FAILURE)
-        }
-    }
+    setup_output.into_value().unwrap_or_else(|error| exit_with(&error))
+}
+
+/// Writes `error` to standard error and ends the process with [`EXIT_FAILURE`](crate::EXIT_FAILURE):
+/// for failures before there is a run to report on.
+fn exit_with(error: &str) -> ! {
+    eprintln!("error: {error}");
+    std::process::exit(crate::EXIT_FAILURE)
 }
 
 /// Builds the runtime, awaits the user's function for the builder, runs the registry, writes
@@ -219,10 +220,7 @@ where
     }
     let runtime = match runtime.enable_all().build() {
         Ok(runtime) => runtime,
-        Err(error) => {
-            eprintln!("error: cannot start the tokio runtime: {error}");
-            std::process::exit(crate::EXIT_FAILURE)
-        }
+        Err(error) => exit_with(&format!("cannot start the tokio runtime: {error}")),
     };
     let code = runtime.block_on(async move {
         let mut builder = match main.await.into_builder() {

@@ -155,14 +155,10 @@ pub(crate) fn main(args: TokenStream, item: TokenStream) -> TokenStream {
             "`setup` passes its value to the function: give it one argument, as in \
              `async fn main(listeners: Listeners)`",
         )),
-        (Some(_), _) => {
-            let extra =
-                signature.inputs.iter().skip(1).map(Spanned::span).reduce(|a, b| a.join(b).unwrap_or(a));
-            unusable.push(syn::Error::new(
-                extra.unwrap_or_else(|| signature.inputs.span()),
-                "`#[lifecycle_core::main]` with `setup` takes one argument: the setup's value",
-            ));
-        }
+        (Some(_), _) => unusable.push(syn::Error::new(
+            signature.inputs.iter().nth(1).map_or_else(|| signature.inputs.span(), Spanned::span),
+            "`#[lifecycle_core::main]` with `setup` takes one argument: the setup's value",
+        )),
     }
     if !signature.generics.params.is_empty() {
         unusable

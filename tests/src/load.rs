@@ -36,6 +36,21 @@ pub struct Tally {
     pub unsent: u64,
 }
 
+impl Tally {
+    /// Panics unless real load ran (over 100 successes) and not one request failed. `what` names
+    /// the run; `log` (the service's standard error, or empty) is printed with a failure.
+    pub fn assert_no_failures(&self, what: &str, log: &str) {
+        assert!(
+            self.failures.is_empty(),
+            "{what}: failed requests by kind: {:?} ({} ok, {} unsent and sent again)\n{log}",
+            self.failures,
+            self.ok,
+            self.unsent
+        );
+        assert!(self.ok > 100, "{what}: only {} requests succeeded\n{log}", self.ok);
+    }
+}
+
 /// The kind of a failed request, from its error.
 pub fn classify(error: &(dyn std::error::Error + 'static)) -> &'static str {
     let text = format!("{error:?}").to_lowercase();
