@@ -2,9 +2,10 @@
 
 use std::fmt;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use tokio::task::JoinHandle;
+use tokio::time::Instant;
 use tokio_util::sync::{CancellationToken, WaitForCancellationFuture};
 
 use crate::component::SharedComponent;
@@ -70,7 +71,7 @@ impl Context {
     /// When the hook now running will be given up on: its own timeout, cut short by the global
     /// shutdown deadline. A hook that can end early with a better error (a pool that stops
     /// waiting for connections and says how many are still out) finishes a little before it.
-    /// `None` outside a hook.
+    /// `None` outside a hook. On tokio's clock, so that tests with paused time see it move.
     pub fn deadline(&self) -> Option<Instant> {
         *lock(&self.inner.deadline)
     }

@@ -10,9 +10,7 @@ use crate::{ComponentId, Dependency};
 #[non_exhaustive]
 pub enum BuildError {
     /// Two components have the same name.
-    #[error(
-        "component name `{name}` is used twice: by `{first_type}` and by `{second_type}`; give one of them another name"
-    )]
+    #[error("component name `{name}` is used twice: {}; give one of them another name", Owners(.first_type, .second_type))]
     DuplicateName {
         /// The name used twice.
         name: ComponentId,
@@ -47,6 +45,72 @@ pub enum BuildError {
         /// The components on the cycle, the first repeated at the end.
         path: Vec<ComponentId>,
     },
+    /// A run setting has a value it cannot work with.
+    #[error("setting `{setting}` is {value}, but must be {expected}")]
+    InvalidSetting {
+        /// The setting's name, as the builder method that sets it.
+        setting: &'static str,
+        /// The value given.
+        value: String,
+        /// What it must be.
+        expected: &'static str,
+    },
+    /// A component's option has a value it cannot work with.
+    #[error("component `{component}`: option `{setting}` is {value}, but must be {expected}")]
+    InvalidComponentSetting {
+        /// The component.
+        component: ComponentId,
+        /// The option's name.
+        setting: &'static str,
+        /// The value given.
+        value: String,
+        /// What it must be.
+        expected: &'static str,
+    },
+    /// More than one of the above; each is listed.
+    #[error("{} problems:\n{}", .0.len(), Lines(.0))]
+    Several(Vec<BuildError>),
+}
+
+impl BuildError {
+    /// One error as itself, several as [`BuildError::Several`].
+    pub(crate) fn from_list(mut errors: Vec<BuildError>) -> Self {
+        if errors.len() == 1 {
+            if let Some(error) = errors.pop() {
+                return error;
+            }
+        }
+        BuildError::Several(errors)
+    }
+
+    /// Every problem, one by one (a single error is a list of one).
+    pub fn problems(&self) -> Vec<&BuildError> {
+        match self {
+            BuildError::Several(errors) => errors.iter().collect(),
+            one => vec![one],
+        }
+    }
+}
+
+struct Lines<'a>(&'a [BuildError]);
+
+impl fmt::Display for Lines<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        joined(f, self.0, "\n", |f, error| write!(f, "  - {error}"))
+    }
+}
+
+/// The two types that claimed one name: the same type twice says so.
+struct Owners<'a>(&'a str, &'a str);
+
+impl fmt::Display for Owners<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.0 == self.1 {
+            write!(f, "two components of type `{}` have it", self.0)
+        } else {
+            write!(f, "by `{}` and by `{}`", self.0, self.1)
+        }
+    }
 }
 
 /// Why [`Context::dep`](crate::Context::dep) found no handle.
@@ -110,10 +174,17 @@ impl fmt::Display for Suggestions<'_> {
     }
 }
 
+/// `a` depends on `b`, which depends on `a`.
 struct Cycle<'a>(&'a [ComponentId]);
 
 impl fmt::Display for Cycle<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        joined(f, self.0, " -> ", |f, id| write!(f, "`{id}`"))
+        let Some((first, rest)) = self.0.split_first() else { return Ok(()) };
+        write!(f, "`{first}` depends on ")?;
+        joined(f, rest, ", which depends on ", |f, id| write!(f, "`{id}`"))?;
+        if rest.len() == 1 {
+            f.write_str(" (itself)")?;
+        }
+        Ok(())
     }
 }

@@ -23,15 +23,18 @@ pub(crate) struct Graph {
 
 impl Graph {
     /// Resolves every declared dependency and checks names are unique and edges form no cycle.
-    pub(crate) fn build(nodes: &[GraphInput<'_>]) -> Result<Self, BuildError> {
+    /// Returns every problem found, not only the first.
+    pub(crate) fn build(nodes: &[GraphInput<'_>]) -> Result<Self, Vec<BuildError>> {
+        let mut errors = Vec::new();
         let mut by_name: HashMap<&str, usize> = HashMap::with_capacity(nodes.len());
         for (index, node) in nodes.iter().enumerate() {
             if let Some(&first) = by_name.get(node.id.as_str()) {
-                return Err(BuildError::DuplicateName {
+                errors.push(BuildError::DuplicateName {
                     name: node.id.clone(),
                     first_type: nodes[first].type_name,
                     second_type: node.type_name,
                 });
+                continue;
             }
             by_name.insert(node.id.as_str(), index);
         }
@@ -40,7 +43,13 @@ impl Graph {
         let mut dependents = vec![Vec::new(); nodes.len()];
         for (index, node) in nodes.iter().enumerate() {
             for dependency in node.dependencies {
-                let target = resolve(nodes, &by_name, node.id, dependency)?;
+                let target = match resolve(nodes, &by_name, node.id, dependency) {
+                    Ok(target) => target,
+                    Err(error) => {
+                        errors.push(error);
+                        continue;
+                    }
+                };
                 // A dependency declared twice is one edge.
                 if !dependencies[index].contains(&target) {
                     dependencies[index].push(target);
@@ -50,10 +59,11 @@ impl Graph {
         }
 
         let graph = Self { dependencies, dependents };
+        // Among the edges that resolved, so a typo elsewhere does not hide a cycle.
         if let Some(cycle) = graph.find_cycle() {
-            return Err(BuildError::Cycle { path: cycle.into_iter().map(|i| nodes[i].id.clone()).collect() });
+            errors.push(BuildError::Cycle { path: cycle.into_iter().map(|i| nodes[i].id.clone()).collect() });
         }
-        Ok(graph)
+        if errors.is_empty() { Ok(graph) } else { Err(errors) }
     }
 
     pub(crate) fn len(&self) -> usize {
@@ -123,7 +133,7 @@ fn resolve(
             by_name.get(name.as_str()).copied().ok_or_else(|| BuildError::MissingDependency {
                 component: component.clone(),
                 dependency: dependency.clone(),
-                suggestions: suggest(name.as_str(), nodes.iter().map(|n| n.id)),
+                suggestions: suggest(name.as_str(), others(nodes, component)),
             })
         }
         Target::Type { id, name } => {
@@ -135,7 +145,7 @@ fn resolve(
                     dependency: dependency.clone(),
                     suggestions: suggest(
                         &ComponentId::of_type_name(name).to_string(),
-                        nodes.iter().map(|n| n.id),
+                        others(nodes, component),
                     ),
                 }),
                 many => Err(BuildError::AmbiguousDependency {
@@ -148,6 +158,14 @@ fn resolve(
     }
 }
 
+/// The names a component could have meant: never its own.
+fn others<'a>(
+    nodes: &'a [GraphInput<'_>],
+    component: &'a ComponentId,
+) -> impl Iterator<Item = &'a ComponentId> {
+    nodes.iter().map(|n| n.id).filter(move |id| *id != component)
+}
+
 /// Registered names close enough to `wanted` to be what the user meant, closest first.
 fn suggest<'a>(wanted: &str, names: impl Iterator<Item = &'a ComponentId>) -> Vec<ComponentId> {
     let wanted_lower = wanted.to_lowercase();
@@ -156,7 +174,10 @@ fn suggest<'a>(wanted: &str, names: impl Iterator<Item = &'a ComponentId>) -> Ve
         .filter_map(|name| {
             let candidate = name.as_str().to_lowercase();
             let distance = strsim::levenshtein(&wanted_lower, &candidate);
-            let related = candidate.contains(&wanted_lower) || wanted_lower.contains(&candidate);
+            // Containment counts only for names long enough to mean something: `a` is in everything.
+            let long_enough = candidate.chars().count().min(wanted_lower.chars().count()) >= 3;
+            let related =
+                long_enough && (candidate.contains(&wanted_lower) || wanted_lower.contains(&candidate));
             (distance <= limit || related).then_some((distance, name))
         })
         .collect();

@@ -8,6 +8,7 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 
 use crate::component::ErasedComponent;
+use crate::panic::CatchUnwind;
 use crate::progress::{ComponentStatus, Progress};
 use crate::{ComponentId, Health, Phase, Shutdown};
 
@@ -86,17 +87,25 @@ impl LifecycleHandle {
             let running = statuses[index].stage.is_some_and(|s| s == crate::Stage::Running);
             let Some(component) = component.upgrade().filter(|_| running) else { continue };
             let timeout = self.inner.health_timeout;
+            let name = self.inner.components[index].0.clone();
             checks.spawn(async move {
-                let health = tokio::time::timeout(timeout, component.health())
-                    .await
-                    .unwrap_or_else(|_| Health::Unhealthy(format!("health check took over {timeout:?}")));
+                let health = match tokio::time::timeout(timeout, CatchUnwind::new(component.health())).await {
+                    Ok(Ok(health)) => health,
+                    // A panicking check is a broken check: unhealthy, and said why.
+                    Ok(Err(panic)) => {
+                        tracing::error!(component = %name, %panic, "health check panicked");
+                        Health::Unhealthy(format!("health check panicked: {panic}"))
+                    }
+                    Err(_) => Health::Unhealthy(format!("health check took over {timeout:?}")),
+                };
                 (index, health)
             });
         }
         while let Some(joined) = checks.join_next().await {
             match joined {
                 Ok((index, health)) => results[index].1 = health,
-                Err(error) => tracing::warn!(%error, "health check panicked"),
+                // Checks catch their panics; only a runtime shutting down cancels one.
+                Err(error) => tracing::warn!(%error, "health check did not finish"),
             }
         }
         results

@@ -57,6 +57,8 @@ mod component;
 mod context;
 mod dependency;
 mod error;
+mod exit;
+mod failure;
 mod graph;
 mod handle;
 mod panic;
@@ -78,25 +80,27 @@ mod watchdog;
 #[doc(hidden)]
 pub mod macro_support;
 
+#[cfg(feature = "test-util")]
+pub mod testing;
+
 pub use adapter::{FnComponent, Managed};
 pub use close::{Close, CloseError};
 pub use component::{BoxError, Component, ComponentId, ComponentOptions, Health};
 pub use context::Context;
 pub use dependency::{Dep, Dependency};
 pub use error::{BuildError, DependencyError};
+pub use exit::{EXIT_DEADLINE, EXIT_FAILURE, ExitCause};
+pub use failure::{Failure, FailureRecord, Failures, SharedError, Stage};
 pub use handle::LifecycleHandle;
 pub use phase::Phase;
 pub use progress::ComponentStatus;
 pub use redact::{redact_url, scrub_password};
 pub use registry::{Registration, Registry, RegistryBuilder};
-pub use report::{
-    ComponentReport, EXIT_DEADLINE, EXIT_FAILURE, Failure, Outcome, Report, RunError, SharedError, Stage,
-    TaskFailure,
-};
+pub use report::{ComponentReport, Outcome, Report, RunError};
 pub use resource_error::ResourceError;
 pub use retry::{Retry, RetryFailure};
 pub use shutdown::{Shutdown, ShutdownReason};
-pub use signal::{Signal, Signals};
+pub use signal::{Signal, SignalListener, Signals};
 pub use tasks::{TaskCount, TaskOutput, Tasks};
 
 pub use tokio_util::sync::CancellationToken;

@@ -5,7 +5,7 @@ use std::fmt::Display;
 use std::future::Future;
 use std::time::Duration;
 
-use crate::{BoxError, Close, CloseError, Context, Health, RegistryBuilder, Signal, Signals};
+use crate::{BoxError, Close, CloseError, Context, Health, RegistryBuilder, Signal, SignalListener, Signals};
 
 /// Marks a hook method that takes the context.
 #[derive(Debug)]
@@ -172,6 +172,8 @@ pub struct MainOptions {
     pub signals: Option<&'static [Signal]>,
     /// `worker_threads = 4`.
     pub worker_threads: Option<usize>,
+    /// `flavor = "current_thread"`.
+    pub current_thread: bool,
     /// `report = "always"`; by default the report is written only when the run failed.
     pub report_always: bool,
 }
@@ -206,16 +208,35 @@ fn exit_with(error: &str) -> ! {
     std::process::exit(crate::EXIT_FAILURE)
 }
 
+/// Starts catching the signals the run will listen to, first thing in `main`: a signal that
+/// arrives while the setup or the main function runs is then kept for the run, instead of ending
+/// the process without a report. `None` when the run listens to no signal, or (logged) when the
+/// handlers cannot be installed, in which case the run tries again when it starts.
+pub fn catch_signals(options: &MainOptions) -> Option<SignalListener> {
+    let signals =
+        options.signals.map_or_else(Signals::default, |signals| Signals::only(signals.iter().copied()));
+    if signals.is_empty() {
+        return None;
+    }
+    SignalListener::install(&signals)
+        .inspect_err(|error| eprintln!("warning: cannot catch signals before the run starts: {error}"))
+        .ok()
+}
+
 /// Builds the runtime, awaits the user's function for the builder, runs the registry, writes
 /// the report to standard error (when the run failed, or always if asked), and ends the process
 /// with its exit code.
-pub fn run_main<F>(options: MainOptions, main: F) -> !
+pub fn run_main<F>(options: MainOptions, signals: Option<SignalListener>, main: F) -> !
 where
     F: Future,
     F::Output: MainOutput,
 {
-    let mut runtime = tokio::runtime::Builder::new_multi_thread();
-    if let Some(threads) = options.worker_threads {
+    let mut runtime = if options.current_thread {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+    };
+    if let Some(threads) = options.worker_threads.filter(|_| !options.current_thread) {
         runtime.worker_threads(threads);
     }
     let runtime = match runtime.enable_all().build() {
@@ -238,6 +259,9 @@ where
         }
         if let Some(signals) = options.signals {
             builder.signals(Signals::only(signals.iter().copied()));
+        }
+        if let Some(listener) = signals {
+            builder.signal_listener(listener);
         }
         let registry = match builder.build() {
             Ok(registry) => registry,

@@ -2,9 +2,13 @@
 //! watchdog, which may need to print it from another thread while the runtime is stuck.
 
 use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use crate::report::{ComponentReport, Failure, Outcome, Report, Stage};
+use tokio::time::Instant;
+
+use crate::exit::ExitCause;
+use crate::failure::{Failure, FailureLog, FailureRecord, Stage};
+use crate::report::{ComponentReport, Outcome, Report};
 use crate::signal::Signal;
 use crate::{ComponentId, ShutdownReason, Tasks, lock};
 
@@ -25,14 +29,15 @@ pub struct ComponentStatus {
     pub start_duration: Option<Duration>,
     /// How long its stop took, once it finished.
     pub stop_duration: Option<Duration>,
-    /// How many of its tasks failed so far.
-    pub task_failures: usize,
+    /// How many times it failed so far (hooks and tasks); the report lists them.
+    pub failures: u64,
 }
 
 pub(crate) struct Progress {
     names: Vec<ComponentId>,
     critical: Vec<bool>,
     tasks: Vec<Tasks>,
+    failures: Vec<FailureLog>,
     state: Mutex<State>,
 }
 
@@ -50,18 +55,23 @@ struct Entry {
     start_duration: Option<Duration>,
     stop_began: Option<Instant>,
     stop_duration: Option<Duration>,
-    first_failure: Option<Outcome>,
     outcome: Option<Outcome>,
     notes: Vec<String>,
 }
 
 impl Progress {
-    pub(crate) fn new(names: Vec<ComponentId>, critical: Vec<bool>, tasks: Vec<Tasks>) -> Self {
+    pub(crate) fn new(
+        names: Vec<ComponentId>,
+        critical: Vec<bool>,
+        tasks: Vec<Tasks>,
+        failures: Vec<FailureLog>,
+    ) -> Self {
         let entries = names.iter().map(|_| Entry::default()).collect();
         Self {
             names,
             critical,
             tasks,
+            failures,
             state: Mutex::new(State { run_started: Instant::now(), shutdown_started: None, entries }),
         }
     }
@@ -96,21 +106,32 @@ impl Progress {
         }
     }
 
-    /// Records a failure that does not end the component's life (its stop still runs).
+    /// Records a failure of a hook; the component goes on (its stop still runs).
     pub(crate) fn fail(&self, index: usize, stage: Stage, failure: Failure) {
-        lock(&self.state).entries[index].first_failure.get_or_insert(Outcome::Failed { stage, failure });
+        self.failures[index].record(FailureRecord { stage, task: None, failure });
     }
 
-    /// Records how component `index` ended; an earlier failure takes precedence over `Stopped`.
+    /// The first failure of component `index`, if it had one.
+    pub(crate) fn first_failure(&self, index: usize) -> Option<FailureRecord> {
+        self.failures[index].first()
+    }
+
+    /// Records how component `index` ended. A component that failed at any point, and then
+    /// stopped (or failed again), ends with its first failure.
     pub(crate) fn finish(&self, index: usize, outcome: Outcome) {
+        if let Outcome::Failed { stage, failure } = &outcome {
+            self.fail(index, *stage, failure.clone());
+        }
+        let outcome = match (outcome, self.failures[index].first()) {
+            (Outcome::Stopped | Outcome::Failed { .. }, Some(first)) => {
+                Outcome::Failed { stage: first.stage, failure: first.failure }
+            }
+            (outcome, _) => outcome,
+        };
         let now = Instant::now();
         let mut state = lock(&self.state);
         let entry = &mut state.entries[index];
         entry.stop_duration = entry.stop_began.map(|began| now - began);
-        let outcome = match (outcome, entry.first_failure.take()) {
-            (Outcome::Stopped, Some(failure)) => failure,
-            (outcome, _) => outcome,
-        };
         entry.outcome = Some(outcome);
         entry.stage = None;
     }
@@ -139,7 +160,7 @@ impl Progress {
                 outcome: e.outcome.clone(),
                 start_duration: e.start_duration,
                 stop_duration: e.stop_duration,
-                task_failures: self.tasks[i].failure_count(),
+                failures: self.failures[i].count(),
             })
             .collect()
     }
@@ -159,19 +180,12 @@ impl Progress {
             .iter()
             .enumerate()
             .map(|(i, e)| {
-                let mut outcome = match (&e.outcome, e.stage, e.since) {
+                let outcome = match (&e.outcome, e.stage, e.since) {
                     (Some(outcome), _, _) => outcome.clone(),
                     (None, Some(Stage::Running), _) => Outcome::NotStopped,
                     (None, Some(stage), Some(since)) => Outcome::Abandoned { stage, after: now - since },
                     (None, _, _) => Outcome::NotStarted,
                 };
-                // The component whose task brought the service down failed while running, even
-                // though its own stop went well.
-                if let ShutdownReason::ComponentFailed { component, failure, .. } = &reason {
-                    if component == &self.names[i] && matches!(outcome, Outcome::Stopped) {
-                        outcome = Outcome::Failed { stage: Stage::Running, failure: failure.clone() };
-                    }
-                }
                 ComponentReport {
                     name: self.names[i].clone(),
                     critical: self.critical[i],
@@ -179,18 +193,18 @@ impl Progress {
                     start_duration: e.start_duration,
                     stop_duration: e.stop_duration.or_else(|| e.stop_began.map(|began| now - began)),
                     outstanding_tasks: self.tasks[i].outstanding(),
-                    task_failures: self.tasks[i].failures(),
+                    failures: self.failures[i].snapshot(),
                     notes: e.notes.clone(),
                 }
             })
             .collect();
-        let mut exit_code = forced_by.map_or_else(|| reason.exit_code(), Signal::forced_exit_code);
-        if exit_code == 0 && components.iter().any(|c| c.critical && c.outcome.is_failure()) {
-            exit_code = crate::report::EXIT_FAILURE;
-        }
+        let failed_critical =
+            components.iter().find(|c| c.critical && c.outcome.is_failure()).map(|c| &c.name);
+        let exit_cause = ExitCause::decide(&reason, forced_by, deadline_exceeded, failed_critical);
         Report {
             reason,
-            exit_code,
+            exit_code: exit_cause.code(),
+            exit_cause,
             forced_by,
             deadline_exceeded,
             components,

@@ -8,46 +8,14 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 use crate::component::SharedComponent;
+use crate::failure::FailureLog;
 use crate::graph::{Graph, GraphInput};
 use crate::progress::Progress;
+use crate::run::{Limits, OnReady, Parts, RunConfig, time_needed_below};
 use crate::{
     BuildError, Component, ComponentId, ComponentOptions, Context, Dep, Dependency, LifecycleHandle, Report,
-    Shutdown, Signals, Tasks,
+    Shutdown, SignalListener, Signals, Tasks,
 };
-
-/// Settings of a run, set through [`RegistryBuilder`].
-#[derive(Clone, Debug)]
-pub(crate) struct RunConfig {
-    pub(crate) default_start_timeout: Duration,
-    pub(crate) default_stop_timeout: Duration,
-    pub(crate) shutdown_deadline: Duration,
-    pub(crate) drain_delay: Duration,
-    pub(crate) signals: Signals,
-    pub(crate) watchdog: bool,
-    pub(crate) health_timeout: Duration,
-}
-
-impl Default for RunConfig {
-    fn default() -> Self {
-        Self {
-            default_start_timeout: Duration::from_secs(15),
-            default_stop_timeout: Duration::from_secs(10),
-            shutdown_deadline: Duration::from_secs(25),
-            drain_delay: Duration::ZERO,
-            signals: Signals::default(),
-            watchdog: true,
-            health_timeout: Duration::from_secs(2),
-        }
-    }
-}
-
-/// A component's options with the registry's defaults filled in.
-#[derive(Clone, Copy, Debug)]
-pub(crate) struct Limits {
-    pub(crate) start_timeout: Duration,
-    pub(crate) stop_timeout: Duration,
-    pub(crate) critical: bool,
-}
 
 /// Collects components and run settings; [`build`](RegistryBuilder::build) checks them.
 ///
@@ -72,9 +40,12 @@ pub(crate) struct Limits {
 /// # Ok::<(), lifecycle_core::BuildError>(())
 /// ```
 #[derive(Default)]
+#[must_use = "a builder does nothing until it is built and run"]
 pub struct RegistryBuilder {
     entries: Vec<Entry>,
     config: RunConfig,
+    listener: Option<SignalListener>,
+    on_ready: Vec<OnReady>,
 }
 
 struct Entry {
@@ -112,7 +83,9 @@ impl RegistryBuilder {
     }
 
     /// The time from a shutdown request to the end of the run, whatever hangs (default 25 s).
-    /// Set it below the platform's grace period (Kubernetes: 30 s after preStop).
+    /// The process ends at the latest at this deadline plus the
+    /// [watchdog grace](RegistryBuilder::watchdog_grace): keep that sum below the platform's
+    /// grace period (Kubernetes: 30 s after preStop; systemd: `TimeoutStopSec=`).
     pub fn shutdown_deadline(&mut self, deadline: Duration) -> &mut Self {
         self.config.shutdown_deadline = deadline;
         self
@@ -150,14 +123,44 @@ impl RegistryBuilder {
         self
     }
 
+    /// How long after the shutdown deadline the watchdog ends a process whose run could not
+    /// finish (default 500 ms, at most 60 s): the time the run has to write its own report
+    /// first. The watchdog runs on an OS thread and the real clock, even in tests with paused
+    /// time.
+    pub fn watchdog_grace(&mut self, grace: Duration) -> &mut Self {
+        self.config.watchdog_grace = grace;
+        self
+    }
+
+    /// Uses signals already being caught (installed first thing in `main`, before anything
+    /// could fail or take time) instead of installing the [`signals`](RegistryBuilder::signals)
+    /// when the run starts. Signals that arrived in between are acted on at once.
+    pub fn signal_listener(&mut self, listener: SignalListener) -> &mut Self {
+        self.config.signals = listener.signals();
+        self.listener = Some(listener);
+        self
+    }
+
+    /// Calls `callback` once, when every component has started and the service turns ready:
+    /// for what belongs to the program rather than to a component (print an address, tell a
+    /// test harness). It runs on the run's task, so it must not block; a panic in it is logged.
+    pub fn on_ready(&mut self, callback: impl FnOnce(&LifecycleHandle) + Send + 'static) -> &mut Self {
+        self.on_ready.push(Box::new(callback));
+        self
+    }
+
     /// How long one health check may take (default 2 s).
     pub fn health_timeout(&mut self, timeout: Duration) -> &mut Self {
         self.config.health_timeout = timeout;
         self
     }
 
-    /// Checks names and dependencies and prepares the run.
+    /// Checks names, dependencies and settings, and prepares the run. Every problem found is
+    /// reported, not only the first. A stop timeout at or above the shutdown deadline is logged
+    /// as a warning: should that component hang, the run shares the time left between it and
+    /// what it depends on (see the crate documentation).
     pub fn build(self) -> Result<Registry, BuildError> {
+        let mut errors = self.check_settings();
         let inputs: Vec<GraphInput<'_>> = self
             .entries
             .iter()
@@ -168,7 +171,16 @@ impl RegistryBuilder {
                 dependencies: &e.dependencies,
             })
             .collect();
-        let graph = Graph::build(&inputs)?;
+        let graph = match Graph::build(&inputs) {
+            Ok(graph) => graph,
+            Err(graph_errors) => {
+                errors.extend(graph_errors);
+                return Err(BuildError::from_list(errors));
+            }
+        };
+        if !errors.is_empty() {
+            return Err(BuildError::from_list(errors));
+        }
 
         let shutdown = Shutdown::new();
         let options: Vec<Limits> = self
@@ -180,16 +192,22 @@ impl RegistryBuilder {
                 critical: e.options.critical,
             })
             .collect();
+        self.warn_about_stop_budget(&graph, &options);
+        let failures: Vec<FailureLog> = self.entries.iter().map(|_| FailureLog::default()).collect();
         let tasks: Vec<Tasks> = self
             .entries
             .iter()
             .zip(&options)
-            .map(|(e, o)| Tasks::new(e.id.clone(), o.critical, shutdown.clone()))
+            .zip(&failures)
+            .map(|((e, o), failures)| {
+                Tasks::new(e.id.clone(), o.critical, shutdown.clone(), failures.clone())
+            })
             .collect();
         let progress = Arc::new(Progress::new(
             self.entries.iter().map(|e| e.id.clone()).collect(),
             options.iter().map(|o| o.critical).collect(),
             tasks.clone(),
+            failures,
         ));
         let handle = LifecycleHandle::new(
             shutdown,
@@ -213,14 +231,88 @@ impl RegistryBuilder {
             })
             .collect();
         Ok(Registry {
-            components: self.entries.into_iter().map(|e| e.component).collect(),
-            contexts,
-            options,
-            graph,
-            config: self.config,
-            handle,
-            root,
+            parts: Parts {
+                components: self.entries.into_iter().map(|e| e.component).collect(),
+                contexts,
+                limits: options,
+                graph,
+                config: self.config,
+                listener: self.listener,
+                on_ready: self.on_ready,
+                handle,
+                root,
+            },
         })
+    }
+
+    /// Settings that cannot work: a zero or unrepresentable deadline, a grace out of range.
+    fn check_settings(&self) -> Vec<BuildError> {
+        const FINITE: &str = "a duration the clock can add to now (not `Duration::MAX`)";
+        let config = &self.config;
+        let mut errors = Vec::new();
+        let mut check = |setting: &'static str, ok: bool, value: Duration, expected: &'static str| {
+            if !ok {
+                errors.push(BuildError::InvalidSetting { setting, value: format!("{value:?}"), expected });
+            }
+        };
+        // `Instant` arithmetic panics on overflow: a deadline must fit after any moment of the run.
+        let fits = |d: Duration| tokio::time::Instant::now().checked_add(d.saturating_mul(2)).is_some();
+        check(
+            "shutdown_deadline",
+            !config.shutdown_deadline.is_zero(),
+            config.shutdown_deadline,
+            "more than zero",
+        );
+        check("shutdown_deadline", fits(config.shutdown_deadline), config.shutdown_deadline, FINITE);
+        check("drain_delay", fits(config.drain_delay), config.drain_delay, FINITE);
+        check(
+            "default_start_timeout",
+            fits(config.default_start_timeout),
+            config.default_start_timeout,
+            FINITE,
+        );
+        check("default_stop_timeout", fits(config.default_stop_timeout), config.default_stop_timeout, FINITE);
+        check("health_timeout", fits(config.health_timeout), config.health_timeout, FINITE);
+        check(
+            "watchdog_grace",
+            !config.watchdog_grace.is_zero() && config.watchdog_grace <= Duration::from_secs(60),
+            config.watchdog_grace,
+            "between 1 ns and 60 s",
+        );
+        for entry in &self.entries {
+            for (setting, value) in
+                [("start_timeout", entry.options.start_timeout), ("stop_timeout", entry.options.stop_timeout)]
+            {
+                if let Some(value) = value.filter(|&v| !fits(v)) {
+                    errors.push(BuildError::InvalidComponentSetting {
+                        component: entry.id.clone(),
+                        setting,
+                        value: format!("{value:?}"),
+                        expected: FINITE,
+                    });
+                }
+            }
+        }
+        errors
+    }
+
+    /// Warns about stop timeouts that cannot fit in the shutdown deadline at all. (A chain of
+    /// timeouts that together exceed it is normal: they are limits, not expected durations.)
+    fn warn_about_stop_budget(&self, graph: &Graph, limits: &[Limits]) {
+        let deadline = self.config.shutdown_deadline;
+        let below = time_needed_below(graph, limits);
+        for (index, entry) in self.entries.iter().enumerate() {
+            if limits[index].stop_timeout >= deadline {
+                tracing::warn!(
+                    component = %entry.id,
+                    stop_timeout_ms = limits[index].stop_timeout.as_millis() as u64,
+                    shutdown_deadline_ms = deadline.as_millis() as u64,
+                    dependencies_need_ms = below[index].as_millis() as u64,
+                    "stop timeout does not fit in the shutdown deadline; if the component hangs, it gets \
+                     a share of the time left in proportion to its timeout, so what it depends on still stops"
+                );
+            }
+        }
     }
 }
 
@@ -229,6 +321,8 @@ impl fmt::Debug for RegistryBuilder {
         f.debug_struct("RegistryBuilder")
             .field("components", &self.entries.iter().map(|e| &e.id).collect::<Vec<_>>())
             .field("config", &self.config)
+            .field("signal_listener", &self.listener)
+            .field("on_ready", &self.on_ready.len())
             .finish()
     }
 }
@@ -282,14 +376,9 @@ impl<T> fmt::Debug for Registration<'_, T> {
 }
 
 /// Checked components, ready to run.
+#[must_use = "a registry does nothing until it is run"]
 pub struct Registry {
-    pub(crate) components: Vec<SharedComponent>,
-    pub(crate) contexts: Vec<Context>,
-    pub(crate) options: Vec<Limits>,
-    pub(crate) graph: Graph,
-    pub(crate) config: RunConfig,
-    pub(crate) handle: LifecycleHandle,
-    pub(crate) root: CancellationToken,
+    parts: Parts,
 }
 
 impl Registry {
@@ -300,13 +389,13 @@ impl Registry {
 
     /// A handle on the run, to keep before calling [`run`](Registry::run).
     pub fn handle(&self) -> LifecycleHandle {
-        self.handle.clone()
+        self.parts.handle.clone()
     }
 
     /// The root cancellation token: every component's token is a child of it. It is cancelled
     /// when the run ends.
     pub fn root_token(&self) -> &CancellationToken {
-        &self.root
+        &self.parts.root
     }
 
     /// Starts every component, waits for a shutdown request, stops every component, and
@@ -315,16 +404,16 @@ impl Registry {
     /// Needs a multi-threaded tokio runtime for per-hook timeouts to hold when a hook blocks
     /// its thread; the watchdog bounds the shutdown either way.
     pub async fn run(self) -> Report {
-        crate::run::run(self).await
+        crate::run::run(self.parts).await
     }
 }
 
 impl fmt::Debug for Registry {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Registry")
-            .field("components", &self.contexts.iter().map(Context::name).collect::<Vec<_>>())
-            .field("graph", &self.graph)
-            .field("config", &self.config)
+            .field("components", &self.parts.contexts.iter().map(Context::name).collect::<Vec<_>>())
+            .field("graph", &self.parts.graph)
+            .field("config", &self.parts.config)
             .finish()
     }
 }

@@ -2,76 +2,14 @@
 
 use std::error::Error;
 use std::fmt::{self, Write as _};
-use std::sync::Arc;
 use std::time::Duration;
 
+use crate::exit::ExitCause;
+use crate::failure::{Elapsed, Failure, Failures, Stage};
 use crate::signal::Signal;
 use crate::tasks::TaskCount;
 use crate::text::joined;
 use crate::{ComponentId, ShutdownReason};
-
-/// An error shared between the report, logs and the shutdown reason.
-pub type SharedError = Arc<dyn Error + Send + Sync + 'static>;
-
-/// Where in its life a component was.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-#[non_exhaustive]
-pub enum Stage {
-    /// In its start hook.
-    Starting,
-    /// Started; its tasks run.
-    Running,
-    /// In its drain hook.
-    Draining,
-    /// In its stop hook.
-    Stopping,
-    /// Stop hook done; waiting for its tasks to end.
-    WaitingForTasks,
-}
-
-impl fmt::Display for Stage {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Stage::Starting => "starting",
-            Stage::Running => "running",
-            Stage::Draining => "draining",
-            Stage::Stopping => "stopping",
-            Stage::WaitingForTasks => "waiting for tasks",
-        })
-    }
-}
-
-/// How a hook or task failed.
-#[derive(Clone, Debug)]
-#[non_exhaustive]
-pub enum Failure {
-    /// It returned an error.
-    Error(SharedError),
-    /// It panicked, with this message.
-    Panic(String),
-    /// It did not finish within its timeout.
-    TimedOut(Duration),
-}
-
-impl fmt::Display for Failure {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Failure::Error(error) => {
-                write!(f, "failed: {error}")?;
-                let mut source = error.source();
-                while let Some(cause) = source {
-                    write!(f, ": {cause}")?;
-                    source = cause.source();
-                }
-                Ok(())
-            }
-            Failure::Panic(message) => write!(f, "panicked: {message}"),
-            Failure::TimedOut(after) => write!(f, "timed out after {}", Elapsed(*after)),
-        }
-    }
-}
-
-impl Error for Failure {}
 
 /// How a component's life ended.
 #[derive(Clone, Debug)]
@@ -117,21 +55,15 @@ impl fmt::Display for Outcome {
             Outcome::NotStarted => f.write_str("not started"),
             Outcome::StartCancelled => f.write_str("start cancelled"),
             Outcome::NotStopped => f.write_str("not stopped: the run ended before its turn"),
+            Outcome::Failed { stage, failure: failure @ Failure::Error(_) } => {
+                write!(f, "failed: {failure} ({stage})")
+            }
             Outcome::Failed { stage, failure } => write!(f, "{failure} ({stage})"),
             Outcome::Abandoned { stage, after } => {
                 write!(f, "abandoned while {stage} after {}", Elapsed(*after))
             }
         }
     }
-}
-
-/// A task that returned an error or panicked.
-#[derive(Clone, Debug)]
-pub struct TaskFailure {
-    /// The task's name.
-    pub task: String,
-    /// How it failed.
-    pub failure: Failure,
 }
 
 /// What happened to one component.
@@ -150,8 +82,8 @@ pub struct ComponentReport {
     pub stop_duration: Option<Duration>,
     /// Its tasks still running when the report was made.
     pub outstanding_tasks: Vec<TaskCount>,
-    /// Its tasks that failed.
-    pub task_failures: Vec<TaskFailure>,
+    /// Every failure it had, of hooks and tasks: the first (its outcome), a count, the last few.
+    pub failures: Failures,
     /// What the component said about its run ([`Context::note`](crate::Context::note)).
     pub notes: Vec<String>,
 }
@@ -160,11 +92,14 @@ pub struct ComponentReport {
 /// `Display` as a table, and emitted as `tracing` events.
 #[derive(Clone, Debug)]
 #[non_exhaustive]
+#[must_use = "a report says how the run ended: exit with it, print it, or check it"]
 pub struct Report {
     /// Why the service stopped.
     pub reason: ShutdownReason,
-    /// The exit code the process should end with.
+    /// The exit code the process should end with: [`exit_cause`](Report::exit_cause)'s.
     pub exit_code: i32,
+    /// Why the exit code is what it is.
+    pub exit_cause: ExitCause,
     /// The second signal that made the run stop waiting, if one came.
     pub forced_by: Option<Signal>,
     /// Whether the global shutdown deadline passed before everything stopped.
@@ -176,12 +111,6 @@ pub struct Report {
     /// From the shutdown request to the report.
     pub shutdown: Duration,
 }
-
-/// Exit code used when the service failed for a reason that carries none of its own.
-pub const EXIT_FAILURE: i32 = 1;
-
-/// Exit code of a process ended by the watchdog because the global deadline passed.
-pub const EXIT_DEADLINE: i32 = 124;
 
 impl Report {
     /// The report of one component.
@@ -225,8 +154,8 @@ impl Report {
             let stop_ms = c.stop_duration.map(|d| d.as_secs_f64() * 1e3);
             let outstanding = TaskList(&c.outstanding_tasks).to_string();
             let notes = c.notes.join("; ");
-            if c.outcome.is_failure() || !c.task_failures.is_empty() {
-                tracing::error!(component = %c.name, outcome = %c.outcome, start_ms, stop_ms, %outstanding, task_failures = c.task_failures.len(), notes, "component report");
+            if c.outcome.is_failure() || !c.failures.is_empty() {
+                tracing::error!(component = %c.name, outcome = %c.outcome, start_ms, stop_ms, %outstanding, failures = c.failures.count, notes, "component report");
             } else {
                 tracing::info!(component = %c.name, outcome = %c.outcome, start_ms, stop_ms, notes, "component report");
             }
@@ -234,9 +163,9 @@ impl Report {
         let total_ms = self.total.as_secs_f64() * 1e3;
         let shutdown_ms = self.shutdown.as_secs_f64() * 1e3;
         if self.is_success() {
-            tracing::info!(reason = %self.reason, exit_code = self.exit_code, total_ms, shutdown_ms, "lifecycle run finished");
+            tracing::info!(reason = %self.reason, exit_code = self.exit_code, exit_cause = %self.exit_cause, total_ms, shutdown_ms, "lifecycle run finished");
         } else {
-            tracing::error!(reason = %self.reason, exit_code = self.exit_code, total_ms, shutdown_ms, "lifecycle run failed");
+            tracing::error!(reason = %self.reason, exit_code = self.exit_code, exit_cause = %self.exit_cause, total_ms, shutdown_ms, "lifecycle run failed");
         }
     }
 }
@@ -246,15 +175,17 @@ impl fmt::Display for Report {
         writeln!(f, "lifecycle report: {}", self.reason)?;
         write!(
             f,
-            "exit code {}, run {}, shutdown {}",
+            "exit code {} ({}), run {}, shutdown {}",
             self.exit_code,
+            self.exit_cause,
             Elapsed(self.total),
             Elapsed(self.shutdown)
         )?;
-        if let Some(signal) = self.forced_by {
+        // Said even when the exit cause is another one, so neither fact is hidden.
+        if let Some(signal) = self.forced_by.filter(|_| !matches!(self.exit_cause, ExitCause::Forced(_))) {
             write!(f, ", forced by a second {signal}")?;
         }
-        if self.deadline_exceeded {
+        if self.deadline_exceeded && self.exit_cause != ExitCause::DeadlineExceeded {
             f.write_str(", shutdown deadline exceeded")?;
         }
         f.write_char('\n')?;
@@ -288,8 +219,11 @@ impl fmt::Display for Report {
             for note in &c.notes {
                 writeln!(f, "  `{}`: {note}", c.name)?;
             }
-            for failure in &c.task_failures {
-                writeln!(f, "  task `{}` of `{}` {}", failure.task, c.name, failure.failure)?;
+            for failure in c.failures.iter() {
+                writeln!(f, "  `{}`: {failure}", c.name)?;
+            }
+            if c.failures.dropped() > 0 {
+                writeln!(f, "  `{}`: {} more failures not kept", c.name, c.failures.dropped())?;
             }
         }
         Ok(())
@@ -331,22 +265,6 @@ impl fmt::Display for RunError {
 impl Error for RunError {
     fn source(&self) -> Option<&(dyn Error + 'static)> {
         self.report.reason.failure().map(|(_, failure)| failure as &(dyn Error + 'static))
-    }
-}
-
-/// A duration written for people: `850µs`, `12.3ms`, `4.02s`.
-pub(crate) struct Elapsed(pub(crate) Duration);
-
-impl fmt::Display for Elapsed {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let micros = self.0.as_micros();
-        if micros < 1_000 {
-            write!(f, "{micros}µs")
-        } else if micros < 1_000_000 {
-            write!(f, "{:.1}ms", self.0.as_secs_f64() * 1e3)
-        } else {
-            write!(f, "{:.2}s", self.0.as_secs_f64())
-        }
     }
 }
 

@@ -2,13 +2,16 @@
 //! coming up, so that it gives up with the last error rather than a bare timeout.
 
 use std::future::Future;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 /// Retries an attempt with exponential backoff until a deadline.
 ///
 /// ```
 /// use lifecycle_core::Retry;
-/// use std::time::{Duration, Instant};
+/// use std::time::Duration;
+/// use tokio::time::Instant;
 ///
 /// # tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap().block_on(async {
 /// let outcome = Retry::until(Instant::now() + Duration::from_secs(1))
@@ -40,9 +43,10 @@ pub struct RetryFailure<E> {
 }
 
 impl Retry {
-    /// Retries until `deadline`, waiting 50 ms after the first failure, doubling up to 2 s.
-    pub fn until(deadline: Instant) -> Self {
-        Self { until: deadline, first: Duration::from_millis(50), max: Duration::from_secs(2) }
+    /// Retries until `deadline` (on tokio's clock; a `std::time::Instant` converts), waiting
+    /// 50 ms after the first failure, doubling up to 2 s.
+    pub fn until(deadline: impl Into<Instant>) -> Self {
+        Self { until: deadline.into(), first: Duration::from_millis(50), max: Duration::from_secs(2) }
     }
 
     /// Sets the first and the longest wait between attempts.
@@ -70,7 +74,7 @@ impl Retry {
         let mut attempts = 0;
         loop {
             attempts += 1;
-            let error = match tokio::time::timeout_at(self.until.into(), attempt(attempts)).await {
+            let error = match tokio::time::timeout_at(self.until, attempt(attempts)).await {
                 Ok(Ok(value)) => return Ok(value),
                 Ok(Err(error)) => error,
                 Err(_) => return Err(RetryFailure { attempts, elapsed: began.elapsed(), last_error: None }),

@@ -2,11 +2,12 @@
 
 use std::fmt;
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
 
+use tokio::time::Instant;
 use tokio_util::sync::{CancellationToken, WaitForCancellationFuture};
 
-use crate::report::Failure;
+use crate::exit::{EXIT_FAILURE, is_valid_code};
+use crate::failure::{Chain, Failure};
 use crate::signal::Signal;
 use crate::{ComponentId, lock};
 
@@ -49,16 +50,6 @@ pub enum ShutdownReason {
 }
 
 impl ShutdownReason {
-    /// The exit code this reason asks for: 0 for a signal, the caller's for a request, 1 for a
-    /// failure.
-    pub fn exit_code(&self) -> i32 {
-        match self {
-            ShutdownReason::Signal(_) | ShutdownReason::HandedOver { .. } => 0,
-            ShutdownReason::Requested { exit_code, .. } => *exit_code,
-            ShutdownReason::ComponentFailed { .. } | ShutdownReason::StartFailed { .. } => 1,
-        }
-    }
-
     /// The failure behind this reason, if it is one.
     pub fn failure(&self) -> Option<(&ComponentId, &Failure)> {
         match self {
@@ -75,14 +66,17 @@ impl fmt::Display for ShutdownReason {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             ShutdownReason::Signal(signal) => write!(f, "{signal} received"),
-            ShutdownReason::Requested { message, exit_code } => {
-                write!(f, "shutdown requested: {message} (exit code {exit_code})")
-            }
+            // The exit code is the report's to say: the one asked for is not always the one used.
+            ShutdownReason::Requested { message, .. } => write!(f, "shutdown requested: {message}"),
             ShutdownReason::ComponentFailed { component, task, failure } => {
-                write!(f, "component `{component}` failed while running: task `{task}` {failure}")
+                write!(f, "component `{component}` failed while running: task `{task}` ")?;
+                match failure {
+                    Failure::Error(_) => write!(f, "failed: {}", Chain(failure)),
+                    other => write!(f, "{other}"),
+                }
             }
             ShutdownReason::StartFailed { component, failure } => {
-                write!(f, "component `{component}` failed to start: {failure}")
+                write!(f, "component `{component}` failed to start: {}", Chain(failure))
             }
             ShutdownReason::HandedOver { successor } => write!(f, "handed over to process {successor}"),
         }
@@ -122,10 +116,22 @@ impl Shutdown {
         }
     }
 
-    /// Asks the service to stop gracefully and exit with `exit_code`. Returns false when a
-    /// shutdown was already requested, in which case the first reason stands.
+    /// Asks the service to stop gracefully and exit with `exit_code` (0 to 255). Returns false
+    /// when a shutdown was already requested, in which case the first reason stands.
+    ///
+    /// A code outside 0 to 255 cannot be an exit status (Unix keeps its low 8 bits: 256 would
+    /// read as success): it is logged as an error and replaced by
+    /// [`EXIT_FAILURE`](crate::EXIT_FAILURE). The report's exit code follows
+    /// [`ExitCause`](crate::ExitCause): a failure or a missed deadline can override a 0.
     pub fn request(&self, message: impl Into<String>, exit_code: i32) -> bool {
-        self.trigger(ShutdownReason::Requested { message: message.into(), exit_code })
+        let message = message.into();
+        let exit_code = if is_valid_code(exit_code) {
+            exit_code
+        } else {
+            tracing::error!(exit_code, %message, "Shutdown::request: an exit code is 0 to 255; using 1");
+            EXIT_FAILURE
+        };
+        self.trigger(ShutdownReason::Requested { message, exit_code })
     }
 
     /// Starts the shutdown of a process whose successor (process `successor`) took over and is

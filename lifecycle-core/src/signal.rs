@@ -27,12 +27,6 @@ impl Signal {
         }
     }
 
-    /// The exit code of a process that gives up waiting on a second signal: 128 plus its number,
-    /// as a shell reports a process killed by that signal.
-    pub fn forced_exit_code(self) -> i32 {
-        128 + self.number()
-    }
-
     fn name(self) -> &'static str {
         match self {
             Signal::Terminate => "SIGTERM",
@@ -90,47 +84,78 @@ impl Signals {
     }
 }
 
-/// Streams of the configured signals, merged.
-pub(crate) struct SignalListener {
+/// The configured signals, caught from the moment the listener is installed.
+///
+/// [`Registry::run`](crate::Registry::run) installs one when it starts. A program that wants
+/// signals caught earlier, before anything else runs, installs it itself first thing in `main`
+/// (even before a runtime exists) and hands it over with
+/// [`RegistryBuilder::signal_listener`](crate::RegistryBuilder::signal_listener): a signal that
+/// arrives in between is kept, not lost, and no longer ends the process without a report.
+/// `#[lifecycle_core::main]` does this for you.
+///
+/// ```
+/// use lifecycle_core::{Registry, SignalListener, Signals};
+///
+/// let listener = SignalListener::install(&Signals::default())?;
+/// // ... read configuration, inherit sockets, build the runtime ...
+/// let mut builder = Registry::builder();
+/// builder.signal_listener(listener);
+/// # Ok::<(), std::io::Error>(())
+/// ```
+pub struct SignalListener {
     #[cfg(unix)]
-    streams: Vec<(Signal, tokio::signal::unix::Signal)>,
+    streams: Vec<unix::Stream>,
+    pending: std::collections::VecDeque<Signal>,
 }
 
 impl SignalListener {
-    /// Installs the handlers. A signal whose handler cannot be installed is left out and logged.
+    /// Starts catching `signals` now: from here on they no longer end the process, they are
+    /// counted until the run reads them.
+    ///
+    /// # Errors
+    /// When a handler cannot be installed (the signal cannot be caught, or the process is out of
+    /// descriptors).
     #[cfg(unix)]
-    pub(crate) fn new(signals: &Signals) -> Self {
-        use tokio::signal::unix::{SignalKind, signal};
-        let streams = signals
-            .iter()
-            .filter_map(|sig| match signal(SignalKind::from_raw(sig.number())) {
-                Ok(stream) => Some((sig, stream)),
-                Err(error) => {
-                    tracing::error!(signal = %sig, %error, "cannot listen for signal");
-                    None
-                }
-            })
-            .collect();
-        Self { streams }
+    pub fn install(signals: &Signals) -> std::io::Result<Self> {
+        let streams = signals.iter().map(unix::Stream::install).collect::<std::io::Result<_>>()?;
+        Ok(Self { streams, pending: std::collections::VecDeque::new() })
     }
 
-    /// The next signal, or never when none is configured.
+    /// Starts catching Ctrl-C (the only signal outside Unix) when the run starts.
+    #[cfg(not(unix))]
+    pub fn install(_signals: &Signals) -> std::io::Result<Self> {
+        Ok(Self { pending: std::collections::VecDeque::new() })
+    }
+
+    /// The signals this listener catches.
+    pub fn signals(&self) -> Signals {
+        #[cfg(unix)]
+        return Signals::only(self.streams.iter().map(|stream| stream.signal));
+        #[cfg(not(unix))]
+        Signals::only([Signal::Interrupt])
+    }
+
+    /// The next signal: one caught before this call first, then one as it arrives.
     #[cfg(unix)]
     pub(crate) async fn recv(&mut self) -> Signal {
-        std::future::poll_fn(|cx| {
-            for (sig, stream) in &mut self.streams {
-                if let std::task::Poll::Ready(Some(())) = stream.poll_recv(cx) {
-                    return std::task::Poll::Ready(*sig);
-                }
+        loop {
+            if let Some(signal) = self.pending.pop_front() {
+                return signal;
             }
-            std::task::Poll::Pending
-        })
-        .await
-    }
-
-    #[cfg(not(unix))]
-    pub(crate) fn new(_signals: &Signals) -> Self {
-        Self {}
+            let pending = &mut self.pending;
+            let streams = &mut self.streams;
+            std::future::poll_fn(|cx| {
+                let mut any = false;
+                for stream in streams.iter_mut() {
+                    for _ in 0..stream.poll_count(cx) {
+                        pending.push_back(stream.signal);
+                        any = true;
+                    }
+                }
+                if any { std::task::Poll::Ready(()) } else { std::task::Poll::Pending }
+            })
+            .await;
+        }
     }
 
     /// Ctrl-C is the only signal outside Unix.
@@ -141,6 +166,110 @@ impl SignalListener {
                 return Signal::Interrupt;
             }
             std::future::pending::<()>().await;
+        }
+    }
+}
+
+impl fmt::Debug for SignalListener {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SignalListener").field("signals", &self.signals()).finish()
+    }
+}
+
+#[cfg(unix)]
+mod unix {
+    use std::io::ErrorKind;
+    use std::os::unix::net::UnixStream;
+    use std::task::Context;
+
+    use signal_hook::SigId;
+
+    use super::Signal;
+
+    /// One signal, written as a byte into a socket pair by the handler: the byte count is the
+    /// delivery count, readable before a runtime exists and awaited once one does.
+    pub(super) struct Stream {
+        pub(super) signal: Signal,
+        id: SigId,
+        receiver: Receiver,
+    }
+
+    enum Receiver {
+        /// Installed before a runtime: a plain socket, registered with tokio at the first poll.
+        Plain(UnixStream),
+        Async(tokio::net::UnixStream),
+        /// Tokio could not take the socket (a runtime without I/O); logged once, never ready.
+        Broken,
+    }
+
+    impl Stream {
+        pub(super) fn install(signal: Signal) -> std::io::Result<Self> {
+            let (receiver, sender) = UnixStream::pair()?;
+            receiver.set_nonblocking(true)?;
+            sender.set_nonblocking(true)?;
+            let id = signal_hook::low_level::pipe::register(signal.number(), sender)?;
+            Ok(Self { signal, id, receiver: Receiver::Plain(receiver) })
+        }
+
+        /// How many times the signal arrived since the last call; registers for a wake-up when
+        /// none did.
+        pub(super) fn poll_count(&mut self, cx: &mut Context<'_>) -> usize {
+            if let Receiver::Plain(_) = self.receiver {
+                let Receiver::Plain(plain) = std::mem::replace(&mut self.receiver, Receiver::Broken) else {
+                    return 0;
+                };
+                self.receiver = match tokio::net::UnixStream::from_std(plain) {
+                    Ok(stream) => Receiver::Async(stream),
+                    Err(error) => {
+                        tracing::error!(signal = %self.signal, %error, "cannot listen for signal (a tokio runtime with I/O enabled is needed)");
+                        Receiver::Broken
+                    }
+                };
+            }
+            let Receiver::Async(stream) = &mut self.receiver else { return 0 };
+            let mut count = 0;
+            let mut buffer = [0u8; 64];
+            loop {
+                if stream.poll_read_ready(cx).is_pending() {
+                    return count;
+                }
+                match stream.try_read(&mut buffer) {
+                    Ok(0) => return count,
+                    Ok(read) => count += read,
+                    Err(error) if error.kind() == ErrorKind::WouldBlock => {}
+                    Err(error) => {
+                        tracing::error!(signal = %self.signal, %error, "cannot read caught signals");
+                        return count;
+                    }
+                }
+            }
+        }
+    }
+
+    impl Drop for Stream {
+        fn drop(&mut self) {
+            signal_hook::low_level::unregister(self.id);
+        }
+    }
+}
+
+/// Turns signals into shutdown requests until `done`: the first starts a graceful shutdown,
+/// every later one forces the run to stop waiting.
+pub(crate) async fn listen(
+    mut listener: SignalListener,
+    shutdown: crate::Shutdown,
+    done: tokio_util::sync::CancellationToken,
+) {
+    loop {
+        let signal = tokio::select! {
+            _ = done.cancelled() => return,
+            signal = listener.recv() => signal,
+        };
+        if shutdown.trigger(crate::ShutdownReason::Signal(signal)) {
+            tracing::info!(%signal, "signal received; shutting down");
+        } else {
+            tracing::warn!(%signal, "second signal; ending without waiting for the rest");
+            shutdown.force(signal);
         }
     }
 }

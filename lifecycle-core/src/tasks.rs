@@ -8,12 +8,13 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex, Weak};
 use std::task::{Context as TaskContext, Poll, ready};
 
-use tokio::task::JoinHandle;
+use tokio::task::{AbortHandle, JoinHandle};
 use tokio_util::task::TaskTracker;
 use tokio_util::task::task_tracker::TaskTrackerWaitFuture;
+use tracing::Instrument;
 
+use crate::failure::{Failure, FailureLog, FailureRecord, Stage};
 use crate::panic::{CatchUnwind, panic_message};
-use crate::report::{Failure, TaskFailure};
 use crate::shutdown::{Shutdown, ShutdownReason};
 use crate::{BoxError, ComponentId, lock};
 
@@ -33,6 +34,29 @@ impl<E: Into<BoxError> + Send + 'static> TaskOutput for Result<(), E> {
     fn into_result(self) -> Result<(), BoxError> {
         self.map_err(Into::into)
     }
+}
+
+/// A task that never returns (`|| panic!(..)`, `async { loop { .. } }`) has the output `!`,
+/// which stable Rust cannot name directly; a function pointer's return type names it.
+impl TaskOutput for never::Never {
+    fn into_result(self) -> Result<(), BoxError> {
+        match self {}
+    }
+}
+
+mod never {
+    /// The return type of a function pointer type.
+    pub trait Returns {
+        /// What it returns.
+        type Output;
+    }
+
+    impl<O> Returns for fn() -> O {
+        type Output = O;
+    }
+
+    /// The never type, `!`.
+    pub(super) type Never = <fn() -> ! as Returns>::Output;
 }
 
 /// How many tasks with one name are still running.
@@ -69,10 +93,20 @@ struct Shared {
     component: ComponentId,
     critical: bool,
     shutdown: Shutdown,
+    registry: Mutex<Registry>,
+    failures: FailureLog,
+}
+
+/// What the set knows of its running tasks.
+#[derive(Default)]
+struct Registry {
     // Tasks are counted per name rather than one entry per task: a component with 100,000
     // tasks named "connection" costs one entry, and a finishing task only decrements an atomic.
-    names: Mutex<HashMap<Cow<'static, str>, Arc<NameCount>>>,
-    failures: Mutex<Vec<TaskFailure>>,
+    names: HashMap<Cow<'static, str>, Arc<NameCount>>,
+    // To abort what is left once the run gave up on it. Finished tasks' handles are swept when
+    // the list outgrows the running tasks by a quarter, so a spawn costs amortised O(1) and a
+    // finishing task still only its atomic decrement.
+    aborts: Vec<AbortHandle>,
 }
 
 /// The running tasks of one name. Each running task holds one reference to it and the name map
@@ -149,7 +183,8 @@ const SWEEP_ABOVE: usize = 64;
 
 impl Shared {
     fn count_in(self: &Arc<Self>, name: Cow<'static, str>) -> LiveGuard {
-        let mut names = lock(&self.names);
+        let mut registry = lock(&self.registry);
+        let names = &mut registry.names;
         if !names.contains_key(&name) && names.len() >= SWEEP_ABOVE {
             names.retain(|_, count| running(count) > 0);
         }
@@ -159,8 +194,17 @@ impl Shared {
         LiveGuard(Arc::clone(entry))
     }
 
+    fn keep_abort_handle(&self, handle: AbortHandle, running: usize) {
+        let mut registry = lock(&self.registry);
+        if registry.aborts.len() >= SWEEP_ABOVE && registry.aborts.len() > running + running / 4 {
+            registry.aborts.retain(|handle| !handle.is_finished());
+        }
+        registry.aborts.push(handle);
+    }
+
     fn prune(&self, count: &Arc<NameCount>) {
-        let mut names = lock(&self.names);
+        let mut registry = lock(&self.registry);
+        let names = &mut registry.names;
         // Spawns count in under this lock, so two references (the map's and the caller's) mean
         // no other task of this name exists or can appear before the removal.
         if Arc::strong_count(count) == 2
@@ -171,32 +215,44 @@ impl Shared {
     }
 
     fn fail(&self, task: &str, failure: Failure) {
+        let record = FailureRecord { stage: Stage::Running, task: Some(task.to_owned()), failure };
         if self.critical {
-            tracing::error!(component = %self.component, task, %failure, "critical task failed; stopping the service");
+            tracing::error!(component = %self.component, failure = %record, "critical task failed; stopping the service");
             self.shutdown.trigger(ShutdownReason::ComponentFailed {
                 component: self.component.clone(),
                 task: task.to_owned(),
-                failure: failure.clone(),
+                failure: record.failure.clone(),
             });
         } else {
-            tracing::warn!(component = %self.component, task, %failure, "task failed");
+            tracing::warn!(component = %self.component, failure = %record, "task failed");
         }
-        lock(&self.failures).push(TaskFailure { task: task.to_owned(), failure });
+        self.failures.record(record);
     }
 }
 
 impl Tasks {
-    pub(crate) fn new(component: ComponentId, critical: bool, shutdown: Shutdown) -> Self {
+    pub(crate) fn new(
+        component: ComponentId,
+        critical: bool,
+        shutdown: Shutdown,
+        failures: FailureLog,
+    ) -> Self {
         Self {
             tracker: TaskTracker::new(),
             shared: Arc::new(Shared {
                 component,
                 critical,
                 shutdown,
-                names: Mutex::new(HashMap::new()),
-                failures: Mutex::new(Vec::new()),
+                registry: Mutex::new(Registry::default()),
+                failures,
             }),
         }
+    }
+
+    /// The span a task runs in: the component's name and the task's, so its log lines say whose
+    /// they are.
+    fn span(&self, task: &str) -> tracing::Span {
+        tracing::info_span!("task", component = %self.shared.component, task)
     }
 
     /// Spawns a named task on the current runtime.
@@ -208,8 +264,14 @@ impl Tasks {
         F: Future + Send + 'static,
         F::Output: TaskOutput,
     {
-        let guard = self.shared.count_in(name.into());
-        self.tracker.spawn(NamedTask { inner: CatchUnwind::new(task), guard: Some(guard) })
+        let name = name.into();
+        let span = self.span(&name);
+        let guard = self.shared.count_in(name);
+        let handle = self
+            .tracker
+            .spawn(NamedTask { inner: CatchUnwind::new(task), guard: Some(guard) }.instrument(span));
+        self.shared.keep_abort_handle(handle.abort_handle(), self.tracker.len());
+        handle
     }
 
     /// Runs a named blocking closure on tokio's blocking pool, tracked like any task.
@@ -221,8 +283,15 @@ impl Tasks {
         F: FnOnce() -> R + Send + 'static,
         R: TaskOutput,
     {
-        let guard = self.shared.count_in(name.into());
+        let name = name.into();
+        let span = self.span(&name);
+        let guard = self.shared.count_in(name);
+        // The blocking pool's threads have no default subscriber of their own: take the
+        // spawner's, so the task's lines go where the component's go.
+        let dispatch = tracing::dispatcher::get_default(tracing::Dispatch::clone);
         self.tracker.spawn_blocking(move || {
+            let _dispatch = tracing::dispatcher::set_default(&dispatch);
+            let _entered = span.enter();
             let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(task))
                 .map(TaskOutput::into_result)
                 .map_err(|payload| panic_message(payload.as_ref()));
@@ -242,8 +311,9 @@ impl Tasks {
 
     /// Running tasks, counted by name, sorted by name.
     pub fn outstanding(&self) -> Vec<TaskCount> {
-        let names = lock(&self.shared.names);
-        let mut counts: Vec<TaskCount> = names
+        let registry = lock(&self.shared.registry);
+        let mut counts: Vec<TaskCount> = registry
+            .names
             .values()
             .map(|c| TaskCount { name: c.name.to_string(), count: running(c) })
             .filter(|c| c.count > 0)
@@ -252,14 +322,13 @@ impl Tasks {
         counts
     }
 
-    /// Tasks that returned an error or panicked, in the order they ended.
-    pub fn failures(&self) -> Vec<TaskFailure> {
-        lock(&self.shared.failures).clone()
-    }
-
-    /// How many tasks returned an error or panicked.
-    pub fn failure_count(&self) -> usize {
-        lock(&self.shared.failures).len()
+    /// Aborts every async task still running: for tasks the run gave up on. Blocking tasks
+    /// cannot be aborted; they are left to end with the process.
+    pub(crate) fn abort_all(&self) {
+        let aborts = std::mem::take(&mut lock(&self.shared.registry).aborts);
+        for handle in aborts {
+            handle.abort();
+        }
     }
 
     /// Marks the set closed: [`wait`](Tasks::wait) completes once it is closed and empty.
@@ -295,7 +364,7 @@ mod tests {
 
     fn tasks(critical: bool) -> (Tasks, Shutdown) {
         let shutdown = Shutdown::new();
-        (Tasks::new(ComponentId::from("worker"), critical, shutdown.clone()), shutdown)
+        (Tasks::new(ComponentId::from("worker"), critical, shutdown.clone(), FailureLog::default()), shutdown)
     }
 
     #[tokio::test]
@@ -316,7 +385,7 @@ mod tests {
         tasks.close();
         tasks.wait().await;
         assert!(tasks.outstanding().is_empty());
-        assert!(lock(&tasks.shared.names).is_empty(), "finished names are pruned");
+        assert!(lock(&tasks.shared.registry).names.is_empty(), "finished names are pruned");
     }
 
     #[tokio::test]
@@ -330,20 +399,44 @@ mod tests {
             reason.as_deref(),
             Some("component `worker` failed while running: task `loader` failed: disk gone")
         );
-        assert_eq!(tasks.failures().len(), 1);
+        assert_eq!(tasks.shared.failures.count(), 1);
     }
 
     #[tokio::test]
     async fn a_panicking_task_of_a_non_critical_component_is_recorded_only() {
         let (tasks, shutdown) = tasks(false);
-        tasks.spawn("bad", async { panic!("boom") as () });
-        tasks.spawn_blocking("bad_blocking", || -> () { panic!("blocking boom") });
+        // Never-returning bodies compile as they are: their output is `!`.
+        tasks.spawn("bad", async { panic!("boom") });
+        tasks.spawn_blocking("bad_blocking", || panic!("blocking boom"));
         tasks.close();
         tasks.wait().await;
         assert!(!shutdown.is_requested());
         let mut failures: Vec<String> =
-            tasks.failures().iter().map(|f| format!("{} {}", f.task, f.failure)).collect();
+            tasks.shared.failures.snapshot().iter().map(ToString::to_string).collect();
         failures.sort();
-        assert_eq!(failures, vec!["bad panicked: boom", "bad_blocking panicked: blocking boom"]);
+        assert_eq!(
+            failures,
+            vec![
+                "task `bad_blocking` panicked: blocking boom (running)",
+                "task `bad` panicked: boom (running)"
+            ]
+        );
+    }
+
+    #[tokio::test]
+    async fn tasks_left_running_are_aborted() {
+        let (tasks, _) = tasks(false);
+        for _ in 0..100 {
+            tasks.spawn("quick", async {});
+        }
+        tasks.spawn("stubborn", std::future::pending::<()>());
+        tokio::task::yield_now().await;
+        tasks.abort_all();
+        tasks.close();
+        tokio::time::timeout(std::time::Duration::from_secs(5), tasks.wait())
+            .await
+            .unwrap_or_else(|_| panic!("aborted"));
+        assert!(tasks.outstanding().is_empty());
+        assert_eq!(tasks.shared.failures.count(), 0, "an abort is not a failure");
     }
 }

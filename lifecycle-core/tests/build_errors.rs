@@ -97,14 +97,84 @@ fn cycle_prints_its_path() {
         Probe::new("c", &log).deps(&["a"]),
         Probe::new("d", &log).deps(&["a"]),
     ]);
-    assert_eq!(error.to_string(), "dependency cycle: `a` -> `b` -> `c` -> `a`");
+    assert_eq!(
+        error.to_string(),
+        "dependency cycle: `a` depends on `b`, which depends on `c`, which depends on `a`"
+    );
 }
 
 #[test]
 fn dependency_on_itself_is_a_cycle() {
     let log = Log::default();
     let error = build_error(vec![Probe::new("loner", &log).deps(&["loner"])]);
-    assert_eq!(error.to_string(), "dependency cycle: `loner` -> `loner`");
+    assert_eq!(error.to_string(), "dependency cycle: `loner` depends on `loner` (itself)");
+}
+
+#[test]
+fn a_typo_never_suggests_the_component_itself() {
+    let log = Log::default();
+    // `ticker` misspells its own dependency `tickers`: suggesting `ticker` would be nonsense.
+    let error = build_error(vec![Probe::new("ticker", &log).deps(&["tickers"])]);
+    assert_eq!(error.to_string(), "component `ticker` depends on `tickers`, which is not registered");
+}
+
+#[test]
+fn a_name_taken_twice_by_one_type_says_so() {
+    struct Named(&'static str);
+    impl Component for Named {
+        fn name(&self) -> lifecycle_core::ComponentId {
+            self.0.into()
+        }
+    }
+    let mut b = builder();
+    b.add(Named("cache"));
+    b.add(Named("cache"));
+    let error = b.build().unwrap_err();
+    assert_eq!(
+        error.to_string(),
+        "component name `cache` is used twice: two components of type \
+         `build_errors::a_name_taken_twice_by_one_type_says_so::Named` have it; give one of them another name"
+    );
+}
+
+#[test]
+fn build_reports_every_problem_at_once() {
+    let log = Log::default();
+    let mut b = builder();
+    b.shutdown_deadline(std::time::Duration::ZERO);
+    b.add(Probe::new("api", &log).deps(&["databse"]));
+    b.add(Probe::new("database", &log));
+    b.add(Probe::new("a", &log).deps(&["b"]));
+    b.add(Probe::new("b", &log).deps(&["a"]));
+    let error = b.build().unwrap_err();
+    assert_eq!(error.problems().len(), 3, "{error}");
+    assert_eq!(
+        error.to_string(),
+        "3 problems:\n  \
+         - setting `shutdown_deadline` is 0ns, but must be more than zero\n  \
+         - component `api` depends on `databse`, which is not registered; did you mean `database`?\n  \
+         - dependency cycle: `a` depends on `b`, which depends on `a`"
+    );
+}
+
+#[test]
+fn settings_out_of_range_are_errors_naming_the_setting_not_panics() {
+    use std::time::Duration;
+    let mut b = builder();
+    b.shutdown_deadline(Duration::MAX).watchdog_grace(Duration::from_secs(3600));
+    b.add(
+        Probe::new("db", &Log::default())
+            .options(lifecycle_core::ComponentOptions::new().stop_timeout(Duration::MAX)),
+    );
+    let error = b.build().unwrap_err();
+    let text = error.to_string();
+    for needle in [
+        "setting `shutdown_deadline` is",
+        "setting `watchdog_grace` is 3600s, but must be between 1 ns and 60 s",
+        "component `db`: option `stop_timeout` is",
+    ] {
+        assert!(text.contains(needle), "{needle} in:\n{text}");
+    }
 }
 
 #[test]

@@ -6,7 +6,7 @@ mod support;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use lifecycle_core::{BoxError, Component, Context, Dep, Dependency, DependencyError, Registry, Signals};
+use lifecycle_core::{BoxError, Component, Context, Dep, Dependency, DependencyError};
 
 #[derive(Default)]
 struct Database {
@@ -35,7 +35,7 @@ impl Component for Repository {
     }
 
     async fn start(&self, _ctx: &Context) -> Result<(), BoxError> {
-        assert_eq!(self.db.query(), 1);
+        self.db.query();
         Ok(())
     }
 }
@@ -51,7 +51,7 @@ impl Component for Reporter {
     async fn start(&self, ctx: &Context) -> Result<(), BoxError> {
         let db: Dep<Database> = ctx.dep()?;
         assert_eq!(db.id().as_str(), "database");
-        assert_eq!(db.query(), 2, "the same shared instance the repository used");
+        db.query();
         ctx.dep_named::<Cache>("cache")?;
 
         let undeclared = ctx.dep::<Repository>().unwrap_err();
@@ -73,13 +73,13 @@ impl Component for Reporter {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn typed_handles_reach_the_shared_dependency() {
-    let mut b = Registry::builder();
-    b.signals(Signals::none()).watchdog(false);
+    let mut b = support::builder();
     let db = b.add(Database::default()).dep();
     b.add(Cache);
     b.add(Repository { db: db.clone() });
     b.add(Reporter);
     let report = support::run_until_ready_then_stop(b.build().unwrap()).await;
     assert!(report.is_success(), "{report}");
+    // Both starts reached the one shared instance, whichever ran first.
     assert_eq!(db.queries.load(Ordering::SeqCst), 2);
 }

@@ -115,7 +115,9 @@ async fn report_lists_durations_and_renders_a_table() {
     assert!(report.shutdown >= Duration::from_millis(20) && report.total >= report.shutdown);
     let table = report.to_string();
     assert!(
-        table.starts_with("lifecycle report: shutdown requested: test over (exit code 0)\nexit code 0"),
+        table.starts_with(
+            "lifecycle report: shutdown requested: test over\nexit code 0 (stopped cleanly), run "
+        ),
         "{table}"
     );
     assert!(table.contains("component  outcome"), "{table}");

@@ -12,7 +12,7 @@ use crate::attr::Errors;
 use crate::{crate_path, duration};
 
 const KEYS: &[&str] =
-    &["shutdown_deadline", "drain_delay", "signals", "worker_threads", "report", "setup", "crate"];
+    &["shutdown_deadline", "drain_delay", "signals", "flavor", "worker_threads", "report", "setup", "crate"];
 const SIGNALS: &[(&str, &str)] =
     &[("TERM", "Terminate"), ("INT", "Interrupt"), ("HUP", "Hangup"), ("QUIT", "Quit")];
 
@@ -23,6 +23,7 @@ struct Options {
     drain_delay: Option<(u64, Span)>,
     signals: Option<(Vec<&'static str>, Span)>,
     worker_threads: Option<(usize, Span)>,
+    current_thread: Option<(bool, Span)>,
     report_always: Option<(bool, Span)>,
     setup: Option<(Path, Span)>,
     krate: Option<(Path, Span)>,
@@ -43,6 +44,22 @@ impl Options {
                     return Err(syn::Error::new(threads.span(), "`worker_threads` must be at least 1"));
                 }
                 self.worker_threads.replace((count, span)).map(|(_, s)| s)
+            }
+            "flavor" => {
+                let flavor: LitStr = meta.value()?.parse()?;
+                let current = match flavor.value().as_str() {
+                    "current_thread" => true,
+                    "multi_thread" => false,
+                    other => {
+                        return Err(syn::Error::new(
+                            flavor.span(),
+                            format!(
+                                "unknown `flavor` \"{other}\"; valid: \"multi_thread\" (the default), \"current_thread\""
+                            ),
+                        ));
+                    }
+                };
+                self.current_thread.replace((current, span)).map(|(_, s)| s)
             }
             "report" => {
                 let when: LitStr = meta.value()?.parse()?;
@@ -129,7 +146,10 @@ pub(crate) fn main(args: TokenStream, item: TokenStream) -> TokenStream {
     let function: ItemFn = match syn::parse2(item.clone()) {
         Ok(function) => function,
         Err(error) => {
-            errors.push(error);
+            errors.push(syn::Error::new(
+                error.span(),
+                "`#[lifecycle_core::main]` goes on the program's `async fn main() -> RegistryBuilder`",
+            ));
             let errors = errors.into_compile_errors();
             return quote!(#item #errors);
         }
@@ -186,6 +206,12 @@ pub(crate) fn main(args: TokenStream, item: TokenStream) -> TokenStream {
             #unusable
         };
     }
+    if let (Some((true, _)), Some((_, threads))) = (options.current_thread, options.worker_threads) {
+        errors.push(syn::Error::new(
+            threads,
+            "`worker_threads` needs the multi-threaded runtime; `flavor = \"current_thread\"` runs on one thread",
+        ));
+    }
     let errors = errors.into_compile_errors();
 
     let core = options.krate.map_or_else(crate_path::core, |(path, _)| path);
@@ -208,6 +234,7 @@ pub(crate) fn main(args: TokenStream, item: TokenStream) -> TokenStream {
     };
 
     let report_always = options.report_always.is_some_and(|(always, _)| always);
+    let current_thread = options.current_thread.is_some_and(|(current, _)| current);
     let ItemFn { attrs, vis, sig, block } = function;
     let ident = &sig.ident;
     let output = &sig.output;
@@ -222,21 +249,24 @@ pub(crate) fn main(args: TokenStream, item: TokenStream) -> TokenStream {
         None => (quote!(), quote!()),
     };
     let run = quote_spanned! {sig.output.span()=>
-        #core::macro_support::run_main(options, body(#argument))
+        #core::macro_support::run_main(options, signals, body(#argument))
     };
     quote! {
         #errors
         #(#attrs)*
         #vis fn #ident() {
             async fn body(#inputs) #output #block
-            #prepare
             let options = #core::macro_support::MainOptions {
                 shutdown_deadline: #shutdown_deadline,
                 drain_delay: #drain_delay,
                 signals: #signals,
                 worker_threads: #worker_threads,
+                current_thread: #current_thread,
                 report_always: #report_always,
             };
+            // First thing: from here a signal is kept for the run, not fatal.
+            let signals = #core::macro_support::catch_signals(&options);
+            #prepare
             #run
         }
     }

@@ -63,9 +63,14 @@ pub fn derive_component(input: TokenStream) -> TokenStream {
 }
 
 /// Runs an `async fn` that returns a `RegistryBuilder` (or `Result<RegistryBuilder, E>` with
-/// `E: Display`) as the whole program: builds a multi-threaded tokio runtime, awaits the function,
+/// `E: Display`) as the whole program: catches the run's signals first thing (a `SIGTERM` that
+/// arrives during the setup or while the function runs is kept for the run, not fatal), builds a
+/// tokio runtime (multi-threaded unless `flavor = "current_thread"`), awaits the function,
 /// applies the options, runs the registry, writes the report to standard error when the run
 /// failed, and exits with the report's exit code (without waiting for abandoned tasks).
+///
+/// To act when the service turns ready (print its address, tell a supervisor), register a
+/// callback on the builder with `RegistryBuilder::on_ready`.
 ///
 /// `setup = path` names a function `fn() -> Result<T, E>` (`E: Display`) that runs first, while
 /// the process has one thread, and whose value becomes the function's one argument: the place
@@ -95,7 +100,8 @@ pub fn derive_component(input: TokenStream) -> TokenStream {
 ///     shutdown_deadline = "25s", // the global deadline, from the shutdown request
 ///     drain_delay = "5s",        // unready but serving, before anything stops
 ///     signals = "TERM, INT",     // the default; `signals = false` for none
-///     worker_threads = 2,        // default: one per core
+///     flavor = "multi_thread",   // the default; "current_thread" for one thread
+///     worker_threads = 2,        // default: one per core (multi_thread only)
 ///     report = "always",         // default "on_failure"
 /// )]
 /// async fn main() -> RegistryBuilder {

@@ -19,7 +19,8 @@ fn a_failed_start_exits_one_with_the_report() {
     assert_eq!(code, Some(1), "{stderr}");
     assert!(
         stderr.contains(
-            "lifecycle report: component `broken` failed to start: failed: connection refused (127.0.0.1:1)"
+            "lifecycle report: component `broken` failed to start: connection refused (127.0.0.1:1)\n\
+             exit code 1 (critical component `broken` failed)"
         ),
         "{stderr}"
     );
@@ -36,7 +37,11 @@ fn a_clean_run_exits_zero_without_printing_the_report() {
 fn a_requested_exit_code_is_the_process_exit_code() {
     let (code, stderr) = run(&["exit3"]);
     assert_eq!(code, Some(3), "{stderr}");
-    assert!(stderr.contains("lifecycle report: shutdown requested: work done (exit code 3)"), "{stderr}");
+    assert!(
+        stderr
+            .contains("lifecycle report: shutdown requested: work done\nexit code 3 (exit code 3 requested)"),
+        "{stderr}"
+    );
     // The start that asked for the shutdown had completed: the component is stopped, not cancelled.
     assert!(
         stderr.lines().any(|l| l.trim_start().starts_with("finisher") && l.contains("stopped")),
@@ -48,7 +53,10 @@ fn a_requested_exit_code_is_the_process_exit_code() {
 fn an_error_instead_of_a_builder_exits_one_with_the_error() {
     let (code, stderr) = run(&["nonsense"]);
     assert_eq!(code, Some(1));
-    assert_eq!(stderr.trim(), "error: unknown mode \"nonsense\"; use `fail`, `ok` or `exit3`");
+    assert_eq!(
+        stderr.trim(),
+        "error: unknown mode \"nonsense\"; use `fail`, `ok`, `exit3`, `threads` or `early`"
+    );
 }
 
 #[test]
@@ -62,5 +70,17 @@ fn the_setup_runs_before_the_runtime_starts_a_thread() {
 fn a_failed_setup_exits_one_with_its_error() {
     let (code, stderr) = run(&[]);
     assert_eq!(code, Some(1));
-    assert_eq!(stderr.trim(), "error: no mode given; use `fail`, `ok`, `exit3` or `threads`");
+    assert_eq!(stderr.trim(), "error: no mode given; use `fail`, `ok`, `exit3`, `threads` or `early`");
+}
+
+#[test]
+fn a_signal_before_the_run_starts_is_kept_for_the_run() {
+    // The setup sends itself SIGTERM before the runtime exists; the process is not killed by it:
+    // the run sees it first thing, cancels the start in flight and exits 0.
+    let began = std::time::Instant::now();
+    let output = Command::new(BINARY).arg("early").output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(0), "not ended by the signal itself: {:?} {stderr}", output.status);
+    assert!(began.elapsed() < std::time::Duration::from_secs(10), "the start waiting forever was cancelled");
+    assert_eq!(String::from_utf8_lossy(&output.stdout).trim(), "SIGTERM sent during setup");
 }

@@ -63,19 +63,77 @@ fn second_signal_ends_the_wait_at_once_with_the_report() {
 
 #[test]
 fn hook_that_blocks_a_thread_cannot_outlast_the_deadline() {
-    // Two runtime threads: the blocked one is given up on, the run reports and exits.
+    // Two runtime threads: the blocked one is given up on in time for the database below it to
+    // stop too (the worker's 30 s stop timeout cannot fit in the 1 s deadline: it gets its share).
     let service = start(&["--block-stop", "--deadline", "1000"]);
     service.signal("TERM").unwrap();
     let (status, stderr, lived) = service.wait(Duration::from_secs(20)).unwrap();
     assert_eq!(status.code(), Some(1), "{stderr}");
     assert!(lived < Duration::from_secs(10), "{lived:?}");
-    assert!(stderr.contains("shutdown deadline exceeded"), "{stderr}");
+    assert!(stderr.contains("exit code 1 (critical component `worker` failed)"), "{stderr}");
     assert!(row(&stderr, "worker").starts_with("worker timed out after"), "{stderr}");
     assert!(
         !row(&stderr, "worker").contains("poll_loop"),
         "the cancelled task still ended on the free thread: {stderr}"
     );
-    assert!(row(&stderr, "database").starts_with("database not stopped"), "{stderr}");
+    assert!(row(&stderr, "database").starts_with("database stopped"), "{stderr}");
+    assert_eq!(stderr.matches("lifecycle report:").count(), 1, "one report: {stderr}");
+}
+
+/// The same missed deadline ends with the same code whatever the runtime: the global deadline,
+/// not a component's own timeout, cuts a hook that hangs with nothing below it.
+#[test]
+fn a_missed_deadline_exits_124_on_either_runtime_flavour() {
+    for flavour in [&[][..], &["--current-thread"][..]] {
+        let mut args = vec!["--block-stop", "--worker-alone", "--deadline", "700"];
+        args.extend_from_slice(flavour);
+        let service = start(&args);
+        service.signal("TERM").unwrap();
+        let (status, stderr, lived) = service.wait(Duration::from_secs(20)).unwrap();
+        assert_eq!(status.code(), Some(lifecycle::EXIT_DEADLINE), "{flavour:?}: {stderr}");
+        assert!(lived < Duration::from_secs(10), "{lived:?}");
+        assert!(stderr.contains("shutdown deadline exceeded"), "{flavour:?}: {stderr}");
+        assert_eq!(stderr.matches("lifecycle report:").count(), 1, "one report: {stderr}");
+    }
+}
+
+/// A run that finished (a hung hook abandoned within the deadline) keeps its exit code: the
+/// watchdog, finding the process still held by that hook when `main` returns, ends it with the
+/// run's code and a one-line note, not a second report.
+#[test]
+fn watchdog_keeps_the_exit_code_of_a_finished_run() {
+    let service = start(&["--block-stop", "--deadline", "1000", "--return-from-main"]);
+    service.signal("TERM").unwrap();
+    let (status, stderr, lived) = service.wait(Duration::from_secs(20)).unwrap();
+    assert_eq!(status.code(), Some(1), "{stderr}");
+    assert!(lived < Duration::from_secs(10), "{lived:?}");
+    assert_eq!(stderr.matches("lifecycle report:").count(), 1, "one report: {stderr}");
+    assert!(!stderr.contains("shutdown deadline exceeded"), "{stderr}");
+    assert!(!stderr.contains("shutdown deadline passed"), "{stderr}");
+    assert!(
+        stderr.contains(
+            "lifecycle: the run ended with exit code 1, but the stop hook of `worker` still held the process \
+             at the deadline; ending it with exit code 1"
+        ),
+        "{stderr}"
+    );
+}
+
+/// The watchdog fires at the deadline plus the configured grace, not a hidden constant.
+#[test]
+fn watchdog_ends_the_process_within_the_configured_grace() {
+    for (grace, at_least, below) in [(100, 1000, 2500), (2500, 3400, 6000)] {
+        let grace_arg = grace.to_string();
+        let args = ["--current-thread", "--block-stop", "--deadline", "1000", "--watchdog-grace", &grace_arg];
+        let service = start(&args);
+        service.signal("TERM").unwrap();
+        let (status, stderr, lived) = service.wait(Duration::from_secs(20)).unwrap();
+        assert_eq!(status.code(), Some(lifecycle::EXIT_DEADLINE), "{stderr}");
+        assert!(
+            lived >= Duration::from_millis(at_least) && lived < Duration::from_millis(below),
+            "grace {grace} ms: lived {lived:?}"
+        );
+    }
 }
 
 #[test]
@@ -110,7 +168,7 @@ fn drain_delay_keeps_the_process_up_before_stopping() {
     let (status, stderr, _) = service.wait(Duration::from_secs(10)).unwrap();
     assert_eq!(status.code(), Some(0), "{stderr}");
     // The report's shutdown time includes the drain delay.
-    let summary = stderr.lines().find(|l| l.starts_with("exit code 0, run")).unwrap();
+    let summary = stderr.lines().find(|l| l.starts_with("exit code 0 (stopped cleanly), run")).unwrap();
     let shutdown = summary.rsplit("shutdown ").next().unwrap();
     assert!(
         shutdown.ends_with("ms") && shutdown.trim_end_matches("ms").parse::<f64>().unwrap() >= 700.0,

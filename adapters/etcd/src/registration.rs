@@ -197,8 +197,8 @@ impl EtcdRegistration {
         self.state.held.store(false, Ordering::Release);
         let lease = self.state.lease.load(Ordering::Acquire);
         let give_up = ctx.give_up_at(MARGIN, Duration::from_secs(5));
-        let revoked = tokio::time::timeout_at(give_up.into(), async {
-            let timeout = give_up.saturating_duration_since(std::time::Instant::now());
+        let revoked = tokio::time::timeout_at(give_up, async {
+            let timeout = give_up.saturating_duration_since(tokio::time::Instant::now());
             let mut client = Self::connect(&self.endpoints, timeout).await?;
             client.lease_revoke(lease).await
         })
@@ -233,7 +233,7 @@ impl Component for EtcdRegistration {
         let url = self.endpoints.join(",");
         let attempt = |_| async {
             let timeout =
-                give_up.saturating_duration_since(std::time::Instant::now()).min(Duration::from_secs(2));
+                give_up.saturating_duration_since(tokio::time::Instant::now()).min(Duration::from_secs(2));
             let mut client = Self::connect(&self.endpoints, timeout).await?;
             let lease = Self::register(&mut client, &self.key, &self.value, self.ttl).await?;
             Ok::<_, etcd_client::Error>((client, lease))

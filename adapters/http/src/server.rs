@@ -342,7 +342,7 @@ impl Component for HttpServer {
     }
 
     async fn stop(&self, ctx: &Context) -> Result<(), BoxError> {
-        let began = Instant::now();
+        let began = tokio::time::Instant::now();
         let completed_before = self.completed();
         let shared = &self.shared;
         shared.draining.store(true, Ordering::Release);
@@ -355,10 +355,10 @@ impl Component for HttpServer {
             None => began + hard.saturating_duration_since(began) / 2,
         };
         let counters = &shared.counters;
-        if tokio::time::timeout_at(soft.into(), tasks.wait()).await.is_err() {
+        if tokio::time::timeout_at(soft, tasks.wait()).await.is_err() {
             counters.cancelled.store(self.in_flight(), Ordering::Release);
             shared.requests.cancel();
-            if tokio::time::timeout_at(hard.into(), tasks.wait()).await.is_err() {
+            if tokio::time::timeout_at(hard, tasks.wait()).await.is_err() {
                 counters.cut.store(self.in_flight(), Ordering::Release);
                 shared.cut.cancel();
                 // Dropped connections end their requests at once.

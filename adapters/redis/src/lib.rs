@@ -16,7 +16,9 @@
 
 use std::fmt;
 use std::sync::OnceLock;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use deadpool_redis::{Config, Pool, PoolError, Runtime};
 use lifecycle_core::{

@@ -3,7 +3,9 @@
 use std::fmt;
 use std::marker::PhantomData;
 use std::sync::OnceLock;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use lifecycle_core::{
     BoxError, Component, ComponentId, ComponentOptions, Context, Health, ResourceError, Retry, redact_url,
@@ -208,9 +210,7 @@ impl<DB: Backend> Component for SqlxPool<DB> {
         let began = Instant::now();
         // `close` refuses new checkouts at once, closes idle connections, then waits for the
         // checked-out ones, which are closed (not returned) when their holders drop them.
-        match tokio::time::timeout_at(ctx.give_up_at(MARGIN, Duration::from_secs(10)).into(), pool.close())
-            .await
-        {
+        match tokio::time::timeout_at(ctx.give_up_at(MARGIN, Duration::from_secs(10)), pool.close()).await {
             Ok(()) => Ok(()),
             Err(_) => {
                 let out = (pool.size() as usize).saturating_sub(pool.num_idle());

@@ -23,7 +23,9 @@
 
 mod gate;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use lifecycle_core::{BoxError, Component, ComponentId, ComponentOptions, Context, LifecycleHandle, Phase};
 use sd_notify::NotifyState;

@@ -6,8 +6,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use lifecycle_core::{
-    BoxError, Component, ComponentId, ComponentOptions, Context, Dependency, Outcome, Registry,
-    RegistryBuilder, Report, Signals,
+    BoxError, Component, ComponentId, ComponentOptions, Context, Dependency, Outcome, Report,
 };
 
 /// What a hook does.
@@ -172,6 +171,7 @@ impl Component for Probe {
     async fn drain(&self, ctx: &Context) -> Result<(), BoxError> {
         self.log.push(&self.name, "drain-begin");
         assert!(!ctx.lifecycle().is_ready(), "readiness drops before any drain hook runs");
+        assert_eq!(ctx.lifecycle().phase(), lifecycle_core::Phase::Draining);
         let result = self.hook(self.drain, "drain").await;
         self.log.push(&self.name, "drain-end");
         result
@@ -220,21 +220,8 @@ fn spawn_task(ctx: &Context, task: Task, log: Log, name: String) {
     }
 }
 
-/// A builder for tests: no signals, no watchdog (the test harness bounds the process).
-pub fn builder() -> RegistryBuilder {
-    let mut builder = Registry::builder();
-    builder.signals(Signals::none()).watchdog(false);
-    builder
-}
-
-/// Runs `registry`, requests a shutdown as soon as it is ready, and returns the report.
-pub async fn run_until_ready_then_stop(registry: Registry) -> Report {
-    let handle = registry.handle();
-    let run = tokio::spawn(registry.run());
-    handle.reached(lifecycle_core::Phase::Ready).await;
-    handle.shutdown().request("test over", 0);
-    run.await.unwrap()
-}
+#[allow(unused_imports)]
+pub use lifecycle_core::testing::{builder, run_until_ready_then_stop};
 
 pub fn outcome<'a>(report: &'a Report, name: &str) -> &'a Outcome {
     &report.component(name).unwrap_or_else(|| panic!("no component {name} in report")).outcome

@@ -6,7 +6,9 @@
 //! `--slow-stop MS` (a component whose stop takes that long), `--block-stop` (a component whose
 //! stop hook blocks its thread forever), `--blocking-task` (a `spawn_blocking` that never returns),
 //! `--sd-notify` (tell systemd, or a test posing as it, about readiness and stopping), `--etcd URL`
-//! (register as `/services/fixture/<pid>` with a 2 s TTL).
+//! (register as `/services/fixture/<pid>` with a 2 s TTL), `--worker-alone` (the worker does not
+//! depend on the database), `--watchdog-grace MS`, `--return-from-main` (print the report and
+//! return from `main`, dropping the runtime, instead of exiting at once).
 
 use std::time::Duration;
 
@@ -29,6 +31,7 @@ struct Worker {
     slow_stop: Option<Duration>,
     block_stop: bool,
     blocking_task: bool,
+    alone: bool,
 }
 
 impl Component for Worker {
@@ -37,7 +40,7 @@ impl Component for Worker {
     }
 
     fn dependencies(&self) -> Vec<Dependency> {
-        vec![Dependency::on_type::<Database>()]
+        if self.alone { Vec::new() } else { vec![Dependency::on_type::<Database>()] }
     }
 
     fn options(&self) -> ComponentOptions {
@@ -48,7 +51,7 @@ impl Component for Worker {
         let token = ctx.token().clone();
         ctx.tasks().spawn("poll_loop", async move { token.cancelled().await });
         if self.blocking_task {
-            ctx.tasks().spawn_blocking("stuck_file_read", || -> () {
+            ctx.tasks().spawn_blocking("stuck_file_read", || {
                 loop {
                     std::thread::park();
                 }
@@ -77,6 +80,8 @@ struct Options {
     drain_delay: Option<Duration>,
     sd_notify: bool,
     etcd: Option<String>,
+    watchdog_grace: Option<Duration>,
+    return_from_main: bool,
     worker: Worker,
 }
 
@@ -87,7 +92,9 @@ fn parse() -> Result<Options, String> {
         drain_delay: None,
         sd_notify: false,
         etcd: None,
-        worker: Worker { slow_stop: None, block_stop: false, blocking_task: false },
+        watchdog_grace: None,
+        return_from_main: false,
+        worker: Worker { slow_stop: None, block_stop: false, blocking_task: false, alone: false },
     };
     let mut args = std::env::args().skip(1);
     let millis = |value: Option<String>, flag: &str| -> Result<Duration, String> {
@@ -106,6 +113,9 @@ fn parse() -> Result<Options, String> {
             "--blocking-task" => options.worker.blocking_task = true,
             "--sd-notify" => options.sd_notify = true,
             "--etcd" => options.etcd = Some(args.next().ok_or("--etcd takes a URL")?),
+            "--worker-alone" => options.worker.alone = true,
+            "--watchdog-grace" => options.watchdog_grace = Some(millis(args.next(), "--watchdog-grace")?),
+            "--return-from-main" => options.return_from_main = true,
             other => return Err(format!("unknown option `{other}`")),
         }
     }
@@ -133,8 +143,12 @@ fn main() {
             std::process::exit(2);
         }
     };
-    runtime.block_on(async {
+    let return_from_main = options.return_from_main;
+    let report = runtime.block_on(async {
         let mut builder = Registry::builder();
+        if let Some(grace) = options.watchdog_grace {
+            builder.watchdog_grace(grace);
+        }
         if let Some(deadline) = options.deadline {
             builder.shutdown_deadline(deadline);
         }
@@ -174,6 +188,13 @@ fn main() {
             println!("draining");
         };
         let (report, ()) = tokio::join!(registry.run(), announce);
+        report
+    });
+    if !return_from_main {
         report.exit()
-    })
+    }
+    // As a `main` that returns would: dropping the runtime waits for its threads.
+    report.print();
+    drop(runtime);
+    std::process::exit(report.exit_code)
 }

@@ -1,8 +1,9 @@
 //! `#[lifecycle::main]` as a user writes it: `main_attr fail` has a component whose start fails;
 //! `main_attr ok` and `main_attr exit3` stop themselves as they start, with exit code 0 or 3;
-//! `main_attr threads` prints how many threads the process had during its setup and stops; any
-//! other argument makes `main` return an error instead of a builder, and none at all makes the
-//! setup fail.
+//! `main_attr threads` prints how many threads the process had during its setup and stops;
+//! `main_attr early` sends itself SIGTERM during its setup, before any runtime exists, and then
+//! waits in a start that only a shutdown ends; any other argument makes `main` return an error
+//! instead of a builder, and none at all makes the setup fail.
 
 use lifecycle::{BoxError, Component, Context, RegistryBuilder};
 
@@ -30,14 +31,38 @@ impl Finisher {
     }
 }
 
+/// Starts only when a shutdown cancels it.
+#[derive(Component)]
+#[component(start = wait)]
+struct Waiter;
+
+impl Waiter {
+    async fn wait(&self, ctx: &Context) -> Result<(), BoxError> {
+        ctx.cancelled().await;
+        Ok(())
+    }
+}
+
 /// The mode from the command line, and the process's thread count while the setup runs.
 fn setup() -> Result<(String, usize), String> {
-    let mode = std::env::args().nth(1).ok_or("no mode given; use `fail`, `ok`, `exit3` or `threads`")?;
+    let modes = "use `fail`, `ok`, `exit3`, `threads` or `early`";
+    let mode = std::env::args().nth(1).ok_or(format!("no mode given; {modes}"))?;
     let threads = std::fs::read_dir("/proc/self/task").map_err(|error| error.to_string())?.count();
+    if mode == "early" {
+        // `kill` has exited when this returns, so the signal is already pending or delivered.
+        let status = std::process::Command::new("kill")
+            .args(["-TERM", &std::process::id().to_string()])
+            .status()
+            .map_err(|error| error.to_string())?;
+        println!("SIGTERM sent during setup");
+        if !status.success() {
+            return Err(format!("kill failed: {status}"));
+        }
+    }
     Ok((mode, threads))
 }
 
-#[lifecycle::main(signals = false, shutdown_deadline = "5s", setup = setup)]
+#[lifecycle::main(shutdown_deadline = "5s", setup = setup)]
 async fn main((mode, threads_at_setup): (String, usize)) -> Result<RegistryBuilder, String> {
     let mut builder = RegistryBuilder::new();
     match mode.as_str() {
@@ -54,7 +79,12 @@ async fn main((mode, threads_at_setup): (String, usize)) -> Result<RegistryBuild
             println!("threads during setup: {threads_at_setup}");
             builder.add(Finisher { exit_code: 0 });
         }
-        other => return Err(format!("unknown mode {other:?}; use `fail`, `ok` or `exit3`")),
+        "early" => {
+            builder.add(Waiter);
+        }
+        other => {
+            return Err(format!("unknown mode {other:?}; use `fail`, `ok`, `exit3`, `threads` or `early`"));
+        }
     }
     Ok(builder)
 }

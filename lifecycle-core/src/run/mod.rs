@@ -1,0 +1,225 @@
+//! The run: start in dependency order, wait for a shutdown request, drain, stop in reverse order,
+//! and leave nothing running behind.
+//!
+//! Every hook goes through one launcher ([`hooks`]); [`start`] and [`stop`] decide what to
+//! launch when, and with which time limit.
+
+mod hooks;
+mod start;
+mod stop;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+pub(crate) use hooks::AbandonedHook;
+pub(crate) use stop::time_needed_below;
+
+use crate::component::SharedComponent;
+use crate::exit::EXIT_FAILURE;
+use crate::graph::Graph;
+use crate::progress::Progress;
+use crate::signal::SignalListener;
+use crate::watchdog::{LeftBehind, Watchdog};
+use crate::{Context, LifecycleHandle, Phase, Report, Shutdown, ShutdownReason, Signals};
+
+/// Settings of a run, set through [`RegistryBuilder`](crate::RegistryBuilder).
+#[derive(Clone, Debug)]
+pub(crate) struct RunConfig {
+    pub(crate) default_start_timeout: Duration,
+    pub(crate) default_stop_timeout: Duration,
+    pub(crate) shutdown_deadline: Duration,
+    pub(crate) drain_delay: Duration,
+    pub(crate) signals: Signals,
+    pub(crate) watchdog: bool,
+    pub(crate) watchdog_grace: Duration,
+    pub(crate) health_timeout: Duration,
+}
+
+impl Default for RunConfig {
+    fn default() -> Self {
+        Self {
+            default_start_timeout: Duration::from_secs(15),
+            default_stop_timeout: Duration::from_secs(10),
+            shutdown_deadline: Duration::from_secs(25),
+            drain_delay: Duration::ZERO,
+            signals: Signals::default(),
+            watchdog: true,
+            watchdog_grace: Duration::from_millis(500),
+            health_timeout: Duration::from_secs(2),
+        }
+    }
+}
+
+/// A component's options with the registry's defaults filled in.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Limits {
+    pub(crate) start_timeout: Duration,
+    pub(crate) stop_timeout: Duration,
+    pub(crate) critical: bool,
+}
+
+/// A callback run once when the service turns ready.
+pub(crate) type OnReady = Box<dyn FnOnce(&LifecycleHandle) + Send>;
+
+/// Everything a run needs, as the registry prepared it.
+pub(crate) struct Parts {
+    pub(crate) components: Vec<SharedComponent>,
+    pub(crate) contexts: Vec<Context>,
+    pub(crate) limits: Vec<Limits>,
+    pub(crate) graph: Graph,
+    pub(crate) config: RunConfig,
+    pub(crate) listener: Option<SignalListener>,
+    pub(crate) on_ready: Vec<OnReady>,
+    pub(crate) handle: LifecycleHandle,
+    pub(crate) root: CancellationToken,
+}
+
+/// How far a component got in the start.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Started {
+    /// Its start was never attempted.
+    No,
+    /// Its start hook succeeded: it gets a stop hook.
+    Yes,
+    /// Its start hook failed; only its token and tasks are cleaned up.
+    Failed,
+    /// Its start was cancelled by a shutdown request; likewise.
+    Cancelled,
+}
+
+struct Run {
+    components: Vec<SharedComponent>,
+    contexts: Vec<Context>,
+    limits: Vec<Limits>,
+    graph: Graph,
+    config: RunConfig,
+    handle: LifecycleHandle,
+    shutdown: Shutdown,
+    progress: Arc<Progress>,
+    /// Hooks the run gave up on, gathered from every phase.
+    abandoned: Vec<AbandonedHook>,
+}
+
+pub(crate) async fn run(parts: Parts) -> Report {
+    let Parts { components, contexts, limits, graph, config, listener, on_ready, handle, root } = parts;
+    let shutdown = handle.shutdown().clone();
+    let progress = Arc::clone(handle.progress());
+    let mut run = Run {
+        components,
+        contexts,
+        limits,
+        graph,
+        config,
+        handle,
+        shutdown,
+        progress,
+        abandoned: Vec::new(),
+    };
+    run.progress.run_started();
+
+    // Listen before the first start, so a signal during start cancels it.
+    let background = TaskTracker::new();
+    let listening = CancellationToken::new();
+    let listener = match listener {
+        Some(listener) => Some(listener),
+        None if run.config.signals.is_empty() => None,
+        None => SignalListener::install(&run.config.signals)
+            .inspect_err(|error| tracing::error!(%error, "cannot listen for signals"))
+            .ok(),
+    };
+    if let Some(listener) = listener {
+        background.spawn(crate::signal::listen(listener, run.shutdown.clone(), listening.clone()));
+    }
+    let watchdog = run
+        .config
+        .watchdog
+        .then(|| Watchdog::start(Arc::clone(&run.progress), run.shutdown.clone(), run.config.watchdog_grace))
+        .flatten();
+
+    run.handle.set_phase(Phase::Starting);
+    let (started, start_failure) = run.start_all().await;
+    let start_complete = start_failure.is_none();
+    if let Some(reason) = start_failure {
+        run.shutdown.trigger(reason);
+    }
+    // Readiness is only ever announced when every critical component started and nobody asked
+    // to stop yet.
+    let announced = start_complete && !run.shutdown.is_requested();
+    if announced {
+        run.handle.set_phase(Phase::Ready);
+        tracing::info!(components = run.components.len(), "lifecycle ready");
+        for callback in on_ready {
+            // A panicking callback is the caller's bug, but must not take the run down with it.
+            let caught = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| callback(&run.handle)));
+            if let Err(payload) = caught {
+                tracing::error!(panic = %crate::panic::panic_message(payload.as_ref()), "on_ready callback panicked");
+            }
+        }
+        run.shutdown.requested().await;
+    }
+
+    let deadline = run.deadline();
+    run.progress.shutdown_started(deadline - run.config.shutdown_deadline);
+    if let Some(watchdog) = &watchdog {
+        watchdog.arm(deadline);
+    }
+    let reason = run.shutdown.reason().unwrap_or_else(|| ShutdownReason::Requested {
+        message: "run ended without a recorded reason".into(),
+        exit_code: EXIT_FAILURE,
+    });
+    tracing::info!(%reason, deadline_ms = run.config.shutdown_deadline.as_millis() as u64, "lifecycle shutdown");
+
+    let mut deadline_exceeded = false;
+    let mut forced = false;
+    if announced {
+        run.handle.set_phase(Phase::Draining);
+        forced = run.drain_all(&started, deadline).await;
+        // The drain delay lets balancers notice; after a hand-over the successor already
+        // accepts on the same sockets, so there is nothing to notice.
+        let handed_over = matches!(reason, ShutdownReason::HandedOver { .. });
+        if !forced && !handed_over && !run.config.drain_delay.is_zero() {
+            let until = (Instant::now() + run.config.drain_delay).min(deadline);
+            tokio::select! {
+                biased;
+                _ = run.shutdown.forced() => forced = true,
+                _ = tokio::time::sleep_until(until) => {}
+            }
+        }
+    }
+    if !forced {
+        run.handle.set_phase(Phase::Stopping);
+        deadline_exceeded = run.stop_all(&started, deadline).await;
+    }
+    root.cancel();
+    run.handle.set_phase(Phase::Stopped);
+
+    listening.cancel();
+    background.close();
+    background.wait().await;
+
+    let report = run.progress.report(reason, run.shutdown.forced_by(), deadline_exceeded);
+    report.emit();
+    // What the run gave up on must not outlive it: async tasks are aborted; a hook or a blocking
+    // task stuck on its thread cannot be, so the watchdog, told the run's exit code, ends the
+    // process at the deadline if one still holds it then, with a note instead of a new report.
+    for ctx in &run.contexts {
+        ctx.tasks().close();
+        ctx.tasks().abort_all();
+    }
+    if let Some(watchdog) = watchdog {
+        let tasks = run.contexts.iter().map(|ctx| (ctx.name().clone(), ctx.tasks().clone())).collect();
+        watchdog.run_ended(report.exit_code, LeftBehind::new(std::mem::take(&mut run.abandoned), tasks));
+    }
+    report
+}
+
+impl Run {
+    /// The global deadline: the shutdown deadline after the request (or now, if none was made).
+    fn deadline(&self) -> Instant {
+        self.shutdown.requested_at().unwrap_or_else(Instant::now) + self.config.shutdown_deadline
+    }
+}

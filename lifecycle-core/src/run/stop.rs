@@ -1,0 +1,229 @@
+//! The drain and the stop, within one global deadline.
+//!
+//! The time left is shared so that a hung component cannot starve what it depends on: a hook's
+//! limit is its own timeout, unless that and the longest chain of stop timeouts still to come
+//! after it do not fit in the time left; then the time left is shared between them in proportion
+//! to their timeouts. Every dependency of a hung component therefore still gets its turn.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use super::hooks::{HookEnd, HookSet};
+use super::{Limits, Run, Started};
+use crate::failure::{Failure, Stage};
+use crate::graph::Graph;
+use crate::panic::CatchUnwind;
+use crate::report::Outcome;
+
+/// For each component, the longest chain of stop timeouts among what it depends on, directly or
+/// not: the time its dependencies may still need once it has stopped.
+pub(crate) fn time_needed_below(graph: &Graph, limits: &[Limits]) -> Vec<Duration> {
+    let count = graph.len();
+    let mut below = vec![Duration::ZERO; count];
+    let mut unresolved: Vec<usize> = (0..count).map(|i| graph.dependencies(i).len()).collect();
+    let mut order: Vec<usize> = (0..count).filter(|&i| unresolved[i] == 0).collect();
+    let mut next = 0;
+    while let Some(&index) = order.get(next) {
+        next += 1;
+        let chain = limits[index].stop_timeout.saturating_add(below[index]);
+        for &dependent in graph.dependents(index) {
+            below[dependent] = below[dependent].max(chain);
+            unresolved[dependent] -= 1;
+            if unresolved[dependent] == 0 {
+                order.push(dependent);
+            }
+        }
+    }
+    below
+}
+
+/// The limit of a hook with timeout `own`, begun `now`, after which `after` more may be needed
+/// before `deadline`.
+fn share(now: Instant, deadline: Instant, own: Duration, after: Duration) -> Instant {
+    let left = deadline.saturating_duration_since(now);
+    let needed = own.saturating_add(after);
+    if needed <= left {
+        return now + own;
+    }
+    // `needed` > `left` >= 0, so the ratio is in [0, 1] and the product cannot overflow.
+    now + left.mul_f64(own.as_secs_f64() / needed.as_secs_f64())
+}
+
+impl Run {
+    /// Runs every started component's drain hook at once. Returns true when forced to stop
+    /// waiting.
+    pub(super) async fn drain_all(&mut self, started: &[Started], deadline: Instant) -> bool {
+        let count = self.components.len();
+        let below = time_needed_below(&self.graph, &self.limits);
+        // The drain comes before every stop chain and the drain delay: the longest must fit after it.
+        let after = (0..count)
+            .filter(|&i| started[i] == Started::Yes)
+            .map(|i| self.limits[i].stop_timeout.saturating_add(below[i]))
+            .max()
+            .unwrap_or_default()
+            .saturating_add(self.config.drain_delay);
+        let mut hooks = HookSet::new(count, Stage::Draining);
+        for index in (0..count).filter(|&i| started[i] == Started::Yes) {
+            self.progress.enter(index, Stage::Draining);
+            let component = Arc::clone(&self.components[index].hooks);
+            let ctx = self.contexts[index].clone();
+            let limit = share(Instant::now(), deadline, self.limits[index].stop_timeout, after);
+            let hook_ctx = ctx.clone();
+            hooks.launch(index, &ctx, limit, async move { component.drain(&hook_ctx).await });
+        }
+        let forced = loop {
+            let ended = tokio::select! {
+                biased;
+                _ = self.shutdown.forced() => break true,
+                ended = hooks.next() => ended,
+            };
+            let Some((index, end)) = ended else { break false };
+            if let HookEnd::Failed(failure) = end {
+                tracing::warn!(component = %self.contexts[index].name(), %failure, "drain hook failed");
+                self.progress.fail(index, Stage::Draining, failure);
+            }
+            self.progress.enter(index, Stage::Running);
+        };
+        self.abandoned.extend(hooks.into_abandoned());
+        forced
+    }
+
+    /// Stops every component the start touched, each once all its dependents are done, within
+    /// its share of the time left. Returns whether the global deadline cut anything short.
+    pub(super) async fn stop_all(&mut self, started: &[Started], deadline: Instant) -> bool {
+        let count = self.components.len();
+        let below = time_needed_below(&self.graph, &self.limits);
+        let touched = |i: usize| started[i] != Started::No;
+        let mut dependents_left: Vec<usize> =
+            (0..count).map(|i| self.graph.dependents(i).iter().filter(|&&d| touched(d)).count()).collect();
+        let mut hooks = HookSet::new(count, Stage::Stopping);
+        let mut cut_at_deadline = vec![false; count];
+        let mut deadline_exceeded = false;
+
+        // Reverse registration order among the ready ones, so a chain registered in dependency
+        // order reads naturally in the logs; correctness comes from the counts alone.
+        let mut ready: Vec<usize> =
+            (0..count).rev().filter(|&i| touched(i) && dependents_left[i] == 0).collect();
+        loop {
+            while let Some(index) = ready.pop() {
+                let now = Instant::now();
+                if now < deadline {
+                    let limit = share(now, deadline, self.limits[index].stop_timeout, below[index]);
+                    cut_at_deadline[index] = limit >= deadline;
+                    self.launch_stop(index, started[index], limit, &mut hooks);
+                    continue;
+                }
+                // Out of time before its turn came: cancel what it runs and report it as it is.
+                deadline_exceeded = true;
+                self.contexts[index].token().cancel();
+                let outcome = match self.progress.stage(index) {
+                    // Still inside a start hook that ignored its cancellation.
+                    Some((Stage::Starting, since)) => {
+                        Outcome::Abandoned { stage: Stage::Starting, after: since.elapsed() }
+                    }
+                    _ => Outcome::NotStopped,
+                };
+                self.progress.finish(index, outcome);
+                self.release_dependencies(index, started, &mut dependents_left, &mut ready);
+            }
+            let ended = tokio::select! {
+                biased;
+                _ = self.shutdown.forced() => break,
+                ended = hooks.next() => ended,
+            };
+            let Some((index, end)) = ended else { break };
+            let name = self.contexts[index].name();
+            let outcome = match end {
+                HookEnd::Done | HookEnd::Cancelled => match started[index] {
+                    Started::Cancelled => Outcome::StartCancelled,
+                    // A failed start was recorded as the component's failure; `finish` keeps it.
+                    Started::Yes | Started::Failed | Started::No => Outcome::Stopped,
+                },
+                HookEnd::Failed(failure) => {
+                    deadline_exceeded |= cut_at_deadline[index] && matches!(failure, Failure::TimedOut(_));
+                    let stage = self.progress.stage(index).map_or(Stage::Stopping, |(stage, _)| stage);
+                    Outcome::Failed { stage, failure }
+                }
+            };
+            if outcome.is_failure() {
+                tracing::error!(component = %name, %outcome, "stop failed");
+            } else {
+                tracing::info!(component = %name, "stopped");
+            }
+            self.progress.finish(index, outcome);
+            self.release_dependencies(index, started, &mut dependents_left, &mut ready);
+        }
+        self.abandoned.extend(hooks.into_abandoned());
+        deadline_exceeded
+    }
+
+    fn release_dependencies(
+        &self,
+        index: usize,
+        started: &[Started],
+        dependents_left: &mut [usize],
+        ready: &mut Vec<usize>,
+    ) {
+        for &dependency in self.graph.dependencies(index) {
+            if started[dependency] == Started::No {
+                continue;
+            }
+            dependents_left[dependency] -= 1;
+            if dependents_left[dependency] == 0 {
+                ready.push(dependency);
+            }
+        }
+    }
+
+    /// The stop of one component: its stop hook if it started, then waiting for its tasks.
+    fn launch_stop(&self, index: usize, started: Started, limit: Instant, hooks: &mut HookSet) {
+        let component = Arc::clone(&self.components[index].hooks);
+        let ctx = self.contexts[index].clone();
+        // Cancelled here rather than inside the hook's task: tokio queues the tasks this wakes on
+        // the current worker, which must not be the one a blocking stop hook is about to hold.
+        ctx.token().cancel();
+        let progress = Arc::clone(&self.progress);
+        let hook_ctx = ctx.clone();
+        hooks.launch(index, &ctx, limit, async move {
+            if started == Started::Yes {
+                progress.enter(index, Stage::Stopping);
+                // A failed stop hook is recorded, and its tasks are still waited for.
+                match CatchUnwind::new(component.stop(&hook_ctx)).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(error)) => progress.fail(index, Stage::Stopping, Failure::Error(error.into())),
+                    Err(panic) => progress.fail(index, Stage::Stopping, Failure::Panic(panic)),
+                }
+            }
+            progress.enter(index, Stage::WaitingForTasks);
+            hook_ctx.tasks().close();
+            hook_ctx.tasks().wait().await;
+            Ok(())
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_hook_keeps_its_own_timeout_when_everything_fits() {
+        let now = Instant::now();
+        let limit = share(now, now + Duration::from_secs(10), Duration::from_secs(2), Duration::from_secs(5));
+        assert_eq!(limit - now, Duration::from_secs(2));
+    }
+
+    #[test]
+    fn a_hook_that_would_starve_its_dependencies_gets_its_share() {
+        let now = Instant::now();
+        // 10 s own, 10 s below, 1 s left: half for each.
+        let limit =
+            share(now, now + Duration::from_secs(1), Duration::from_secs(10), Duration::from_secs(10));
+        assert_eq!(limit - now, Duration::from_millis(500));
+        // Nothing below: all of what is left, up to the deadline.
+        let last = share(now, now + Duration::from_secs(1), Duration::from_secs(10), Duration::ZERO);
+        assert_eq!(last - now, Duration::from_secs(1));
+    }
+}

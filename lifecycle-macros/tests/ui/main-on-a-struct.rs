@@ -1,0 +1,4 @@
+#[lifecycle_core::main]
+struct Service;
+
+fn main() {}
