@@ -106,6 +106,7 @@ async fn cache_put(cache: &RedisPool, key: &str, order: &Order) {
 /// SQLite has no `SKIP LOCKED` queue: one task processes new orders every 100 ms instead.
 struct SqliteProcessor {
     store: Store,
+    migrations: Dep<FnComponent>,
 }
 
 impl Component for SqliteProcessor {
@@ -114,7 +115,7 @@ impl Component for SqliteProcessor {
     }
 
     fn dependencies(&self) -> Vec<Dependency> {
-        vec![Dependency::on("migrations")]
+        vec![Dependency::from(&self.migrations)]
     }
 
     async fn start(&self, ctx: &Context) -> Result<(), BoxError> {
@@ -182,19 +183,22 @@ async fn main(listeners: Listeners) -> Result<RegistryBuilder, String> {
         )
     };
     let migrating = store.clone();
-    builder.add(FnComponent::new("migrations").depends_on("orders_db").on_start(move |_ctx| {
-        let store = migrating.clone();
-        async move { store.migrate().await }
-    }));
+    // Dependencies by handle, not by name: a renamed component cannot leave one pointing nowhere.
+    let migrations = builder
+        .add(FnComponent::new("migrations").depends_on(store.dependency()).on_start(move |_ctx| {
+            let store = migrating.clone();
+            async move { store.migrate().await }
+        }))
+        .dep();
     let cache = config.redis_url.as_ref().map(|url| builder.add(RedisPool::new("cache", url.clone())).dep());
     match &store {
         Store::Postgres(db) => {
             builder
                 .add(JobWorker::new("worker", db.clone(), store::QUEUE, ProcessOrder).concurrency(4))
-                .depends_on("migrations");
+                .depends_on(&migrations);
         }
         Store::Sqlite(_) => {
-            builder.add(SqliteProcessor { store: store.clone() });
+            builder.add(SqliteProcessor { store: store.clone(), migrations: migrations.clone() });
         }
     }
 
@@ -210,9 +214,9 @@ async fn main(listeners: Listeners) -> Result<RegistryBuilder, String> {
                 .with_metrics("/metrics")
                 .options(ComponentOptions::new().stop_timeout(stop_timeout)),
         )
-        .depends_on("migrations");
-    if cache.is_some() {
-        http.depends_on("cache");
+        .depends_on(&migrations);
+    if let Some(cache) = &cache {
+        http.depends_on(cache);
     }
     if !config.etcd_endpoints.is_empty() {
         // The key is the address: an upgraded process registering the same address takes the

@@ -1,6 +1,6 @@
 //! Orders in PostgreSQL or SQLite: the same SQL, run on whichever pool the configuration chose.
 
-use lifecycle_core::{BoxError, CancellationToken, Dep};
+use lifecycle_core::{BoxError, CancellationToken, Dep, Dependency};
 use lifecycle_sqlx::jobs::{self, Job, JobHandler};
 use lifecycle_sqlx::sqlx::{self, PgConnection, Row};
 use lifecycle_sqlx::{PgPool, SqlitePool};
@@ -40,6 +40,14 @@ macro_rules! with_pool {
 }
 
 impl Store {
+    /// The pool's component, from its handle: what must start before anything uses the store.
+    pub(crate) fn dependency(&self) -> Dependency {
+        match self {
+            Store::Postgres(db) => db.into(),
+            Store::Sqlite(db) => db.into(),
+        }
+    }
+
     pub(crate) async fn migrate(&self) -> Result<(), BoxError> {
         let id_column = match self {
             Store::Postgres(_) => "BIGSERIAL PRIMARY KEY",
