@@ -11,7 +11,7 @@ use crate::component::SharedComponent;
 use crate::failure::FailureLog;
 use crate::graph::{Graph, GraphInput};
 use crate::progress::Progress;
-use crate::run::{Limits, OnReady, Parts, RunConfig, time_needed_below};
+use crate::run::{Limits, OnReady, Parts, RunConfig};
 use crate::{
     BuildError, Component, ComponentId, ComponentOptions, Context, Dep, Dependency, LifecycleHandle, Report,
     Shutdown, SignalListener, Signals, Tasks,
@@ -192,7 +192,7 @@ impl RegistryBuilder {
                 critical: e.options.critical,
             })
             .collect();
-        self.warn_about_stop_budget(&graph, &options);
+        self.warn_about_stop_budget(&options);
         let failures: Vec<FailureLog> = self.entries.iter().map(|_| FailureLog::default()).collect();
         let tasks: Vec<Tasks> = self
             .entries
@@ -298,18 +298,16 @@ impl RegistryBuilder {
 
     /// Warns about stop timeouts that cannot fit in the shutdown deadline at all. (A chain of
     /// timeouts that together exceed it is normal: they are limits, not expected durations.)
-    fn warn_about_stop_budget(&self, graph: &Graph, limits: &[Limits]) {
+    fn warn_about_stop_budget(&self, limits: &[Limits]) {
         let deadline = self.config.shutdown_deadline;
-        let below = time_needed_below(graph, limits);
         for (index, entry) in self.entries.iter().enumerate() {
             if limits[index].stop_timeout >= deadline {
                 tracing::warn!(
                     component = %entry.id,
                     stop_timeout_ms = limits[index].stop_timeout.as_millis() as u64,
                     shutdown_deadline_ms = deadline.as_millis() as u64,
-                    dependencies_need_ms = below[index].as_millis() as u64,
-                    "stop timeout does not fit in the shutdown deadline; if the component hangs, it gets \
-                     a share of the time left in proportion to its timeout, so what it depends on still stops"
+                    "stop timeout does not fit in the shutdown deadline; if the component hangs, it is cut \
+                     short so that what it depends on keeps time to stop"
                 );
             }
         }

@@ -9,9 +9,10 @@
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 use std::future::Future;
+use std::pin::Pin;
 
 use tokio::task::{AbortHandle, JoinSet};
-use tokio::time::Instant;
+use tokio::time::{Instant, Sleep};
 use tracing::Instrument;
 
 use crate::failure::{Failure, HookName, Stage};
@@ -40,7 +41,6 @@ pub(crate) struct AbandonedHook {
 }
 
 struct Slot {
-    component: ComponentId,
     abort: AbortHandle,
     began: Instant,
     limit: Instant,
@@ -50,9 +50,16 @@ struct Slot {
 pub(super) struct HookSet {
     running: JoinSet<(usize, HookResult)>,
     slots: Vec<Option<Slot>>,
+    in_flight: usize,
     limits: BinaryHeap<Reverse<(Instant, usize)>>,
+    /// One timer for the earliest limit. It is re-armed only when it fired or a limit earlier
+    /// than it appeared: firing early is harmless (the limits are checked), while re-arming a
+    /// timer for every hook that ends would cost a timer-wheel update each.
+    timer: Pin<Box<Sleep>>,
+    timer_at: Option<Instant>,
     stage: Stage,
-    abandoned: Vec<AbandonedHook>,
+    /// Component index and abort handle of every hook given up on.
+    abandoned: Vec<(usize, AbortHandle)>,
 }
 
 impl HookSet {
@@ -60,7 +67,10 @@ impl HookSet {
         Self {
             running: JoinSet::new(),
             slots: (0..components).map(|_| None).collect(),
+            in_flight: 0,
             limits: BinaryHeap::new(),
+            timer: Box::pin(tokio::time::sleep_until(Instant::now())),
+            timer_at: None,
             stage,
             abandoned: Vec::new(),
         }
@@ -74,13 +84,20 @@ impl HookSet {
         ctx.set_deadline(limit);
         let span = tracing::info_span!("lifecycle", component = %ctx.name(), hook = %HookName(self.stage));
         let abort = self.running.spawn(async move { (index, CatchUnwind::new(hook).await) }.instrument(span));
-        self.slots[index] = Some(Slot { component: ctx.name().clone(), abort, began: Instant::now(), limit });
+        let replaced = self.slots[index].replace(Slot { abort, began: Instant::now(), limit });
+        if replaced.is_none() {
+            self.in_flight += 1;
+        }
         self.limits.push(Reverse((limit, index)));
     }
 
-    /// Whether no hook is in flight.
-    pub(super) fn is_empty(&self) -> bool {
-        self.slots.iter().all(Option::is_none)
+    /// Takes the slot of `index`, if its hook is still in flight.
+    fn take(&mut self, index: usize) -> Option<Slot> {
+        let slot = self.slots[index].take();
+        if slot.is_some() {
+            self.in_flight -= 1;
+        }
+        slot
     }
 
     /// The next hook to end, and how; `None` when none is in flight.
@@ -93,21 +110,32 @@ impl HookSet {
                 }
                 self.limits.pop();
             }
-            let next_limit = self.limits.peek().map(|&Reverse((limit, _))| limit);
-            if self.is_empty() {
+            if self.in_flight == 0 {
                 return None;
             }
+            let next_limit = self.limits.peek().map(|&Reverse((limit, _))| limit);
+            if let Some(limit) = next_limit.filter(|&limit| self.timer_at.is_none_or(|at| limit < at)) {
+                self.timer.as_mut().reset(limit);
+                self.timer_at = Some(limit);
+            }
+            let timer_armed = self.timer_at.is_some();
             let joined = tokio::select! {
                 biased;
                 joined = self.running.join_next() => joined,
-                () = sleep_until(next_limit) => {
-                    let Some(Reverse((_, index))) = self.limits.pop() else { continue };
-                    return Some((index, self.give_up(index)));
+                () = &mut self.timer, if timer_armed => {
+                    self.timer_at = None;
+                    match self.limits.peek() {
+                        Some(&Reverse((limit, index))) if limit <= Instant::now() => {
+                            self.limits.pop();
+                            return Some((index, self.give_up(index)));
+                        }
+                        _ => continue,
+                    }
                 }
             };
             match joined {
                 Some(Ok((index, result))) => {
-                    if self.slots[index].take().is_none() {
+                    if self.take(index).is_none() {
                         continue; // given up on already
                     }
                     return Some((
@@ -124,7 +152,7 @@ impl HookSet {
                     let found =
                         self.slots.iter().position(|s| s.as_ref().is_some_and(|s| s.abort.id() == id));
                     if let Some(index) = found {
-                        self.slots[index] = None;
+                        self.take(index);
                         return Some((index, HookEnd::Cancelled));
                     }
                 }
@@ -135,19 +163,15 @@ impl HookSet {
 
     /// Aborts the hook of `index` at its limit and remembers it as abandoned.
     fn give_up(&mut self, index: usize) -> HookEnd {
-        let Some(slot) = self.slots[index].take() else { return HookEnd::Cancelled };
+        let Some(slot) = self.take(index) else { return HookEnd::Cancelled };
         let after = slot.began.elapsed();
-        self.forget(slot);
+        self.forget(index, slot);
         HookEnd::Failed(Failure::TimedOut(after))
     }
 
-    fn forget(&mut self, slot: Slot) {
+    fn forget(&mut self, index: usize, slot: Slot) {
         slot.abort.abort();
-        self.abandoned.push(AbandonedHook {
-            component: slot.component,
-            stage: self.stage,
-            handle: slot.abort,
-        });
+        self.abandoned.push((index, slot.abort));
     }
 
     /// Cancels every hook in flight; each then ends as it can (cancelled, or done if it finished
@@ -163,8 +187,8 @@ impl HookSet {
     pub(super) fn abandon(&mut self) -> Vec<usize> {
         let mut left = Vec::new();
         for index in 0..self.slots.len() {
-            if let Some(slot) = self.slots[index].take() {
-                self.forget(slot);
+            if let Some(slot) = self.take(index) {
+                self.forget(index, slot);
                 left.push(index);
             }
         }
@@ -173,16 +197,13 @@ impl HookSet {
 
     /// Hooks given up on (at their limit, or abandoned), for the end of the run to check: each
     /// one's abort handle says whether it has ended since.
-    pub(super) fn into_abandoned(mut self) -> Vec<AbandonedHook> {
+    pub(super) fn into_abandoned(mut self, names: &[ComponentId]) -> Vec<AbandonedHook> {
         self.abandon();
         self.running.detach_all();
-        std::mem::take(&mut self.abandoned)
-    }
-}
-
-async fn sleep_until(limit: Option<Instant>) {
-    match limit {
-        Some(limit) => tokio::time::sleep_until(limit).await,
-        None => std::future::pending().await,
+        let stage = self.stage;
+        self.abandoned
+            .drain(..)
+            .map(|(index, handle)| AbandonedHook { component: names[index].clone(), stage, handle })
+            .collect()
     }
 }

@@ -16,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 pub(crate) use hooks::AbandonedHook;
-pub(crate) use stop::time_needed_below;
+pub(crate) use stop::reserve_below;
 
 use crate::component::SharedComponent;
 use crate::exit::EXIT_FAILURE;
@@ -24,7 +24,7 @@ use crate::graph::Graph;
 use crate::progress::Progress;
 use crate::signal::SignalListener;
 use crate::watchdog::{LeftBehind, Watchdog};
-use crate::{Context, LifecycleHandle, Phase, Report, Shutdown, ShutdownReason, Signals};
+use crate::{ComponentId, Context, LifecycleHandle, Phase, Report, Shutdown, ShutdownReason, Signals};
 
 /// Settings of a run, set through [`RegistryBuilder`](crate::RegistryBuilder).
 #[derive(Clone, Debug)]
@@ -100,6 +100,9 @@ struct Run {
     handle: LifecycleHandle,
     shutdown: Shutdown,
     progress: Arc<Progress>,
+    names: Vec<ComponentId>,
+    /// For each component, the time kept for its dependencies once it stopped.
+    reserve_below: Vec<Duration>,
     /// Hooks the run gave up on, gathered from every phase.
     abandoned: Vec<AbandonedHook>,
 }
@@ -108,6 +111,8 @@ pub(crate) async fn run(parts: Parts) -> Report {
     let Parts { components, contexts, limits, graph, config, listener, on_ready, handle, root } = parts;
     let shutdown = handle.shutdown().clone();
     let progress = Arc::clone(handle.progress());
+    let names = contexts.iter().map(|ctx| ctx.name().clone()).collect();
+    let reserve_below = reserve_below(&graph, &limits, config.shutdown_deadline);
     let mut run = Run {
         components,
         contexts,
@@ -117,6 +122,8 @@ pub(crate) async fn run(parts: Parts) -> Report {
         handle,
         shutdown,
         progress,
+        names,
+        reserve_below,
         abandoned: Vec::new(),
     };
     run.progress.run_started();

@@ -63,7 +63,7 @@ impl Run {
         for index in hooks.abandon() {
             started[index] = Started::Cancelled;
         }
-        self.abandoned.extend(hooks.into_abandoned());
+        self.abandoned.extend(hooks.into_abandoned(&self.names));
         (started, failure)
     }
 

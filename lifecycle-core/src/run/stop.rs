@@ -1,9 +1,10 @@
 //! The drain and the stop, within one global deadline.
 //!
-//! The time left is shared so that a hung component cannot starve what it depends on: a hook's
-//! limit is its own timeout, unless that and the longest chain of stop timeouts still to come
-//! after it do not fit in the time left; then the time left is shared between them in proportion
-//! to their timeouts. Every dependency of a hung component therefore still gets its turn.
+//! A hung component cannot starve what it depends on: each component keeps a reserve for its
+//! own stop, the smaller of its stop timeout and a tenth of the shutdown deadline. A hook's limit
+//! is its own timeout, cut so that the reserves of the longest chain of components still to stop
+//! after it fit before the deadline, but never below half of the time left. Every dependency of
+//! a hung component therefore still gets its stop hook, with time to run it.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,9 +18,14 @@ use crate::graph::Graph;
 use crate::panic::CatchUnwind;
 use crate::report::Outcome;
 
-/// For each component, the longest chain of stop timeouts among what it depends on, directly or
-/// not: the time its dependencies may still need once it has stopped.
-pub(crate) fn time_needed_below(graph: &Graph, limits: &[Limits]) -> Vec<Duration> {
+/// The time a component's own stop is guaranteed, whatever hangs above it.
+pub(crate) fn reserve(limits: &Limits, shutdown_deadline: Duration) -> Duration {
+    limits.stop_timeout.min(shutdown_deadline / 10)
+}
+
+/// For each component, the longest chain of reserves among what it depends on, directly or not:
+/// the time kept for its dependencies once it has stopped.
+pub(crate) fn reserve_below(graph: &Graph, limits: &[Limits], shutdown_deadline: Duration) -> Vec<Duration> {
     let count = graph.len();
     let mut below = vec![Duration::ZERO; count];
     let mut unresolved: Vec<usize> = (0..count).map(|i| graph.dependencies(i).len()).collect();
@@ -27,7 +33,7 @@ pub(crate) fn time_needed_below(graph: &Graph, limits: &[Limits]) -> Vec<Duratio
     let mut next = 0;
     while let Some(&index) = order.get(next) {
         next += 1;
-        let chain = limits[index].stop_timeout.saturating_add(below[index]);
+        let chain = reserve(&limits[index], shutdown_deadline).saturating_add(below[index]);
         for &dependent in graph.dependents(index) {
             below[dependent] = below[dependent].max(chain);
             unresolved[dependent] -= 1;
@@ -39,16 +45,11 @@ pub(crate) fn time_needed_below(graph: &Graph, limits: &[Limits]) -> Vec<Duratio
     below
 }
 
-/// The limit of a hook with timeout `own`, begun `now`, after which `after` more may be needed
-/// before `deadline`.
+/// The limit of a hook with timeout `own`, begun `now`, when `after` is kept for what comes
+/// after it before `deadline`.
 fn share(now: Instant, deadline: Instant, own: Duration, after: Duration) -> Instant {
     let left = deadline.saturating_duration_since(now);
-    let needed = own.saturating_add(after);
-    if needed <= left {
-        return now + own;
-    }
-    // `needed` > `left` >= 0, so the ratio is in [0, 1] and the product cannot overflow.
-    now + left.mul_f64(own.as_secs_f64() / needed.as_secs_f64())
+    now + own.min(left.saturating_sub(after).max(left / 2))
 }
 
 impl Run {
@@ -56,11 +57,12 @@ impl Run {
     /// waiting.
     pub(super) async fn drain_all(&mut self, started: &[Started], deadline: Instant) -> bool {
         let count = self.components.len();
-        let below = time_needed_below(&self.graph, &self.limits);
-        // The drain comes before every stop chain and the drain delay: the longest must fit after it.
+        let below = &self.reserve_below;
+        // The drain comes before the drain delay and every stop chain: keep their reserves.
+        let deadline_length = self.config.shutdown_deadline;
         let after = (0..count)
             .filter(|&i| started[i] == Started::Yes)
-            .map(|i| self.limits[i].stop_timeout.saturating_add(below[i]))
+            .map(|i| reserve(&self.limits[i], deadline_length).saturating_add(below[i]))
             .max()
             .unwrap_or_default()
             .saturating_add(self.config.drain_delay);
@@ -86,7 +88,7 @@ impl Run {
             }
             self.progress.enter(index, Stage::Running);
         };
-        self.abandoned.extend(hooks.into_abandoned());
+        self.abandoned.extend(hooks.into_abandoned(&self.names));
         forced
     }
 
@@ -94,7 +96,7 @@ impl Run {
     /// its share of the time left. Returns whether the global deadline cut anything short.
     pub(super) async fn stop_all(&mut self, started: &[Started], deadline: Instant) -> bool {
         let count = self.components.len();
-        let below = time_needed_below(&self.graph, &self.limits);
+        let below = std::mem::take(&mut self.reserve_below);
         let touched = |i: usize| started[i] != Started::No;
         let mut dependents_left: Vec<usize> =
             (0..count).map(|i| self.graph.dependents(i).iter().filter(|&&d| touched(d)).count()).collect();
@@ -155,7 +157,7 @@ impl Run {
             self.progress.finish(index, outcome);
             self.release_dependencies(index, started, &mut dependents_left, &mut ready);
         }
-        self.abandoned.extend(hooks.into_abandoned());
+        self.abandoned.extend(hooks.into_abandoned(&self.names));
         deadline_exceeded
     }
 
