@@ -14,6 +14,7 @@ pub static HEAP: PeakAlloc = PeakAlloc;
 /// One measurement of one variant.
 #[derive(Clone, Copy, Debug)]
 pub struct Sample {
+    /// How long it took.
     pub time: Duration,
     /// Peak heap bytes above the starting point, divided by the unit count.
     pub bytes_per_unit: f64,

@@ -2,7 +2,7 @@
 
 use std::fmt;
 
-use crate::{ComponentId, ShutdownReason, Signal};
+use crate::{ComponentId, Signal};
 
 /// Exit code of a service that failed: a critical component failed to start, failed while
 /// running, or failed to stop; also of a program whose registry could not be built.
@@ -41,11 +41,13 @@ pub enum ExitCause {
 }
 
 impl ExitCause {
-    /// Applies the rule to what the run knows when it ends.
+    /// Applies the rule to what the run knows when it ends: the second signal, if any; whether
+    /// the deadline passed; the code a shutdown request asked for, if one did; the critical
+    /// component that failed, if one did (the one whose failure stopped the service first).
     pub(crate) fn decide(
-        reason: &ShutdownReason,
         forced_by: Option<Signal>,
         deadline_exceeded: bool,
+        requested: Option<i32>,
         failed_critical: Option<&ComponentId>,
     ) -> Self {
         if let Some(signal) = forced_by {
@@ -54,16 +56,10 @@ impl ExitCause {
         if deadline_exceeded {
             return ExitCause::DeadlineExceeded;
         }
-        match reason {
-            ShutdownReason::Requested { exit_code, .. } if *exit_code != 0 => {
-                ExitCause::Requested(*exit_code)
-            }
-            ShutdownReason::StartFailed { component, .. }
-            | ShutdownReason::ComponentFailed { component, .. } => {
-                ExitCause::ComponentFailed(component.clone())
-            }
-            _ => failed_critical
-                .map_or(ExitCause::Clean, |component| ExitCause::ComponentFailed(component.clone())),
+        match (requested, failed_critical) {
+            (Some(code), _) if code != 0 => ExitCause::Requested(code),
+            (_, Some(component)) => ExitCause::ComponentFailed(component.clone()),
+            _ => ExitCause::Clean,
         }
     }
 
@@ -100,26 +96,18 @@ pub(crate) fn is_valid_code(code: i32) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::failure::Failure;
-
-    fn failed(component: &'static str) -> ShutdownReason {
-        ShutdownReason::StartFailed { component: component.into(), failure: Failure::Panic("boom".into()) }
-    }
 
     #[test]
     fn the_rule_applies_in_order() {
-        let signal = ShutdownReason::Signal(Signal::Terminate);
         let worker = ComponentId::from("worker");
         let decide = ExitCause::decide;
-        assert_eq!(decide(&signal, None, false, None).code(), 0);
-        assert_eq!(decide(&signal, None, false, Some(&worker)).code(), EXIT_FAILURE);
-        assert_eq!(decide(&signal, None, true, Some(&worker)).code(), EXIT_DEADLINE);
-        assert_eq!(decide(&signal, Some(Signal::Terminate), true, Some(&worker)).code(), 143);
-        assert_eq!(decide(&failed("db"), None, false, None), ExitCause::ComponentFailed("db".into()));
-        let asked = ShutdownReason::Requested { message: "config".into(), exit_code: 3 };
-        assert_eq!(decide(&asked, None, false, Some(&worker)).code(), 3);
-        let asked_zero = ShutdownReason::Requested { message: "done".into(), exit_code: 0 };
-        assert_eq!(decide(&asked_zero, None, false, Some(&worker)).code(), EXIT_FAILURE);
-        assert_eq!(decide(&ShutdownReason::HandedOver { successor: 7 }, None, false, None).code(), 0);
+        assert_eq!(decide(None, false, None, None).code(), 0);
+        assert_eq!(decide(None, false, Some(0), None).code(), 0);
+        assert_eq!(decide(None, false, None, Some(&worker)).code(), EXIT_FAILURE);
+        assert_eq!(decide(None, false, Some(0), Some(&worker)), ExitCause::ComponentFailed(worker.clone()));
+        assert_eq!(decide(None, false, Some(3), Some(&worker)).code(), 3);
+        assert_eq!(decide(None, true, Some(3), Some(&worker)).code(), EXIT_DEADLINE);
+        assert_eq!(decide(Some(Signal::Terminate), true, Some(3), Some(&worker)).code(), 143);
+        assert_eq!(decide(Some(Signal::Interrupt), false, None, None).code(), 130);
     }
 }

@@ -12,10 +12,46 @@
 //! 4. stops components in reverse dependency order, independent ones in parallel, each within its
 //!    stop timeout and all within one global deadline; a component that hangs is abandoned and
 //!    reported while everything that does not depend on it still stops;
-//! 5. returns a [`Report`] with the reason, every component's outcome and the exit code.
+//! 5. returns a [`Report`] with the reason, every component's outcome and failures, and the exit
+//!    code; aborts the async tasks it gave up on.
 //!
 //! A second signal ends the wait at once, still with a report; a watchdog thread ends the process
-//! at the deadline even if every runtime thread is stuck.
+//! at the deadline plus a grace even if every runtime thread is stuck.
+//!
+//! # Time
+//!
+//! Every stop hook has its own timeout, and all of them one global deadline. A hung component
+//! cannot starve what it depends on: each component keeps a reserve for its own stop, the
+//! smaller of its stop timeout and a tenth of the shutdown deadline, and a hook is cut short so
+//! that the reserves of the longest chain of components still to stop after it fit before the
+//! deadline (but never below half of the time left). [`RegistryBuilder::build`] warns when a stop
+//! timeout is at or above the deadline.
+//!
+//! The process ends at the latest at the shutdown deadline plus the
+//! [watchdog grace](RegistryBuilder::watchdog_grace) (500 ms by default): keep that sum below
+//! the platform's own limit (Kubernetes' `terminationGracePeriodSeconds` after preStop,
+//! systemd's `TimeoutStopSec=`). Deadlines and durations use tokio's clock, so tests with
+//! paused time ([`testing`], feature `test-util`) see them move; the watchdog alone runs on the
+//! real clock, on its own thread.
+//!
+//! # Exit code
+//!
+//! One rule, applied by the run and by the watchdog alike ([`ExitCause`]); the first that
+//! applies wins:
+//!
+//! | cause | exit code | the report's second line says |
+//! |---|---|---|
+//! | a second signal ended the wait | 128 + its number (143 for `SIGTERM`, 130 for `SIGINT`) | `forced by a second SIGTERM` |
+//! | the global shutdown deadline passed before everything stopped (the run gave up at the deadline, or the watchdog ended the process) | [`EXIT_DEADLINE`] (124) | `shutdown deadline exceeded` |
+//! | [`Shutdown::request`] asked for a non-zero code | that code | `exit code N requested` |
+//! | a critical component failed: its start, a task while running, or its drain or stop (error, panic, timeout) | [`EXIT_FAILURE`] (1) | ``critical component `name` failed`` |
+//! | anything else: a signal, a hand-over, a request with code 0 | 0 | `stopped cleanly` |
+//!
+//! A non-critical component's failures are reported, never the exit code. When the run has
+//! returned but an abandoned hook or blocking task still holds the process at the deadline, the
+//! watchdog ends it with the run's own exit code and one line naming what held it. Before a run
+//! exists, `#[lifecycle_core::main]` exits with 1 when the setup fails, the function returns an
+//! error, or [`RegistryBuilder::build`] refuses the components.
 //!
 //! ```no_run
 //! use lifecycle_core::{BoxError, Component, Context, Dep, Dependency, Registry};

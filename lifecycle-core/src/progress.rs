@@ -198,9 +198,16 @@ impl Progress {
                 }
             })
             .collect();
-        let failed_critical =
-            components.iter().find(|c| c.critical && c.outcome.is_failure()).map(|c| &c.name);
-        let exit_cause = ExitCause::decide(&reason, forced_by, deadline_exceeded, failed_critical);
+        let requested = match &reason {
+            ShutdownReason::Requested { exit_code, .. } => Some(*exit_code),
+            _ => None,
+        };
+        // The failure that stopped the service comes first; then any other critical one.
+        let failed_critical = reason
+            .failure()
+            .map(|(component, _)| component)
+            .or_else(|| components.iter().find(|c| c.critical && c.outcome.is_failure()).map(|c| &c.name));
+        let exit_cause = ExitCause::decide(forced_by, deadline_exceeded, requested, failed_critical);
         Report {
             reason,
             exit_code: exit_cause.code(),

@@ -253,23 +253,16 @@ mod unix {
     }
 }
 
-/// Turns signals into shutdown requests until `done`: the first starts a graceful shutdown,
-/// every later one forces the run to stop waiting.
+/// Hands every signal to `on_signal` until `done`.
 pub(crate) async fn listen(
     mut listener: SignalListener,
-    shutdown: crate::Shutdown,
     done: tokio_util::sync::CancellationToken,
+    mut on_signal: impl FnMut(Signal),
 ) {
     loop {
-        let signal = tokio::select! {
+        tokio::select! {
             _ = done.cancelled() => return,
-            signal = listener.recv() => signal,
-        };
-        if shutdown.trigger(crate::ShutdownReason::Signal(signal)) {
-            tracing::info!(%signal, "signal received; shutting down");
-        } else {
-            tracing::warn!(%signal, "second signal; ending without waiting for the rest");
-            shutdown.force(signal);
+            signal = listener.recv() => on_signal(signal),
         }
     }
 }

@@ -10,8 +10,10 @@ use std::time::{Duration, Instant};
 
 use crate::exit::EXIT_DEADLINE;
 use crate::failure::HookName;
+use tokio::task::AbortHandle;
+
+use crate::failure::Stage;
 use crate::progress::Progress;
-use crate::run::AbandonedHook;
 use crate::{ComponentId, Shutdown, ShutdownReason, Tasks, lock};
 
 pub(crate) struct Watchdog {
@@ -25,6 +27,14 @@ struct State {
     disarmed: bool,
     /// Set once the run returned: its exit code, and what it gave up on.
     ended: Option<(i32, LeftBehind)>,
+}
+
+/// A hook the run gave up on, still running as far as anyone knows.
+#[derive(Clone, Debug)]
+pub(crate) struct AbandonedHook {
+    pub(crate) component: ComponentId,
+    pub(crate) stage: Stage,
+    pub(crate) handle: AbortHandle,
 }
 
 /// What a run gave up on and could not abort: hooks and blocking tasks that may still hold a

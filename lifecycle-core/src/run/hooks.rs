@@ -17,6 +17,7 @@ use tracing::Instrument;
 
 use crate::failure::{Failure, HookName, Stage};
 use crate::panic::CatchUnwind;
+use crate::watchdog::AbandonedHook;
 use crate::{BoxError, ComponentId, Context};
 
 /// What a hook's task returns: the hook's result, or its panic's message.
@@ -30,14 +31,6 @@ pub(super) enum HookEnd {
     Failed(Failure),
     /// It was cancelled before it finished (a shutdown during start).
     Cancelled,
-}
-
-/// A hook the run gave up on, still running as far as anyone knows.
-#[derive(Clone, Debug)]
-pub(crate) struct AbandonedHook {
-    pub(crate) component: ComponentId,
-    pub(crate) stage: Stage,
-    pub(crate) handle: AbortHandle,
 }
 
 struct Slot {

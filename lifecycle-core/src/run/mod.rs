@@ -15,7 +15,6 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-pub(crate) use hooks::AbandonedHook;
 pub(crate) use stop::reserve_below;
 
 use crate::component::SharedComponent;
@@ -23,7 +22,7 @@ use crate::exit::EXIT_FAILURE;
 use crate::graph::Graph;
 use crate::progress::Progress;
 use crate::signal::SignalListener;
-use crate::watchdog::{LeftBehind, Watchdog};
+use crate::watchdog::{AbandonedHook, LeftBehind, Watchdog};
 use crate::{ComponentId, Context, LifecycleHandle, Phase, Report, Shutdown, ShutdownReason, Signals};
 
 /// Settings of a run, set through [`RegistryBuilder`](crate::RegistryBuilder).
@@ -139,7 +138,15 @@ pub(crate) async fn run(parts: Parts) -> Report {
             .ok(),
     };
     if let Some(listener) = listener {
-        background.spawn(crate::signal::listen(listener, run.shutdown.clone(), listening.clone()));
+        let shutdown = run.shutdown.clone();
+        background.spawn(crate::signal::listen(listener, listening.clone(), move |signal| {
+            if shutdown.trigger(ShutdownReason::Signal(signal)) {
+                tracing::info!(%signal, "signal received; shutting down");
+            } else {
+                tracing::warn!(%signal, "second signal; ending without waiting for the rest");
+                shutdown.force(signal);
+            }
+        }));
     }
     let watchdog = run
         .config
