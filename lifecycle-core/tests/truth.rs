@@ -303,3 +303,30 @@ async fn the_reports_exit_line_says_the_code_used_and_why() {
         "{text}"
     );
 }
+
+#[test]
+fn build_warns_when_a_stop_timeout_cannot_fit_in_the_deadline() {
+    let captured = Captured::default();
+    let writer = captured.clone();
+    let subscriber = tracing_subscriber::fmt().with_ansi(false).with_writer(move || writer.clone()).finish();
+    tracing::subscriber::with_default(subscriber, || {
+        let log = Log::default();
+        let mut b = builder();
+        b.shutdown_deadline(Duration::from_secs(5));
+        b.add(Probe::new("db", &log).options(ComponentOptions::new().stop_timeout(Duration::from_secs(1))));
+        b.add(
+            Probe::new("http", &log)
+                .deps(&["db"])
+                .options(ComponentOptions::new().stop_timeout(Duration::from_secs(5))),
+        );
+        drop(b.build().unwrap());
+    });
+    let text = String::from_utf8_lossy(&captured.0.lock().unwrap()).into_owned();
+    let warnings: Vec<&str> = text.lines().filter(|l| l.contains("WARN")).collect();
+    assert_eq!(warnings.len(), 1, "only `http` cannot fit: {text}");
+    assert!(
+        warnings[0].contains("component=http")
+            && warnings[0].contains("does not fit in the shutdown deadline"),
+        "{text}"
+    );
+}
