@@ -46,35 +46,11 @@ impl Options {
                 self.worker_threads.replace((count, span)).map(|(_, s)| s)
             }
             "flavor" => {
-                let flavor: LitStr = meta.value()?.parse()?;
-                let current = match flavor.value().as_str() {
-                    "current_thread" => true,
-                    "multi_thread" => false,
-                    other => {
-                        return Err(syn::Error::new(
-                            flavor.span(),
-                            format!(
-                                "unknown `flavor` \"{other}\"; valid: \"multi_thread\" (the default), \"current_thread\""
-                            ),
-                        ));
-                    }
-                };
+                let current = choice(meta, "flavor", &[("multi_thread", false), ("current_thread", true)])?;
                 self.current_thread.replace((current, span)).map(|(_, s)| s)
             }
             "report" => {
-                let when: LitStr = meta.value()?.parse()?;
-                let always = match when.value().as_str() {
-                    "always" => true,
-                    "on_failure" => false,
-                    other => {
-                        return Err(syn::Error::new(
-                            when.span(),
-                            format!(
-                                "unknown `report` value \"{other}\"; valid: \"always\", \"on_failure\" (the default)"
-                            ),
-                        ));
-                    }
-                };
+                let always = choice(meta, "report", &[("on_failure", false), ("always", true)])?;
                 self.report_always.replace((always, span)).map(|(_, s)| s)
             }
             "setup" => {
@@ -104,6 +80,24 @@ impl Options {
             None => Ok(()),
         }
     }
+}
+
+/// One of a few string values; the first is the default.
+fn choice(meta: &ParseNestedMeta<'_>, key: &str, valid: &[(&str, bool)]) -> syn::Result<bool> {
+    let text: LitStr = meta.value()?.parse()?;
+    let value = text.value();
+    if let Some((_, chosen)) = valid.iter().find(|(name, _)| *name == value) {
+        return Ok(*chosen);
+    }
+    let names: Vec<String> = valid.iter().map(|(name, _)| format!("\"{name}\"")).collect();
+    Err(syn::Error::new(
+        text.span(),
+        format!(
+            "unknown `{key}` value \"{value}\"; valid: {} (the default), {}",
+            names[0],
+            names[1..].join(", ")
+        ),
+    ))
 }
 
 fn duration(meta: &ParseNestedMeta<'_>) -> syn::Result<u64> {
