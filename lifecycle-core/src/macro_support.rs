@@ -201,6 +201,32 @@ pub fn run_setup<T, S: SetupOutput<T>>(setup_output: S) -> T {
     setup_output.into_value().unwrap_or_else(|error| exit_with(&error))
 }
 
+/// Awaits the main function's future while signals are caught but no run exists yet: the first
+/// signal is kept for the run (which then stops as soon as it begins); a second one means the
+/// user wants out now, and ends the process with 128 + its number, as a second signal does
+/// during a run.
+async fn until_second_signal<F: Future>(main: F, listener: &mut SignalListener) -> F::Output {
+    let mut main = std::pin::pin!(main);
+    let mut first = None;
+    let output = loop {
+        tokio::select! {
+            output = &mut main => break output,
+            signal = listener.recv() => {
+                if first.is_some() {
+                    eprintln!("lifecycle: second {signal} before the run started; exiting");
+                    std::process::exit(crate::ExitCause::Forced(signal).code());
+                }
+                eprintln!("lifecycle: {signal} received before the run started; it stops as soon as it begins");
+                first = Some(signal);
+            }
+        }
+    };
+    if let Some(signal) = first {
+        listener.unread(signal);
+    }
+    output
+}
+
 /// Writes `error` to standard error and ends the process with [`EXIT_FAILURE`](crate::EXIT_FAILURE):
 /// for failures before there is a run to report on.
 fn exit_with(error: &str) -> ! {
@@ -226,7 +252,7 @@ pub fn catch_signals(options: &MainOptions) -> Option<SignalListener> {
 /// Builds the runtime, awaits the user's function for the builder, runs the registry, writes
 /// the report to standard error (when the run failed, or always if asked), and ends the process
 /// with its exit code.
-pub fn run_main<F>(options: MainOptions, signals: Option<SignalListener>, main: F) -> !
+pub fn run_main<F>(options: MainOptions, mut signals: Option<SignalListener>, main: F) -> !
 where
     F: Future,
     F::Output: MainOutput,
@@ -244,7 +270,11 @@ where
         Err(error) => exit_with(&format!("cannot start the tokio runtime: {error}")),
     };
     let code = runtime.block_on(async move {
-        let mut builder = match main.await.into_builder() {
+        let output = match &mut signals {
+            Some(listener) => until_second_signal(main, listener).await,
+            None => main.await,
+        };
+        let mut builder = match output.into_builder() {
             Ok(builder) => builder,
             Err(error) => {
                 eprintln!("error: {error}");

@@ -135,6 +135,11 @@ impl SignalListener {
         Signals::only([Signal::Interrupt])
     }
 
+    /// Puts `signal` back, to be the next one [`recv`](SignalListener::recv) returns.
+    pub(crate) fn unread(&mut self, signal: Signal) {
+        self.pending.push_front(signal);
+    }
+
     /// The next signal: one caught before this call first, then one as it arrives.
     #[cfg(unix)]
     pub(crate) async fn recv(&mut self) -> Signal {
@@ -161,6 +166,9 @@ impl SignalListener {
     /// Ctrl-C is the only signal outside Unix.
     #[cfg(not(unix))]
     pub(crate) async fn recv(&mut self) -> Signal {
+        if let Some(signal) = self.pending.pop_front() {
+            return signal;
+        }
         loop {
             if tokio::signal::ctrl_c().await.is_ok() {
                 return Signal::Interrupt;

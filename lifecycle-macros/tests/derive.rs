@@ -6,9 +6,10 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use lifecycle_core::testing::{self, TestRun, builder};
 use lifecycle_core::{
     BoxError, Close, Component, ComponentId, ComponentOptions, Context, Dep, Dependency, Failure, Health,
-    Outcome, Phase, Registry, Report, Signals, Stage,
+    Outcome, Registry, Report, Stage,
 };
 
 type Log = Arc<Mutex<Vec<String>>>;
@@ -161,19 +162,11 @@ fn resource(name: &'static str, log: &Log, fail: bool) -> Resource {
 }
 
 async fn run(registry: Registry) -> Report {
-    let handle = registry.handle();
-    let run = tokio::spawn(registry.run());
-    handle.reached(Phase::Ready).await;
-    let health = handle.health().await;
+    let mut run = TestRun::run(registry);
+    run.ready().await;
+    let health = run.handle().health().await;
     assert_eq!(health[0].1, Health::Degraded("replica lag".into()));
-    handle.shutdown().request("test over", 0);
-    run.await.unwrap()
-}
-
-fn builder() -> lifecycle_core::RegistryBuilder {
-    let mut builder = Registry::builder();
-    builder.signals(Signals::none()).watchdog(false);
-    builder
+    run.stop().await
 }
 
 async fn derived(hang: bool, fail_close: bool) -> (Vec<String>, Report) {
@@ -287,17 +280,9 @@ async fn a_struct_without_hooks_still_closes_its_resource_fields() {
 
     let mut b = builder();
     b.add(Holder { token: token.clone(), _unrelated: None });
-    let report = run_plain(b.build().unwrap()).await;
+    let report = testing::run_until_ready_then_stop(b.build().unwrap()).await;
     assert!(report.is_success(), "{report}");
     assert!(token.is_cancelled(), "...but once started, the field is closed at stop");
-}
-
-async fn run_plain(registry: Registry) -> Report {
-    let handle = registry.handle();
-    let run = tokio::spawn(registry.run());
-    handle.reached(Phase::Ready).await;
-    handle.shutdown().request("test over", 0);
-    run.await.unwrap()
 }
 
 #[test]

@@ -55,7 +55,7 @@ fn an_error_instead_of_a_builder_exits_one_with_the_error() {
     assert_eq!(code, Some(1));
     assert_eq!(
         stderr.trim(),
-        "error: unknown mode \"nonsense\"; use `fail`, `ok`, `exit3`, `threads` or `early`"
+        "error: unknown mode \"nonsense\"; use `fail`, `ok`, `exit3`, `threads`, `early` or `slow`"
     );
 }
 
@@ -70,7 +70,10 @@ fn the_setup_runs_before_the_runtime_starts_a_thread() {
 fn a_failed_setup_exits_one_with_its_error() {
     let (code, stderr) = run(&[]);
     assert_eq!(code, Some(1));
-    assert_eq!(stderr.trim(), "error: no mode given; use `fail`, `ok`, `exit3`, `threads` or `early`");
+    assert_eq!(
+        stderr.trim(),
+        "error: no mode given; use `fail`, `ok`, `exit3`, `threads`, `early` or `slow`"
+    );
 }
 
 #[test]
@@ -83,4 +86,18 @@ fn a_signal_before_the_run_starts_is_kept_for_the_run() {
     assert_eq!(output.status.code(), Some(0), "not ended by the signal itself: {:?} {stderr}", output.status);
     assert!(began.elapsed() < std::time::Duration::from_secs(10), "the start waiting forever was cancelled");
     assert_eq!(String::from_utf8_lossy(&output.stdout).trim(), "SIGTERM sent during setup");
+}
+
+#[test]
+fn a_second_signal_before_the_run_starts_ends_the_process_at_once() {
+    // `main` takes 30 s to return its builder: the first SIGTERM is kept for the run, the second
+    // means "now", as it does during a run.
+    let service = lifecycle_tests::Service::spawn(BINARY, &["slow"]).unwrap();
+    service.wait_for_line("building", std::time::Duration::from_secs(10)).unwrap();
+    service.signal("TERM").unwrap();
+    service.signal("TERM").unwrap();
+    let (status, stderr, lived) = service.wait(std::time::Duration::from_secs(20)).unwrap();
+    assert_eq!(status.code(), Some(128 + 15), "{stderr}");
+    assert!(lived < std::time::Duration::from_secs(10), "{lived:?}");
+    assert!(stderr.contains("lifecycle: second SIGTERM before the run started; exiting"), "{stderr}");
 }

@@ -15,13 +15,17 @@ use std::time::{Duration, Instant};
 
 use http_body_util::Full;
 use hyper::body::Bytes;
-use lifecycle_etcd::InstanceWatcher;
+use lifecycle::testing::{eventually, within};
+use lifecycle_etcd::{Change, InstanceWatcher};
 use lifecycle_sqlx::sqlx::{self, AssertSqlSafe};
 use lifecycle_tests::etcd::Etcd;
 use lifecycle_tests::load::{Mode, Tally, client, connect, post};
 use lifecycle_tests::{kill, wait_exited};
 
 const CLIENTS: usize = 16;
+/// How long the test waits for something the service or the clients do (each step of a stop is
+/// bounded by the service's 10 s shutdown deadline).
+const WITHIN: Duration = Duration::from_secs(30);
 
 fn pg_admin_url() -> String {
     std::env::var("LIFECYCLE_TEST_POSTGRES_URL")
@@ -102,9 +106,12 @@ async fn run(mode: Mode, discovery: Discovery) {
     };
     let (mut child, stderr) = spawn_orders(address, &env, &std::env::temp_dir()).await;
     if let Some(watcher) = &mut watcher {
-        while !watcher.instances().contains_key(&format!("/services/orders/{address}")) {
-            watcher.next_changes().await.unwrap();
-        }
+        within("the instance's key in etcd", WITHIN, async {
+            while !watcher.instances().contains_key(&format!("/services/orders/{address}")) {
+                watcher.next_changes().await.unwrap().expect("the watch goes on");
+            }
+        })
+        .await;
     }
 
     let sending = Arc::new(AtomicBool::new(true));
@@ -121,7 +128,7 @@ async fn run(mode: Mode, discovery: Discovery) {
                 Some(mut watcher) => {
                     let key = format!("/services/orders/{address}");
                     while watcher.instances().contains_key(&key) {
-                        watcher.next_changes().await.unwrap();
+                        watcher.next_changes().await.unwrap().expect("the watch goes on");
                     }
                 }
                 None => {
@@ -134,7 +141,8 @@ async fn run(mode: Mode, discovery: Discovery) {
             Instant::now()
         })
     };
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // SIGTERM in the middle of real load, not before it began.
+    eventually("over 100 acknowledged orders", WITHIN, || tally.lock().unwrap().ok > 100).await;
     let signalled = Instant::now();
     kill("TERM", child.id());
     // A probe for when the listener closes: the first refused connection.
@@ -148,12 +156,18 @@ async fn run(mode: Mode, discovery: Discovery) {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
     });
-    let unready_at = balancer.await.unwrap();
-    for client in clients {
-        client.await.unwrap();
-    }
-    let closed_at = listener_closed.await.unwrap();
-    let status = tokio::task::spawn_blocking(move || child.wait()).await.unwrap().unwrap();
+    let unready_at = within("the balancer to stop sending", WITHIN, balancer).await.unwrap();
+    within("the clients' last requests", WITHIN, async {
+        for client in clients {
+            client.await.unwrap();
+        }
+    })
+    .await;
+    let closed_at = within("the listener to close", WITHIN, listener_closed).await.unwrap();
+    let status = within("the service to exit", WITHIN, tokio::task::spawn_blocking(move || child.wait()))
+        .await
+        .unwrap()
+        .unwrap();
     let stderr = stderr.join().unwrap();
 
     let tally = std::mem::take(&mut *tally.lock().unwrap());
@@ -289,22 +303,23 @@ async fn upgrades_under_load_keep_the_etcd_key_and_fail_no_request() {
         tokio::time::sleep(Duration::from_millis(20)).await;
         watcher = InstanceWatcher::new(&[etcd.url()], "/services/orders").await.unwrap();
     }
-    let deletes = Arc::new(Mutex::new(Vec::<Instant>::new()));
+    // What the follower saw under the prefix, in etcd's order, and when.
+    let seen = Arc::new(Mutex::new(Vec::<(Instant, Change)>::new()));
     let following = {
-        let deletes = Arc::clone(&deletes);
+        let seen = Arc::clone(&seen);
         tokio::spawn(async move {
             while let Ok(Some(changes)) = watcher.next_changes().await {
-                for change in changes {
-                    if matches!(change, lifecycle_etcd::Change::Delete { .. }) {
-                        deletes.lock().unwrap().push(Instant::now());
-                    }
-                }
+                seen.lock().unwrap().extend(changes.into_iter().map(|change| (Instant::now(), change)));
             }
         })
     };
+    let deletes = || -> Vec<Instant> {
+        let seen = seen.lock().unwrap();
+        seen.iter().filter(|(_, change)| matches!(change, Change::Delete { .. })).map(|(at, _)| *at).collect()
+    };
 
-    let clients = lifecycle_tests::load::Clients::start(address, Mode::KeepAlive, 16);
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    let clients = lifecycle_tests::load::Clients::start(address, Mode::KeepAlive, CLIENTS);
+    eventually("over 100 acknowledged orders", WITHIN, || clients.ok() > 100).await;
     let mut pid: u32 = std::fs::read_to_string(&pid_file).unwrap().trim().parse().unwrap();
     for _ in 0..3 {
         kill("USR2", pid);
@@ -319,18 +334,33 @@ async fn upgrades_under_load_keep_the_etcd_key_and_fail_no_request() {
         };
         wait_exited(pid, until.saturating_duration_since(Instant::now())).await;
         pid = successor;
-        tokio::time::sleep(Duration::from_millis(300)).await;
+        // The load goes on against the successor before the next upgrade: more successes than
+        // the requests that were still in flight to its predecessor.
+        let before = clients.ok();
+        eventually(&format!("orders acknowledged by process {pid}"), WITHIN, || {
+            clients.ok() > before + CLIENTS as u64
+        })
+        .await;
     }
     let tally = clients.stop().await;
-    assert!(deletes.lock().unwrap().is_empty(), "the key never disappeared during the upgrades");
+    // etcd delivers changes in order: once the follower has seen a key written now, it has seen
+    // every delete the retired processes caused.
+    let barrier = "/services/orders/test-barrier";
+    let mut writer = etcd_client::Client::connect([etcd.url()], None).await.unwrap();
+    writer.put(barrier, "", None).await.unwrap();
+    eventually("the follower to see the barrier key", WITHIN, || {
+        seen.lock()
+            .unwrap()
+            .iter()
+            .any(|(_, change)| matches!(change, Change::Put { key, .. } if key == barrier))
+    })
+    .await;
+    assert!(deletes().is_empty(), "the key never disappeared during the upgrades");
     let stopped = Instant::now();
     kill("TERM", pid);
     let until = Instant::now() + Duration::from_secs(20);
-    while deletes.lock().unwrap().is_empty() {
-        assert!(Instant::now() < until, "the key is deleted at the final stop");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    assert!(deletes.lock().unwrap()[0] > stopped);
+    eventually("the key deleted at the final stop", Duration::from_secs(20), || !deletes().is_empty()).await;
+    assert!(deletes()[0] > stopped);
     following.abort();
     wait_exited(pid, until.saturating_duration_since(Instant::now())).await;
     let _ = first.wait();

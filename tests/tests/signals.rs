@@ -50,9 +50,8 @@ fn second_signal_ends_the_wait_at_once_with_the_report() {
     // The worker's stop would take a minute; the second signal must not wait for it.
     let service = start(&["--slow-stop", "60000", "--deadline", "120000"]);
     service.signal("TERM").unwrap();
-    service.wait_for_line("draining", Duration::from_secs(5)).unwrap();
-    // Give the first stop time to begin, so the report has something in flight to show.
-    std::thread::sleep(Duration::from_millis(200));
+    // The first stop is in flight, so the report has something to show as abandoned.
+    service.wait_for_line("stopping worker", Duration::from_secs(5)).unwrap();
     service.signal("TERM").unwrap();
     let (status, stderr, lived) = service.wait(Duration::from_secs(10)).unwrap();
     assert_eq!(status.code(), Some(128 + 15), "{stderr}");
@@ -64,7 +63,8 @@ fn second_signal_ends_the_wait_at_once_with_the_report() {
 #[test]
 fn hook_that_blocks_a_thread_cannot_outlast_the_deadline() {
     // Two runtime threads: the blocked one is given up on in time for the database below it to
-    // stop too (the worker's 30 s stop timeout cannot fit in the 1 s deadline: it gets its share).
+    // stop too (the worker's 30 s stop timeout cannot fit in the 1 s deadline: it is cut at 900 ms,
+    // keeping the database its reserve of a tenth of the deadline).
     let service = start(&["--block-stop", "--deadline", "1000"]);
     service.signal("TERM").unwrap();
     let (status, stderr, lived) = service.wait(Duration::from_secs(20)).unwrap();

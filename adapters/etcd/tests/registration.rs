@@ -7,15 +7,13 @@
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use lifecycle_core::{BoxError, ComponentOptions, FnComponent, Phase, Registry, RegistryBuilder, Signals};
+use lifecycle_core::testing::{self, TestRun, builder};
+use lifecycle_core::{BoxError, ComponentOptions, FnComponent};
 use lifecycle_etcd::{Change, EtcdRegistration, InstanceWatcher};
 use lifecycle_tests::etcd::{Etcd, free_port};
 
-fn builder() -> RegistryBuilder {
-    let mut builder = Registry::builder();
-    builder.signals(Signals::none()).watchdog(false);
-    builder
-}
+/// How long a watcher waits for the change it expects.
+const CHANGE_WITHIN: Duration = Duration::from_secs(10);
 
 fn registration(etcd: &Etcd, prefix: &str) -> EtcdRegistration {
     EtcdRegistration::new([etcd.url()], prefix, "orders", "instance-1", "127.0.0.1:8080")
@@ -41,11 +39,10 @@ async fn the_key_is_deleted_before_the_http_server_stops() {
             Ok::<(), BoxError>(())
         }
     }));
-    let registry = b.build().unwrap();
-    let handle = registry.handle();
-    let run = tokio::spawn(registry.run());
+    let mut run = TestRun::start(b);
 
-    let changes = watcher.next_changes().await.unwrap().unwrap();
+    let changes =
+        testing::within("the key's Put", CHANGE_WITHIN, watcher.next_changes()).await.unwrap().unwrap();
     assert_eq!(
         changes,
         vec![Change::Put {
@@ -53,14 +50,15 @@ async fn the_key_is_deleted_before_the_http_server_stops() {
             value: "{\"service\":\"orders\",\"instance\":\"instance-1\",\"address\":\"127.0.0.1:8080\",\"metadata\":{\"zone\":\"a\"}}".into()
         }]
     );
-    handle.reached(Phase::Ready).await;
-    assert_eq!(handle.health().await[0].1, lifecycle_core::Health::Healthy);
+    run.ready().await;
+    assert_eq!(run.handle().health().await[0].1, lifecycle_core::Health::Healthy);
 
-    handle.shutdown().request("test over", 0);
-    let changes = watcher.next_changes().await.unwrap().unwrap();
+    run.handle().shutdown().request("test over", 0);
+    let changes =
+        testing::within("the key's Delete", CHANGE_WITHIN, watcher.next_changes()).await.unwrap().unwrap();
     let deleted_at = Instant::now();
     assert_eq!(changes, vec![Change::Delete { key: "/services/orders/instance-1".into() }]);
-    let report = run.await.unwrap();
+    let report = run.finished().await;
     assert!(report.is_success(), "{report}");
     let http_stopping = http_stopping.lock().unwrap().expect("the http component stopped");
     assert!(
@@ -76,27 +74,28 @@ async fn after_an_etcd_restart_the_key_is_written_again() {
     let prefix = "/services/restart";
     let mut b = builder();
     let registered = b.add(registration(&etcd, prefix)).dep();
-    let registry = b.build().unwrap();
-    let handle = registry.handle();
-    let run = tokio::spawn(registry.run());
-    handle.reached(Phase::Ready).await;
+    let mut run = TestRun::start(b);
+    run.ready().await;
     assert!(registered.is_registered());
 
     etcd.kill();
     // The lease runs out while etcd is down (TTL 2 s); etcd expires it when it comes back.
     tokio::time::sleep(Duration::from_secs(3)).await;
     etcd.launch().await;
-    let until = Instant::now() + Duration::from_secs(20);
-    loop {
-        let watcher = InstanceWatcher::new(&[etcd.url()], prefix).await.unwrap();
-        if registered.is_registered() && watcher.instances().contains_key("/services/restart/instance-1") {
-            break;
+    // Boxed: an etcd client's connect is a large future.
+    let written_again = Box::pin(async {
+        loop {
+            let watcher = InstanceWatcher::new(&[etcd.url()], prefix).await.unwrap();
+            if registered.is_registered() && watcher.instances().contains_key("/services/restart/instance-1")
+            {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        assert!(Instant::now() < until, "registered again within 20 s of etcd's return");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    handle.shutdown().request("test over", 0);
-    assert!(run.await.unwrap().is_success());
+    });
+    testing::within("the key written again after etcd's return", Duration::from_secs(20), written_again)
+        .await;
+    assert!(run.stop().await.is_success());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -107,14 +106,11 @@ async fn etcd_gone_at_shutdown_is_noted_and_the_key_left_to_its_ttl() {
         registration(&etcd, "/services/gone")
             .options(ComponentOptions::new().stop_timeout(Duration::from_millis(800))),
     );
-    let registry = b.build().unwrap();
-    let handle = registry.handle();
-    let run = tokio::spawn(registry.run());
-    handle.reached(Phase::Ready).await;
+    let mut run = TestRun::start(b);
+    run.ready().await;
     etcd.kill();
     let began = Instant::now();
-    handle.shutdown().request("test over", 0);
-    let report = run.await.unwrap();
+    let report = run.stop().await;
     assert!(began.elapsed() < Duration::from_secs(3), "the revoke gave up within its timeout");
     let notes = report.component("registration").unwrap().notes.join("; ");
     assert!(notes.contains("key /services/gone/instance-1 expires with its TTL of 2s"), "{report}");
@@ -144,25 +140,24 @@ async fn a_successor_with_the_same_key_keeps_it_when_the_predecessor_revokes() {
     let start = |registration: EtcdRegistration| async move {
         let mut b = builder();
         b.add(registration);
-        let registry = b.build().unwrap();
-        let handle = registry.handle();
-        let run = tokio::spawn(registry.run());
-        handle.reached(Phase::Ready).await;
-        (handle, run)
+        let mut run = TestRun::start(b);
+        run.ready().await;
+        run
     };
-    let (old, old_run) = start(registration(&etcd, prefix)).await;
-    let (new, new_run) = start(registration(&etcd, prefix).metadata("generation", "2")).await;
+    let old = start(registration(&etcd, prefix)).await;
+    let new = start(registration(&etcd, prefix).metadata("generation", "2")).await;
 
     let mut watcher = InstanceWatcher::new(&[etcd.url()], prefix).await.unwrap();
     assert!(watcher.instances()[key].contains("\"generation\":\"2\""), "the successor's value");
-    old.shutdown().request("upgraded", 0);
-    assert!(old_run.await.unwrap().is_success());
+    old.handle().shutdown().request("upgraded", 0);
+    assert!(old.finished().await.is_success());
     // Still there after the old lease is revoked (and after its TTL would have passed).
     tokio::time::sleep(Duration::from_secs(3)).await;
     let current = InstanceWatcher::new(&[etcd.url()], prefix).await.unwrap();
     assert!(current.instances().contains_key(key), "the key outlived its first owner");
 
-    new.shutdown().request("test over", 0);
-    assert!(new_run.await.unwrap().is_success());
-    assert_eq!(watcher.next_changes().await.unwrap().unwrap(), vec![Change::Delete { key: key.into() }]);
+    assert!(new.stop().await.is_success());
+    let changes =
+        testing::within("the key's Delete", CHANGE_WITHIN, watcher.next_changes()).await.unwrap().unwrap();
+    assert_eq!(changes, vec![Change::Delete { key: key.into() }]);
 }

@@ -13,7 +13,8 @@ use axum::Extension;
 use axum::routing::get;
 use http_body_util::{BodyExt, Empty};
 use hyper::body::Bytes;
-use lifecycle_core::{ComponentOptions, LifecycleHandle, Phase, Registry, RegistryBuilder, Report, Signals};
+use lifecycle_core::testing::{self, TestRun, builder};
+use lifecycle_core::{ComponentOptions, Phase, RegistryBuilder, Report, Stage};
 use lifecycle_http::axum::{self, Router};
 use lifecycle_http::{HealthPaths, HttpServer, RequestContext};
 use tokio::sync::Notify;
@@ -21,15 +22,8 @@ use tokio::task::JoinHandle;
 
 struct Served {
     server: lifecycle_core::Dep<HttpServer>,
-    handle: LifecycleHandle,
-    run: JoinHandle<Report>,
+    run: TestRun,
     address: SocketAddr,
-}
-
-fn builder() -> RegistryBuilder {
-    let mut builder = Registry::builder();
-    builder.signals(Signals::none()).watchdog(false);
-    builder
 }
 
 async fn serve(
@@ -48,11 +42,9 @@ async fn serve(
         server = server.soft_deadline(soft);
     }
     let server = builder.add(server).dep();
-    let registry = builder.build().unwrap();
-    let handle = registry.handle();
-    let run = tokio::spawn(registry.run());
-    handle.reached(Phase::Ready).await;
-    Served { server, handle, run, address }
+    let mut run = TestRun::start(builder);
+    run.ready().await;
+    Served { server, run, address }
 }
 
 /// One HTTP/1.1 keep-alive connection.
@@ -111,10 +103,10 @@ async fn a_request_in_flight_finishes_during_the_shutdown() {
     let address = served.address;
     let request = tokio::spawn(async move { get_once(address, "/slow").await });
     started.notified().await;
-    served.handle.shutdown().request("test over", 0);
+    served.run.handle().shutdown().request("test over", 0);
     let (status, _, body) = request.await.unwrap();
     assert_eq!((status, body.as_str()), (200, "done"));
-    let report = served.run.await.unwrap();
+    let report = served.run.finished().await;
     assert!(report.is_success(), "{report}");
     assert!(
         note(&report).starts_with("drained 1 requests, cancelled 0 at the soft deadline, cut 0 requests"),
@@ -139,8 +131,8 @@ async fn while_draining_responses_say_connection_close_and_readiness_is_503() {
         "{body}"
     );
 
-    served.handle.shutdown().request("test over", 0);
-    served.handle.reached(Phase::Draining).await;
+    served.run.handle().shutdown().request("test over", 0);
+    served.run.handle().reached(Phase::Draining).await;
     let (status, _, body) = get_once(served.address, "/readyz").await;
     assert_eq!(status, 503, "unready first, while still serving: {body}");
     assert!(body.starts_with("{\"ready\":false,\"phase\":\"draining\""), "{body}");
@@ -154,7 +146,7 @@ async fn while_draining_responses_say_connection_close_and_readiness_is_503() {
         .expect("the server closed the connection")
         .unwrap();
 
-    let report = served.run.await.unwrap();
+    let report = served.run.finished().await;
     assert!(report.is_success(), "{report}");
 }
 
@@ -178,10 +170,10 @@ async fn the_soft_deadline_cancels_request_tokens() {
     let request = tokio::spawn(async move { get_once(address, "/report").await });
     entered.notified().await;
     let began = Instant::now();
-    served.handle.shutdown().request("test over", 0);
+    served.run.handle().shutdown().request("test over", 0);
     let (status, _, body) = request.await.unwrap();
     assert_eq!((status, body.as_str()), (503, "partial report, cut short by the shutdown"));
-    let report = served.run.await.unwrap();
+    let report = served.run.finished().await;
     assert!(began.elapsed() < Duration::from_secs(2));
     assert!(
         note(&report).starts_with("drained 1 requests, cancelled 1 at the soft deadline, cut 0 requests"),
@@ -208,8 +200,7 @@ async fn the_hard_deadline_cuts_a_request_that_ignores_its_token() {
     let request = tokio::spawn(async move { Client::connect(address).await.get("/forever").await });
     entered.notified().await;
     let began = Instant::now();
-    served.handle.shutdown().request("test over", 0);
-    let report = served.run.await.unwrap();
+    let report = served.run.stop().await;
     assert!(began.elapsed() < Duration::from_secs(2), "{:?}", began.elapsed());
     assert!(request.await.unwrap().is_err(), "the client sees its connection closed");
     assert!(report.is_success(), "cutting at the hard deadline is the plan, not a failure: {report}");
@@ -243,8 +234,7 @@ async fn tasks_spawned_by_handlers_are_waited_for() {
     client.sender.ready().await.unwrap();
     let request = hyper::Request::post("/order").header("host", "test").body(Empty::<Bytes>::new()).unwrap();
     assert_eq!(client.sender.send_request(request).await.unwrap().status(), 200);
-    served.handle.shutdown().request("test over", 0);
-    let report = served.run.await.unwrap();
+    let report = served.run.stop().await;
     assert!(report.is_success(), "{report}");
     assert!(finished.load(Ordering::SeqCst), "the stop waited for the handler's task");
 }
@@ -258,12 +248,10 @@ async fn a_client_that_never_reads_its_response_is_cut_at_the_hard_deadline() {
     let mut stream = tokio::net::TcpStream::connect(served.address).await.unwrap();
     stream.write_all(b"GET /export HTTP/1.1\r\nhost: test\r\n\r\n").await.unwrap();
     // Never read. Once the handler has answered, the server is stuck writing the body.
-    while served.server.completed() == 0 {
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    testing::eventually("the handler's answer", Duration::from_secs(10), || served.server.completed() > 0)
+        .await;
     let began = Instant::now();
-    served.handle.shutdown().request("test over", 0);
-    let report = served.run.await.unwrap();
+    let report = served.run.stop().await;
     assert!(began.elapsed() < Duration::from_secs(2), "the stop ends at its deadline: {:?}", began.elapsed());
     assert!(note(&report).ends_with("cut 0 requests and 1 connections at the hard deadline"), "{report}");
     drop(stream);
@@ -301,8 +289,7 @@ async fn metrics_are_valid_prometheus_text() {
     let documented = scrape.docs.keys().filter(|name| name.starts_with("lifecycle_")).count();
     assert!(documented >= 8, "every metric has HELP text: {:?}", scrape.docs.keys());
 
-    served.handle.shutdown().request("test over", 0);
-    assert!(served.run.await.unwrap().is_success());
+    assert!(served.run.stop().await.is_success());
 }
 
 /// At stop, a keep-alive connection that is not quiet yet stays open: a request sent during the
@@ -315,26 +302,29 @@ async fn at_stop_a_keep_alive_connection_is_closed_only_once_quiet() {
     let address = listener.local_addr().unwrap();
     let mut builder = builder();
     builder.add(HttpServer::new("http", listener, app).idle_close_after(Duration::from_millis(300)));
-    let registry = builder.build().unwrap();
-    let handle = registry.handle();
-    let run = tokio::spawn(registry.run());
-    handle.reached(Phase::Ready).await;
+    let mut run = TestRun::start(builder);
+    run.ready().await;
 
     let mut busy = Client::connect(address).await;
     let mut quiet = Client::connect(address).await;
     assert_eq!(busy.get("/").await.unwrap().0, 200);
     assert_eq!(quiet.get("/").await.unwrap().0, 200);
     let answered = Instant::now();
-    handle.shutdown().request("test", 0);
-    handle.reached(Phase::Stopping).await;
+    run.handle().shutdown().request("test", 0);
+    // The server's stop began: its grace period runs (300 ms from each connection's last answer).
+    testing::eventually("the http server's stop to begin", Duration::from_secs(5), || {
+        run.handle().components().iter().any(|c| {
+            c.name.as_str() == "http" && matches!(c.stage, Some(Stage::Stopping | Stage::WaitingForTasks))
+        })
+    })
+    .await;
     // Within the grace period, the connection still answers; its response closes it.
-    tokio::time::sleep(Duration::from_millis(100)).await;
     let (status, connection, _) = busy.get("/").await.unwrap();
     assert_eq!((status, connection.as_deref()), (200, Some("close")));
     // The quiet one is closed by the server after the grace period, not before.
     quiet.closed.await.unwrap();
     // (The server's clock started when it finished the response, a moment before `answered`.)
     assert!(answered.elapsed() >= Duration::from_millis(250), "closed after {:?}", answered.elapsed());
-    let report = run.await.unwrap();
+    let report = run.finished().await;
     assert_eq!(report.exit_code, 0, "{report}");
 }

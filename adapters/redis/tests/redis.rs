@@ -6,13 +6,10 @@
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
-use lifecycle_core::{
-    ComponentOptions, Failure, FnComponent, LifecycleHandle, Outcome, Phase, Registry, RegistryBuilder,
-    Report, Signals,
-};
+use lifecycle_core::testing::{TestRun, builder};
+use lifecycle_core::{ComponentOptions, Failure, FnComponent, Outcome, Report};
 use lifecycle_redis::RedisPool;
 use lifecycle_redis::redis;
-use tokio::task::JoinHandle;
 
 fn redis_url() -> String {
     std::env::var("LIFECYCLE_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
@@ -43,19 +40,6 @@ async fn until_no_clients(name: &str) -> usize {
     }
 }
 
-fn builder() -> RegistryBuilder {
-    let mut builder = Registry::builder();
-    builder.signals(Signals::none()).watchdog(false);
-    builder
-}
-
-async fn start(registry: Registry) -> (LifecycleHandle, JoinHandle<Report>) {
-    let handle = registry.handle();
-    let run = tokio::spawn(registry.run());
-    handle.reached(Phase::Ready).await;
-    (handle, run)
-}
-
 fn failure_text(report: &Report, name: &str) -> String {
     match &report.component(name).unwrap().outcome {
         Outcome::Failed { failure: Failure::Error(error), .. } => error.to_string(),
@@ -68,7 +52,8 @@ async fn normal_stop_leaves_no_client_on_the_server() {
     let name = unique("cache");
     let mut b = builder();
     let cache = b.add(RedisPool::new(name.clone(), redis_url())).dep();
-    let (handle, run) = start(b.build().unwrap()).await;
+    let mut run = TestRun::start(b);
+    run.ready().await;
     let pool = cache.pool().unwrap();
     let (mut one, mut two) = (pool.get().await.unwrap(), pool.get().await.unwrap());
     let _: () = redis::cmd("SET").arg(format!("{name}:key")).arg("v").query_async(&mut *one).await.unwrap();
@@ -76,10 +61,9 @@ async fn normal_stop_leaves_no_client_on_the_server() {
     assert_eq!(value, "v");
     drop((one, two));
     assert!(server_clients(&name).await >= 2, "connections carry the component's name");
-    assert_eq!(handle.health().await[0].1, lifecycle_core::Health::Healthy);
+    assert_eq!(run.handle().health().await[0].1, lifecycle_core::Health::Healthy);
 
-    handle.shutdown().request("test over", 0);
-    let report = run.await.unwrap();
+    let report = run.stop().await;
     assert!(report.is_success(), "{report}");
     assert_eq!(until_no_clients(&name).await, 0);
 }
@@ -110,10 +94,10 @@ async fn a_connection_held_through_the_stop_is_reported() {
                 .options(ComponentOptions::new().stop_timeout(Duration::from_millis(400))),
         )
         .dep();
-    let (handle, run) = start(b.build().unwrap()).await;
+    let mut run = TestRun::start(b);
+    run.ready().await;
     let held = cache.pool().unwrap().get().await.unwrap();
-    handle.shutdown().request("test over", 0);
-    let report = run.await.unwrap();
+    let report = run.stop().await;
     let text = failure_text(&report, &name);
     assert!(text.starts_with(&format!("component `{name}` stopped waiting after")), "{text}");
     assert!(text.ends_with("1 connection(s) still in use"), "{text}");

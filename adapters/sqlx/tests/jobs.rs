@@ -8,11 +8,12 @@ mod support;
 
 use std::time::Duration;
 
+use lifecycle_core::testing::{self, TestRun, builder};
 use lifecycle_core::{BoxError, CancellationToken, ComponentOptions};
 use lifecycle_sqlx::PgPool;
 use lifecycle_sqlx::jobs::{Job, JobHandler, JobWorker, enqueue, install};
 use lifecycle_sqlx::sqlx::{self, AssertSqlSafe, PgConnection};
-use support::{builder, pg_url, start, stop, unique};
+use support::{pg_url, unique};
 
 /// Records each run in `runs` inside the job's transaction, after a little work.
 struct Recorder {
@@ -86,25 +87,29 @@ async fn setup(jobs: usize) -> (sqlx::PgPool, String, String) {
 async fn a_shutdown_in_the_middle_and_a_restart_run_every_job_exactly_once() {
     let (setup, queue, runs) = setup(1_000).await;
 
-    let (handle, run) =
-        start(registry(&queue, &runs, Duration::from_millis(2), Duration::from_secs(5))).await;
-    while counts(&setup, &runs, &queue).await.0 < 300 {
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    let report = stop(&handle, run).await;
+    let mut run = TestRun::run(registry(&queue, &runs, Duration::from_millis(2), Duration::from_secs(5)));
+    run.ready().await;
+    testing::within("300 jobs run before the shutdown", Duration::from_secs(60), async {
+        while counts(&setup, &runs, &queue).await.0 < 300 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    let report = run.stop().await;
     assert!(report.is_success(), "{report}");
     let (first_runs, _, first_done) = counts(&setup, &runs, &queue).await;
     assert!(first_done < 1_000, "the shutdown came in the middle ({first_done} done)");
     assert_eq!(first_runs, first_done, "every run committed together with its job's done mark");
 
-    let (handle, run) =
-        start(registry(&queue, &runs, Duration::from_millis(2), Duration::from_secs(5))).await;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    while counts(&setup, &runs, &queue).await.2 < 1_000 {
-        assert!(tokio::time::Instant::now() < deadline, "the restarted worker finishes the queue");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    let report = stop(&handle, run).await;
+    let mut run = TestRun::run(registry(&queue, &runs, Duration::from_millis(2), Duration::from_secs(5)));
+    run.ready().await;
+    testing::within("the restarted worker to finish the queue", Duration::from_secs(60), async {
+        while counts(&setup, &runs, &queue).await.2 < 1_000 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    let report = run.stop().await;
     assert!(report.is_success(), "{report}");
     assert_eq!(
         counts(&setup, &runs, &queue).await,
@@ -117,8 +122,8 @@ async fn a_shutdown_in_the_middle_and_a_restart_run_every_job_exactly_once() {
 async fn a_job_cut_short_by_the_stop_deadline_stays_claimable() {
     let (setup, queue, runs) = setup(1).await;
     // The job takes a minute; the worker's stop allows 600 ms.
-    let (handle, run) =
-        start(registry(&queue, &runs, Duration::from_secs(60), Duration::from_millis(600))).await;
+    let mut run = TestRun::run(registry(&queue, &runs, Duration::from_secs(60), Duration::from_millis(600)));
+    run.ready().await;
     let claimed = async {
         loop {
             let locked: i64 = sqlx::query_scalar(
@@ -133,8 +138,8 @@ async fn a_job_cut_short_by_the_stop_deadline_stays_claimable() {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
     };
-    tokio::time::timeout(Duration::from_secs(10), claimed).await.expect("the job is claimed");
-    let report = stop(&handle, run).await;
+    testing::within("the job to be claimed", Duration::from_secs(10), claimed).await;
+    let report = run.stop().await;
     assert!(report.is_success(), "the job saw its cancellation and rolled back in time: {report}");
     let (total, _, done) = counts(&setup, &runs, &queue).await;
     assert_eq!((total, done), (0, 0), "nothing of the job committed");

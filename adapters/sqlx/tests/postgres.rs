@@ -10,12 +10,13 @@ mod support;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use lifecycle_core::testing::{self, TestRun, builder};
 use lifecycle_core::{
     BoxError, Component, ComponentOptions, Context, Dep, Dependency, Failure, FnComponent, Outcome, Stage,
 };
 use lifecycle_sqlx::PgPool;
 use lifecycle_sqlx::sqlx::{self, AssertSqlSafe};
-use support::{builder, pg_url, server_connections, start, stop, unique, until_no_server_connections};
+use support::{pg_url, server_connections, unique, until_no_server_connections};
 
 fn failure_text(report: &lifecycle_core::Report, name: &str) -> String {
     match &report.component(name).unwrap().outcome {
@@ -29,15 +30,16 @@ async fn normal_stop_leaves_no_connection_on_the_server() {
     let name = unique("pool_stop");
     let mut b = builder();
     let db = b.add(PgPool::new(name.clone(), pg_url()).min_connections(3)).dep();
-    let (handle, run) = start(b.build().unwrap()).await;
+    let mut run = TestRun::start(b);
+    run.ready().await;
     // Use several connections at once, so the pool really holds some.
     let pool = db.pool().unwrap();
     let (a, b2, c) = tokio::join!(pool.acquire(), pool.acquire(), pool.acquire());
     drop((a.unwrap(), b2.unwrap(), c.unwrap()));
     assert!(server_connections(&name).await >= 3, "the server sees the pool under the component's name");
-    assert_eq!(handle.health().await[0].1, lifecycle_core::Health::Healthy);
+    assert_eq!(run.handle().health().await[0].1, lifecycle_core::Health::Healthy);
 
-    let report = stop(&handle, run).await;
+    let report = run.stop().await;
     assert!(report.is_success(), "{report}");
     assert_eq!(until_no_server_connections(&name).await, 0);
     assert!(db.pool().is_err(), "the pool is gone after the stop");
@@ -128,12 +130,14 @@ async fn every_acknowledged_insert_survives_a_shutdown_and_none_is_half_written(
     let mut b = builder();
     let db = b.add(PgPool::new(name.clone(), pg_url()).max_connections(20)).dep();
     b.add(Inserter { db, table: table.clone(), acknowledged: Arc::clone(&acknowledged) });
-    let (handle, run) = start(b.build().unwrap()).await;
+    let mut run = TestRun::start(b);
+    run.ready().await;
     // Shut down while the 200 writers are busy.
-    while acknowledged.lock().unwrap().len() < 500 {
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    let report = stop(&handle, run).await;
+    testing::eventually("500 acknowledged inserts", Duration::from_secs(30), || {
+        acknowledged.lock().unwrap().len() >= 500
+    })
+    .await;
+    let report = run.stop().await;
     assert!(report.is_success(), "{report}");
 
     let acked = acknowledged.lock().unwrap().clone();
@@ -185,12 +189,16 @@ async fn a_query_stuck_at_stop_is_reported_and_the_deadline_holds() {
                 }
             }),
     );
-    let (handle, run) = start(b.build().unwrap()).await;
-    while server_connections(&name).await < 1 {
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    let mut run = TestRun::start(b);
+    run.ready().await;
+    testing::within("the stuck query's connection on the server", Duration::from_secs(10), async {
+        while server_connections(&name).await < 1 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
     let requested = Instant::now();
-    let report = stop(&handle, run).await;
+    let report = run.stop().await;
     assert!(
         requested.elapsed() < Duration::from_secs(3),
         "the global deadline holds: {:?}",

@@ -5,9 +5,10 @@
 
 mod support;
 
+use lifecycle_core::testing::{TestRun, builder};
 use lifecycle_sqlx::SqlitePool;
 use lifecycle_sqlx::sqlx::{self, Connection};
-use support::{builder, start, stop, unique};
+use support::unique;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_file_is_created_used_and_released() {
@@ -17,7 +18,8 @@ async fn the_file_is_created_used_and_released() {
 
     let mut b = builder();
     let db = b.add(SqlitePool::new("orders_db", url.clone()).max_connections(4)).dep();
-    let (handle, run) = start(b.build().unwrap()).await;
+    let mut run = TestRun::start(b);
+    run.ready().await;
     let pool = db.pool().unwrap().clone();
     sqlx::query("CREATE TABLE orders (id INTEGER PRIMARY KEY, item TEXT NOT NULL)")
         .execute(&pool)
@@ -30,7 +32,7 @@ async fn the_file_is_created_used_and_released() {
             .await
             .unwrap();
     }
-    let report = stop(&handle, run).await;
+    let report = run.stop().await;
     assert!(report.is_success(), "{report}");
     assert!(db.pool().is_err());
     assert_eq!(pool.size(), 0, "every connection closed");

@@ -1,7 +1,8 @@
 //! A small service for the real-process tests: `fixture [options]`.
 //!
-//! Prints `ready` when every component started, `draining` when shutdown begins, then ends with
-//! the report on standard error and its exit code. Options:
+//! Prints `ready` when every component started, `draining` when shutdown begins, `stopping worker`
+//! when the worker's stop hook begins (it may come before `draining`: they are printed by different
+//! tasks), then ends with the report on standard error and its exit code. Options:
 //! `--current-thread` (a single runtime thread), `--deadline MS`, `--drain-delay MS`,
 //! `--slow-stop MS` (a component whose stop takes that long), `--block-stop` (a component whose
 //! stop hook blocks its thread forever), `--blocking-task` (a `spawn_blocking` that never returns),
@@ -61,6 +62,8 @@ impl Component for Worker {
     }
 
     async fn stop(&self, _ctx: &Context) -> Result<(), BoxError> {
+        // Lets a test act while this stop is in flight instead of guessing when it began.
+        println!("stopping worker");
         if self.block_stop {
             // Blocks the runtime thread: no timeout inside the runtime can interrupt this.
             loop {

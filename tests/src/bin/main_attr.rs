@@ -2,7 +2,8 @@
 //! `main_attr ok` and `main_attr exit3` stop themselves as they start, with exit code 0 or 3;
 //! `main_attr threads` prints how many threads the process had during its setup and stops;
 //! `main_attr early` sends itself SIGTERM during its setup, before any runtime exists, and then
-//! waits in a start that only a shutdown ends; any other argument makes `main` return an error
+//! waits in a start that only a shutdown ends; `main_attr slow` prints `building` and takes
+//! 30 s to return its builder; any other argument makes `main` return an error
 //! instead of a builder, and none at all makes the setup fail.
 
 use lifecycle::{BoxError, Component, Context, RegistryBuilder};
@@ -45,7 +46,7 @@ impl Waiter {
 
 /// The mode from the command line, and the process's thread count while the setup runs.
 fn setup() -> Result<(String, usize), String> {
-    let modes = "use `fail`, `ok`, `exit3`, `threads` or `early`";
+    let modes = "use `fail`, `ok`, `exit3`, `threads`, `early` or `slow`";
     let mode = std::env::args().nth(1).ok_or(format!("no mode given; {modes}"))?;
     let threads = std::fs::read_dir("/proc/self/task").map_err(|error| error.to_string())?.count();
     if mode == "early" {
@@ -82,8 +83,15 @@ async fn main((mode, threads_at_setup): (String, usize)) -> Result<RegistryBuild
         "early" => {
             builder.add(Waiter);
         }
+        "slow" => {
+            println!("building");
+            tokio::time::sleep(std::time::Duration::from_secs(30)).await;
+            builder.add(Waiter);
+        }
         other => {
-            return Err(format!("unknown mode {other:?}; use `fail`, `ok`, `exit3`, `threads` or `early`"));
+            return Err(format!(
+                "unknown mode {other:?}; use `fail`, `ok`, `exit3`, `threads`, `early` or `slow`"
+            ));
         }
     }
     Ok(builder)

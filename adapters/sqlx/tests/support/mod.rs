@@ -1,12 +1,9 @@
 //! Shared by the PostgreSQL and SQLite tests: the server's URL, unique names, and counting
-//! connections on the server's side.
+//! connections on the server's side. (Registries are built and run with `lifecycle_core::testing`.)
 
 #![allow(dead_code, unreachable_pub, clippy::unwrap_used, clippy::expect_used)]
 
 use std::sync::atomic::{AtomicU32, Ordering};
-
-use lifecycle_core::{LifecycleHandle, Phase, Registry, RegistryBuilder, Report, Signals};
-use tokio::task::JoinHandle;
 
 /// The PostgreSQL the tests use: `LIFECYCLE_TEST_POSTGRES_URL`, or the local server with trust auth.
 pub fn pg_url() -> String {
@@ -46,25 +43,4 @@ pub async fn until_no_server_connections(application_name: &str) -> i64 {
         }
         tokio::time::sleep(std::time::Duration::from_millis(10)).await;
     }
-}
-
-/// No signals, no watchdog: the test harness bounds the process.
-pub fn builder() -> RegistryBuilder {
-    let mut builder = Registry::builder();
-    builder.signals(Signals::none()).watchdog(false);
-    builder
-}
-
-/// Starts the run in a task and waits until it is ready (or gave up starting).
-pub async fn start(registry: Registry) -> (LifecycleHandle, JoinHandle<Report>) {
-    let handle = registry.handle();
-    let run = tokio::spawn(registry.run());
-    handle.reached(Phase::Ready).await;
-    (handle, run)
-}
-
-/// Requests the shutdown and waits for the report.
-pub async fn stop(handle: &LifecycleHandle, run: JoinHandle<Report>) -> Report {
-    handle.shutdown().request("test over", 0);
-    run.await.unwrap()
 }
