@@ -152,12 +152,13 @@ impl Report {
         for c in &self.components {
             let start_ms = c.start_duration.map(|d| d.as_secs_f64() * 1e3);
             let stop_ms = c.stop_duration.map(|d| d.as_secs_f64() * 1e3);
-            let outstanding = TaskList(&c.outstanding_tasks).to_string();
-            let notes = c.notes.join("; ");
+            // Formatted only when a subscriber takes the event.
+            let outstanding = TaskList(&c.outstanding_tasks);
+            let notes = Notes(&c.notes);
             if c.outcome.is_failure() || !c.failures.is_empty() {
-                tracing::error!(component = %c.name, outcome = %c.outcome, start_ms, stop_ms, %outstanding, failures = c.failures.count, notes, "component report");
+                tracing::error!(component = %c.name, outcome = %c.outcome, start_ms, stop_ms, %outstanding, failures = c.failures.count, %notes, "component report");
             } else {
-                tracing::info!(component = %c.name, outcome = %c.outcome, start_ms, stop_ms, notes, "component report");
+                tracing::info!(component = %c.name, outcome = %c.outcome, start_ms, stop_ms, %notes, "component report");
             }
         }
         let total_ms = self.total.as_secs_f64() * 1e3;
@@ -265,6 +266,14 @@ impl fmt::Display for RunError {
 impl Error for RunError {
     fn source(&self) -> Option<&(dyn Error + 'static)> {
         self.report.reason.failure().map(|(_, failure)| failure as &(dyn Error + 'static))
+    }
+}
+
+struct Notes<'a>(&'a [String]);
+
+impl fmt::Display for Notes<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        joined(f, self.0, "; ", |f, note| f.write_str(note))
     }
 }
 

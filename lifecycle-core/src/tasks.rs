@@ -70,9 +70,11 @@ pub struct TaskCount {
 
 /// The tasks of one component. Cheap to clone; every clone spawns into the same set.
 ///
-/// Every task spawned here is waited for when the component stops, named in the report if it
-/// is still running at the stop timeout, and has its error or panic caught and reported. When the
-/// component is critical, a task that fails stops the whole service with a non-zero exit code.
+/// Every task spawned here runs in a `task` span carrying the component's name and its own, is
+/// waited for when the component stops, named in the report if it is still running at the stop
+/// timeout (and aborted once the run returns), and has its error or panic caught and recorded
+/// in the component's failures. When the component is critical, a task that fails stops the
+/// whole service with a non-zero exit code.
 ///
 /// ```
 /// # async fn example(ctx: lifecycle_core::Context) {

@@ -1,4 +1,5 @@
-//! Start and stop of 1,000 no-op components in a random dependency graph, per component.
+//! Start and stop of 1,000 no-op components in a random dependency graph, per component, and
+//! of 1,000 independent ones (which shows what the ordering itself costs).
 //!
 //! The baseline is the least any runtime can do for 1,000 units: spawn 1,000 no-op tokio tasks
 //! and join them with a `JoinSet`, once for start and once for stop, with no ordering at all.
@@ -32,13 +33,13 @@ impl Component for Noop {
     }
 }
 
-/// A random DAG: each component depends on up to three earlier ones.
-fn graph(seed: u64) -> Registry {
+/// A random DAG: each component depends on up to `most` (0 to 3) earlier ones.
+fn graph(seed: u64, most: usize) -> Registry {
     let mut rng = SmallRng::seed_from_u64(seed);
     let mut builder = Registry::builder();
     builder.signals(Signals::none());
     for i in 0..COMPONENTS {
-        let dependencies = (0..rng.random_range(0..=3usize.min(i)))
+        let dependencies = (0..rng.random_range(0..=most.min(i)))
             .map(|_| Dependency::on(format!("c{}", rng.random_range(0..i))))
             .collect::<std::collections::HashSet<_>>()
             .into_iter()
@@ -51,8 +52,8 @@ fn graph(seed: u64) -> Registry {
     }
 }
 
-async fn lifecycle(seed: u64) -> (Duration, Duration) {
-    let registry = graph(seed);
+async fn lifecycle(seed: u64, most: usize) -> (Duration, Duration) {
+    let registry = graph(seed, most);
     let handle = registry.handle();
     let began = Instant::now();
     let run = tokio::spawn(registry.run());
@@ -87,28 +88,35 @@ async fn baseline() -> (Duration, Duration) {
 fn main() {
     let quick = std::env::args().any(|a| a == "--quick");
     let rounds = if quick { 5 } else { 31 };
-    let mut results: [[Vec<f64>; 2]; 2] = Default::default();
+    // Per variant (baseline, random DAG, independent), per phase (start, stop).
+    let mut results: [[Vec<f64>; 2]; 3] = Default::default();
     for round in 0..=rounds {
         let runtime = runtime();
-        let (base, ours) = runtime.block_on(async { (baseline().await, lifecycle(round as u64).await) });
+        let samples = runtime.block_on(async {
+            [baseline().await, lifecycle(round as u64, 3).await, lifecycle(round as u64, 0).await]
+        });
         runtime.shutdown_timeout(Duration::from_secs(5));
         if round == 0 {
             continue; // warm-up
         }
-        for (variant, (start, stop)) in [base, ours].into_iter().enumerate() {
+        for (variant, (start, stop)) in samples.into_iter().enumerate() {
             results[variant][0].push(start.as_secs_f64() / COMPONENTS as f64);
             results[variant][1].push(stop.as_secs_f64() / COMPONENTS as f64);
         }
     }
-    let [base, ours] = results.map(|phases| phases.map(median));
-    println!("| phase | baseline per unit (JoinSet of no-op tasks) | lifecycle per component | ratio |");
-    println!("|---|---:|---:|---:|");
-    for (phase, name) in ["start", "stop"].iter().enumerate() {
+    let [base, dag, flat] = results.map(|phases| phases.map(median));
+    println!(
+        "| phase | baseline per unit (JoinSet of no-op tasks) | lifecycle, random DAG | ratio | lifecycle, independent | ratio |"
+    );
+    println!("|---|---:|---:|---:|---:|---:|");
+    for (phase, name) in ["start", "stop (drain, stop, report)"].iter().enumerate() {
         println!(
-            "| {name} | {} | {} | {:.1}x |",
+            "| {name} | {} | {} | {:.1}x | {} | {:.1}x |",
             human(base[phase]),
-            human(ours[phase]),
-            ours[phase] / base[phase]
+            human(dag[phase]),
+            dag[phase] / base[phase],
+            human(flat[phase]),
+            flat[phase] / base[phase]
         );
     }
 }

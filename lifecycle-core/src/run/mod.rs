@@ -225,7 +225,13 @@ pub(crate) async fn run(parts: Parts) -> Report {
         ctx.tasks().abort_all();
     }
     if let Some(watchdog) = watchdog {
-        let tasks = run.contexts.iter().map(|ctx| (ctx.name().clone(), ctx.tasks().clone())).collect();
+        // Only what may still be running is handed over: usually nothing.
+        let tasks = run
+            .contexts
+            .iter()
+            .filter(|ctx| !ctx.tasks().is_empty())
+            .map(|ctx| (ctx.name().clone(), ctx.tasks().clone()))
+            .collect();
         watchdog.run_ended(report.exit_code, LeftBehind::new(std::mem::take(&mut run.abandoned), tasks));
     }
     report

@@ -198,9 +198,14 @@ impl Run {
                     Err(panic) => progress.fail(index, Stage::Stopping, Failure::Panic(panic)),
                 }
             }
-            progress.enter(index, Stage::WaitingForTasks);
-            hook_ctx.tasks().close();
-            hook_ctx.tasks().wait().await;
+            let tasks = hook_ctx.tasks();
+            tasks.close();
+            // With nothing to wait for, the stage (and its lock) is skipped; a stop hook already
+            // marked when the stop began.
+            if !tasks.is_empty() || started != Started::Yes {
+                progress.enter(index, Stage::WaitingForTasks);
+                tasks.wait().await;
+            }
             Ok(())
         });
     }
