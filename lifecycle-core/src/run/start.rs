@@ -21,6 +21,9 @@ impl Run {
         let mut failure = None;
 
         let mut ready: Vec<usize> = (0..count).filter(|&i| waiting_on[i] == 0).collect();
+        // One waiter for the whole start, rather than one registered and dropped per hook.
+        let shutdown = self.shutdown.clone();
+        let mut requested = std::pin::pin!(shutdown.requested());
         loop {
             if self.shutdown.is_requested() {
                 tracing::info!("shutdown requested during start; cancelling the starts in flight");
@@ -31,7 +34,7 @@ impl Run {
             }
             let ended = tokio::select! {
                 biased;
-                _ = self.shutdown.requested() => continue, // the check above ends the start
+                _ = &mut requested => continue, // the check above ends the start
                 ended = hooks.next() => ended,
             };
             let Some((index, end)) = ended else { break };

@@ -75,10 +75,13 @@ impl Run {
             let hook_ctx = ctx.clone();
             hooks.launch(index, &ctx, limit, async move { component.drain(&hook_ctx).await });
         }
+        // One waiter for the whole phase, rather than one registered and dropped per hook.
+        let shutdown = self.shutdown.clone();
+        let mut forced_now = std::pin::pin!(shutdown.forced());
         let forced = loop {
             let ended = tokio::select! {
                 biased;
-                _ = self.shutdown.forced() => break true,
+                _ = &mut forced_now => break true,
                 ended = hooks.next() => ended,
             };
             let Some((index, end)) = ended else { break false };
@@ -108,6 +111,8 @@ impl Run {
         // order reads naturally in the logs; correctness comes from the counts alone.
         let mut ready: Vec<usize> =
             (0..count).rev().filter(|&i| touched(i) && dependents_left[i] == 0).collect();
+        let shutdown = self.shutdown.clone();
+        let mut forced_now = std::pin::pin!(shutdown.forced());
         loop {
             while let Some(index) = ready.pop() {
                 let now = Instant::now();
@@ -132,7 +137,7 @@ impl Run {
             }
             let ended = tokio::select! {
                 biased;
-                _ = self.shutdown.forced() => break,
+                _ = &mut forced_now => break,
                 ended = hooks.next() => ended,
             };
             let Some((index, end)) = ended else { break };
