@@ -254,7 +254,8 @@ impl Tasks {
     /// The span a task runs in: the component's name and the task's, so its log lines say whose
     /// they are.
     fn span(&self, task: &str) -> tracing::Span {
-        tracing::info_span!("task", component = %self.shared.component, task)
+        // A root span: a task outlives the hook that spawned it, so it must not claim to be inside it.
+        tracing::info_span!(parent: None, "task", component = %self.shared.component, task)
     }
 
     /// Spawns a named task on the current runtime.

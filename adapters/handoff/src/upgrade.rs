@@ -419,9 +419,12 @@ impl Component for Upgrade {
                 (UpgradeHandle { shared: Arc::clone(shared) }, ctx.token().clone(), ctx.name().clone());
             ctx.tasks().spawn("upgrade_signal", async move {
                 loop {
+                    // A trigger that arrived before the stop is still answered (and logged), even
+                    // when the stop is what woke this task.
                     tokio::select! {
-                        _ = token.cancelled() => return,
+                        biased;
                         received = signal.recv() => if received.is_none() { return },
+                        _ = token.cancelled() => return,
                     }
                     tracing::info!(component = %name, signal = ?kind, "upgrade requested");
                     if let Err(error) = handle.upgrade().await {
