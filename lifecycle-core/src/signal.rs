@@ -136,6 +136,7 @@ impl SignalListener {
     }
 
     /// Puts `signal` back, to be the next one [`recv`](SignalListener::recv) returns.
+    #[cfg(feature = "macros")]
     pub(crate) fn unread(&mut self, signal: Signal) {
         self.pending.push_front(signal);
     }
