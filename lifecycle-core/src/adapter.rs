@@ -105,7 +105,7 @@ impl<T: Send + Sync + 'static> Component for Managed<T> {
     }
 
     fn options(&self) -> ComponentOptions {
-        self.options.clone()
+        self.options
     }
 
     fn stop(&self, _ctx: &Context) -> impl Future<Output = Result<(), BoxError>> + Send {
@@ -243,7 +243,7 @@ impl Component for FnComponent {
     }
 
     fn options(&self) -> ComponentOptions {
-        self.options.clone()
+        self.options
     }
 
     fn start(&self, ctx: &Context) -> impl Future<Output = Result<(), BoxError>> + Send {

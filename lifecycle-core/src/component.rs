@@ -8,7 +8,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::{Context, Dependency};
+use crate::{Context, Dependency, RestartPolicy};
 
 /// The error a hook returns: any error type converts into it with `?`.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
@@ -117,7 +117,7 @@ impl Health {
 ///
 /// Built with [`ComponentOptions::new`] and its setters; a timeout left unset takes the registry's
 /// default (see [`RegistryBuilder::default_start_timeout`](crate::RegistryBuilder::default_start_timeout)).
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq)]
 #[non_exhaustive]
 pub struct ComponentOptions {
     /// Limit for the start hook.
@@ -127,8 +127,12 @@ pub struct ComponentOptions {
     pub stop_timeout: Option<Duration>,
     /// When true (the default) a failure to start rolls the whole start back, and a task that fails
     /// while running stops the service with a non-zero exit code. When false the failure is reported
-    /// and the service carries on without it.
+    /// and the service carries on without it. With a restart policy, this applies once its
+    /// budget is spent.
     pub critical: bool,
+    /// Whether a failed start or a failed task starts the component again, together with what
+    /// depends on it (default: never).
+    pub restart: RestartPolicy,
 }
 
 impl Default for ComponentOptions {
@@ -140,7 +144,7 @@ impl Default for ComponentOptions {
 impl ComponentOptions {
     /// Registry-default timeouts, critical.
     pub const fn new() -> Self {
-        Self { start_timeout: None, stop_timeout: None, critical: true }
+        Self { start_timeout: None, stop_timeout: None, critical: true, restart: RestartPolicy::never() }
     }
 
     /// Sets the start timeout.
@@ -163,12 +167,19 @@ impl ComponentOptions {
         self.critical = critical;
         self
     }
+
+    /// Sets the restart policy.
+    #[must_use]
+    pub const fn restart(mut self, policy: RestartPolicy) -> Self {
+        self.restart = policy;
+        self
+    }
 }
 
 /// A resource with a lifecycle: a pool, a cache, a server, a worker, a registry entry.
 ///
 /// Every hook has a default that does nothing, so a component implements only what it needs. The
-/// registry calls the hooks in this order, each at most once:
+/// registry calls the hooks in this order, each at most once per start:
 ///
 /// 1. [`start`](Component::start) once every dependency has started; it returns when the component
 ///    is ready and leaves long-running work to tasks spawned through [`Context::tasks`].
@@ -177,6 +188,10 @@ impl ComponentOptions {
 /// 3. [`stop`](Component::stop) after every component that depends on this one has stopped. Just
 ///    before it, the component's [`Context::token`] is cancelled; after it, the registry waits for
 ///    the component's tasks. All of this runs within the stop timeout.
+///
+/// A component with a [restart policy](ComponentOptions::restart) goes through the three again
+/// after a failure (and so does everything that depends on it): its `start` must set up afresh
+/// what its last `stop` released, and [`restartable`](Component::restartable) says whether it can.
 ///
 /// ```
 /// use lifecycle_core::{BoxError, Component, ComponentOptions, Context};
@@ -244,6 +259,14 @@ pub trait Component: Send + Sync + 'static {
     fn stop(&self, ctx: &Context) -> impl Future<Output = Result<(), BoxError>> + Send {
         let _ = ctx;
         async { Ok(()) }
+    }
+
+    /// Whether [`start`](Component::start) can run again after [`stop`](Component::stop), for a
+    /// restart. Return false when a start uses up what the component was given (a listener it
+    /// takes once): [`RegistryBuilder::build`](crate::RegistryBuilder::build) then refuses a
+    /// restart policy on it, naming the component.
+    fn restartable(&self) -> bool {
+        true
     }
 
     /// A cheap check of whether the component can do its work.

@@ -51,6 +51,20 @@ impl Context {
         }
     }
 
+    /// The context of the component's next start: the same component, tasks and dependencies,
+    /// with a fresh `token` (this one's is cancelled by the stop before it).
+    pub(crate) fn renewed(&self, token: CancellationToken) -> Self {
+        let inner = &self.inner;
+        Self::new(
+            inner.index,
+            inner.id.clone(),
+            token,
+            inner.tasks.clone(),
+            inner.lifecycle.clone(),
+            inner.dependencies.clone(),
+        )
+    }
+
     /// The component's name.
     pub fn name(&self) -> &ComponentId {
         &self.inner.id

@@ -67,6 +67,17 @@ pub enum BuildError {
         /// What it must be.
         expected: &'static str,
     },
+    /// A component that cannot start twice depends, directly or not, on one with a restart
+    /// policy: a restart of that one would have to restart it too.
+    #[error(
+        "component `{component}` cannot start twice (it is not restartable), but a restart of `{restarted_with}` would restart it, as it depends on it; remove the restart policy of `{restarted_with}`"
+    )]
+    NotRestartable {
+        /// The component that cannot start twice.
+        component: ComponentId,
+        /// The component with a restart policy it depends on.
+        restarted_with: ComponentId,
+    },
     /// More than one of the above; each is listed.
     #[error("{} problems:\n{}", .0.len(), Lines(.0))]
     Several(Vec<BuildError>),

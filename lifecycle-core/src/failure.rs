@@ -26,6 +26,8 @@ pub enum Stage {
     Stopping,
     /// Stop hook done; waiting for its tasks to end.
     WaitingForTasks,
+    /// Stopped after a failure (its own or a dependency's), waiting to start again.
+    Restarting,
 }
 
 impl fmt::Display for Stage {
@@ -36,6 +38,7 @@ impl fmt::Display for Stage {
             Stage::Draining => "draining",
             Stage::Stopping => "stopping",
             Stage::WaitingForTasks => "waiting for tasks",
+            Stage::Restarting => "restarting",
         })
     }
 }
@@ -111,6 +114,7 @@ impl fmt::Display for HookName {
             Stage::Draining => "drain",
             Stage::Stopping | Stage::WaitingForTasks => "stop",
             Stage::Running => "health",
+            Stage::Restarting => "restart",
         })
     }
 }
@@ -159,6 +163,8 @@ struct Log {
     count: u64,
     first: Option<FailureRecord>,
     recent: VecDeque<FailureRecord>,
+    /// The first failure since the component last started: the outcome of this start.
+    current: Option<FailureRecord>,
 }
 
 impl FailureLog {
@@ -166,6 +172,9 @@ impl FailureLog {
     pub(crate) fn record(&self, record: FailureRecord) -> bool {
         let mut log = lock(&self.inner);
         log.count += 1;
+        if log.current.is_none() {
+            log.current = Some(record.clone());
+        }
         if log.first.is_none() {
             log.first = Some(record);
             return true;
@@ -181,8 +190,21 @@ impl FailureLog {
         lock(&self.inner).count
     }
 
-    pub(crate) fn first(&self) -> Option<FailureRecord> {
-        lock(&self.inner).first.clone()
+    /// The first failure since [`restarted`](FailureLog::restarted) was last called.
+    pub(crate) fn current(&self) -> Option<FailureRecord> {
+        lock(&self.inner).current.clone()
+    }
+
+    /// The most recent failure.
+    pub(crate) fn last(&self) -> Option<FailureRecord> {
+        let log = lock(&self.inner);
+        log.recent.back().or(log.first.as_ref()).cloned()
+    }
+
+    /// A new start of the component begins: its earlier failures stay in the record, but no
+    /// longer decide its outcome.
+    pub(crate) fn restarted(&self) {
+        lock(&self.inner).current = None;
     }
 
     pub(crate) fn snapshot(&self) -> Failures {

@@ -6,7 +6,7 @@
 //! 1. starts them in dependency order, independent ones in parallel, each within its start
 //!    timeout, and rolls back (stops what started, in reverse) if a critical one fails;
 //! 2. turns ready, and waits for a shutdown request: `SIGTERM` or `SIGINT`, a call to
-//!    [`Shutdown::request`], or a critical component's task failing;
+//!    [`Shutdown::request`], or a critical component's task failing (beyond its restart policy);
 //! 3. turns unready first, runs every [`drain`](Component::drain) hook, and waits the drain delay
 //!    while still serving;
 //! 4. stops components in reverse dependency order, independent ones in parallel, each within its
@@ -14,6 +14,12 @@
 //!    reported while everything that does not depend on it still stops;
 //! 5. returns a [`Report`] with the reason, every component's outcome and failures, and the exit
 //!    code; aborts the async tasks it gave up on.
+//!
+//! While it runs, a component with a [`RestartPolicy`] whose task fails is restarted instead: the
+//! components that depend on it drain and stop in reverse order, it stops and starts again after
+//! its backoff, and they start again in order; nothing else is touched (OTP's "rest for one",
+//! over the dependency graph). A failed start is tried again the same way. Once its budget of
+//! restarts is spent, a critical component stops the service, and an optional one stays down.
 //!
 //! A second signal ends the wait at once, still with a report; a watchdog thread ends the process
 //! at the deadline plus a grace even if every runtime thread is stuck.
@@ -44,7 +50,7 @@
 //! | a second signal ended the wait | 128 + its number (143 for `SIGTERM`, 130 for `SIGINT`) | `forced by a second SIGTERM` |
 //! | the global shutdown deadline passed before everything stopped (the run gave up at the deadline, or the watchdog ended the process) | [`EXIT_DEADLINE`] (124) | `shutdown deadline exceeded` |
 //! | [`Shutdown::request`] asked for a non-zero code | that code | `exit code N requested` |
-//! | a critical component failed: its start, a task while running, or its drain or stop (error, panic, timeout) | [`EXIT_FAILURE`] (1) | ``critical component `name` failed`` |
+//! | a critical component failed: its start, a task while running, or its drain or stop (error, panic, timeout), and did not recover by its restart policy | [`EXIT_FAILURE`] (1) | ``critical component `name` failed`` |
 //! | anything else: a signal, a hand-over, a request with code 0 | 0 | `stopped cleanly` |
 //!
 //! A non-critical component's failures are reported, never the exit code. When the run has
@@ -104,6 +110,7 @@ mod redact;
 mod registry;
 mod report;
 mod resource_error;
+mod restart;
 mod retry;
 mod run;
 mod shutdown;
@@ -134,6 +141,7 @@ pub use redact::{redact_url, scrub_password};
 pub use registry::{Registration, Registry, RegistryBuilder};
 pub use report::{ComponentReport, Outcome, Report, RunError};
 pub use resource_error::ResourceError;
+pub use restart::{Restart, RestartPolicy};
 pub use retry::{Retry, RetryFailure};
 pub use shutdown::{Shutdown, ShutdownReason};
 pub use signal::{Signal, SignalListener, Signals};

@@ -31,6 +31,12 @@ pub struct ComponentStatus {
     pub stop_duration: Option<Duration>,
     /// How many times it failed so far (hooks and tasks); the report lists them.
     pub failures: u64,
+    /// How many times its restart policy started it again.
+    pub restarts: u32,
+    /// When its next start is due, while it waits to restart after a failure.
+    pub next_restart: Option<Instant>,
+    /// Its most recent failure.
+    pub last_failure: Option<FailureRecord>,
 }
 
 pub(crate) struct Progress {
@@ -57,6 +63,8 @@ struct Entry {
     stop_duration: Option<Duration>,
     outcome: Option<Outcome>,
     notes: Vec<String>,
+    restarts: u32,
+    next_restart: Option<Instant>,
 }
 
 impl Progress {
@@ -92,7 +100,15 @@ impl Progress {
         entry.stage = Some(stage);
         entry.since = Some(now);
         match stage {
-            Stage::Starting => entry.start_began = Some(now),
+            Stage::Starting => {
+                // A start (the first, or a restart) begins a new life: nothing of the last one's end.
+                entry.start_began = Some(now);
+                entry.start_duration = None;
+                entry.stop_began = None;
+                entry.stop_duration = None;
+                entry.outcome = None;
+                entry.next_restart = None;
+            }
             Stage::Stopping | Stage::WaitingForTasks => {
                 entry.stop_began.get_or_insert(now);
             }
@@ -102,8 +118,22 @@ impl Progress {
                     entry.start_duration = entry.start_began.map(|began| now - began);
                 }
             }
-            Stage::Draining => {}
+            Stage::Draining | Stage::Restarting => {}
         }
+    }
+
+    /// Records that component `index` stopped to start again: at `next` if its own restart was
+    /// granted (counted), or once what it depends on is back (`None`).
+    pub(crate) fn restarting(&self, index: usize, next: Option<Instant>) {
+        let now = Instant::now();
+        let mut state = lock(&self.state);
+        let entry = &mut state.entries[index];
+        entry.stage = Some(Stage::Restarting);
+        entry.since = Some(now);
+        if next.is_some() {
+            entry.restarts = entry.restarts.saturating_add(1);
+        }
+        entry.next_restart = next;
     }
 
     /// Records a failure of a hook; the component goes on (its stop still runs).
@@ -111,18 +141,24 @@ impl Progress {
         self.failures[index].record(FailureRecord { stage, task: None, failure });
     }
 
-    /// The first failure of component `index`, if it had one.
-    pub(crate) fn first_failure(&self, index: usize) -> Option<FailureRecord> {
-        self.failures[index].first()
+    /// The first failure of component `index` since it last started, if it had one.
+    pub(crate) fn current_failure(&self, index: usize) -> Option<FailureRecord> {
+        self.failures[index].current()
     }
 
-    /// Records how component `index` ended. A component that failed at any point, and then
-    /// stopped (or failed again), ends with its first failure.
+    /// Component `index` is about to start again: its earlier failures no longer decide its
+    /// outcome.
+    pub(crate) fn renewed(&self, index: usize) {
+        self.failures[index].restarted();
+    }
+
+    /// Records how component `index` ended. A component that failed since it last started, and
+    /// then stopped (or failed again), ends with that first failure.
     pub(crate) fn finish(&self, index: usize, outcome: Outcome) {
         if let Outcome::Failed { stage, failure } = &outcome {
             self.fail(index, *stage, failure.clone());
         }
-        let outcome = match (outcome, self.failures[index].first()) {
+        let outcome = match (outcome, self.failures[index].current()) {
             (Outcome::Stopped | Outcome::Failed { .. }, Some(first)) => {
                 Outcome::Failed { stage: first.stage, failure: first.failure }
             }
@@ -161,6 +197,9 @@ impl Progress {
                 start_duration: e.start_duration,
                 stop_duration: e.stop_duration,
                 failures: self.failures[i].count(),
+                restarts: e.restarts,
+                next_restart: e.next_restart,
+                last_failure: self.failures[i].last(),
             })
             .collect()
     }
@@ -194,6 +233,7 @@ impl Progress {
                     stop_duration: e.stop_duration.or_else(|| e.stop_began.map(|began| now - began)),
                     outstanding_tasks: self.tasks[i].outstanding(),
                     failures: self.failures[i].snapshot(),
+                    restarts: e.restarts,
                     notes: e.notes.clone(),
                 }
             })

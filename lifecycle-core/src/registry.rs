@@ -14,7 +14,7 @@ use crate::progress::Progress;
 use crate::run::{Limits, OnReady, Parts, RunConfig};
 use crate::{
     BuildError, Component, ComponentId, ComponentOptions, Context, Dep, Dependency, LifecycleHandle, Report,
-    Shutdown, SignalListener, Signals, Tasks,
+    RestartPolicy, Shutdown, SignalListener, Signals, Tasks,
 };
 
 /// Collects components and run settings; [`build`](RegistryBuilder::build) checks them.
@@ -54,6 +54,7 @@ struct Entry {
     component: SharedComponent,
     dependencies: Vec<Dependency>,
     options: ComponentOptions,
+    restartable: bool,
 }
 
 impl RegistryBuilder {
@@ -75,6 +76,7 @@ impl RegistryBuilder {
             type_id: TypeId::of::<T>(),
             dependencies: component.dependencies(),
             options: component.options(),
+            restartable: component.restartable(),
             component: SharedComponent::new(Arc::clone(&component)),
         };
         self.entries.push(entry);
@@ -178,6 +180,7 @@ impl RegistryBuilder {
                 return Err(BuildError::from_list(errors));
             }
         };
+        errors.extend(self.check_restarts(&graph));
         if !errors.is_empty() {
             return Err(BuildError::from_list(errors));
         }
@@ -190,17 +193,21 @@ impl RegistryBuilder {
                 start_timeout: e.options.start_timeout.unwrap_or(self.config.default_start_timeout),
                 stop_timeout: e.options.stop_timeout.unwrap_or(self.config.default_stop_timeout),
                 critical: e.options.critical,
+                restart: e.options.restart,
             })
             .collect();
         self.warn_about_stop_budget(&options);
         let failures: Vec<FailureLog> = self.entries.iter().map(|_| FailureLog::default()).collect();
+        let (troubles, trouble_receiver) = tokio::sync::mpsc::unbounded_channel();
         let tasks: Vec<Tasks> = self
             .entries
             .iter()
             .zip(&options)
             .zip(&failures)
-            .map(|((e, o), failures)| {
-                Tasks::new(e.id.clone(), o.critical, shutdown.clone(), failures.clone())
+            .enumerate()
+            .map(|(index, ((e, o), failures))| {
+                let supervisor = o.restart.restarts().then(|| (index, troubles.clone()));
+                Tasks::new(e.id.clone(), o.critical, shutdown.clone(), failures.clone(), supervisor)
             })
             .collect();
         let progress = Arc::new(Progress::new(
@@ -241,6 +248,7 @@ impl RegistryBuilder {
                 on_ready: self.on_ready,
                 handle,
                 root,
+                troubles: trouble_receiver,
             },
         })
     }
@@ -290,6 +298,54 @@ impl RegistryBuilder {
                         value: format!("{value:?}"),
                         expected: FINITE,
                     });
+                }
+            }
+            let restart = &entry.options.restart;
+            for (setting, value, expected) in restart.problems(true) {
+                errors.push(BuildError::InvalidComponentSetting {
+                    component: entry.id.clone(),
+                    setting,
+                    value,
+                    expected,
+                });
+            }
+            if restart.restarts() && !entry.restartable {
+                errors.push(BuildError::InvalidComponentSetting {
+                    component: entry.id.clone(),
+                    setting: "restart",
+                    value: restart.restart().to_string(),
+                    expected: "`never`: this component's start cannot run twice (it is not restartable)",
+                });
+            }
+        }
+        errors
+    }
+
+    /// A restart also restarts everything that depends on the component: each of those must be
+    /// able to start twice.
+    fn check_restarts(&self, graph: &Graph) -> Vec<BuildError> {
+        let mut errors = Vec::new();
+        let mut reported = vec![false; self.entries.len()];
+        for (index, entry) in self.entries.iter().enumerate() {
+            if !entry.options.restart.restarts() {
+                continue;
+            }
+            let mut seen = vec![false; self.entries.len()];
+            let mut stack = vec![index];
+            while let Some(current) = stack.pop() {
+                for &dependent in graph.dependents(current) {
+                    if std::mem::replace(&mut seen[dependent], true) {
+                        continue;
+                    }
+                    stack.push(dependent);
+                    if !self.entries[dependent].restartable
+                        && !std::mem::replace(&mut reported[dependent], true)
+                    {
+                        errors.push(BuildError::NotRestartable {
+                            component: self.entries[dependent].id.clone(),
+                            restarted_with: entry.id.clone(),
+                        });
+                    }
                 }
             }
         }
@@ -353,6 +409,12 @@ impl<T> Registration<'_, T> {
     /// Overrides whether the component is critical.
     pub fn critical(self, critical: bool) -> Self {
         self.entry.options.critical = critical;
+        self
+    }
+
+    /// Overrides the restart policy.
+    pub fn restart(self, policy: RestartPolicy) -> Self {
+        self.entry.options.restart = policy;
         self
     }
 

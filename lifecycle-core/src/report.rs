@@ -82,8 +82,11 @@ pub struct ComponentReport {
     pub stop_duration: Option<Duration>,
     /// Its tasks still running when the report was made.
     pub outstanding_tasks: Vec<TaskCount>,
-    /// Every failure it had, of hooks and tasks: the first (its outcome), a count, the last few.
+    /// Every failure it had, of hooks and tasks: the first, a count, the last few. Its outcome
+    /// is the first failure since it last started.
     pub failures: Failures,
+    /// How many times its restart policy started it again.
+    pub restarts: u32,
     /// What the component said about its run ([`Context::note`](crate::Context::note)).
     pub notes: Vec<String>,
 }
@@ -156,9 +159,9 @@ impl Report {
             let outstanding = TaskList(&c.outstanding_tasks);
             let notes = Notes(&c.notes);
             if c.outcome.is_failure() || !c.failures.is_empty() {
-                tracing::error!(component = %c.name, outcome = %c.outcome, start_ms, stop_ms, %outstanding, failures = c.failures.count, %notes, "component report");
+                tracing::error!(component = %c.name, outcome = %c.outcome, start_ms, stop_ms, %outstanding, failures = c.failures.count, restarts = c.restarts, %notes, "component report");
             } else {
-                tracing::info!(component = %c.name, outcome = %c.outcome, start_ms, stop_ms, %notes, "component report");
+                tracing::info!(component = %c.name, outcome = %c.outcome, start_ms, stop_ms, restarts = c.restarts, %notes, "component report");
             }
         }
         let total_ms = self.total.as_secs_f64() * 1e3;
@@ -197,7 +200,11 @@ impl fmt::Display for Report {
             .map(|c| {
                 [
                     if c.critical { c.name.to_string() } else { format!("{} (non-critical)", c.name) },
-                    c.outcome.to_string(),
+                    match c.restarts {
+                        0 => c.outcome.to_string(),
+                        1 => format!("{}, restarted once", c.outcome),
+                        n => format!("{}, restarted {n} times", c.outcome),
+                    },
                     c.start_duration.map_or_else(|| "-".into(), |d| Elapsed(d).to_string()),
                     c.stop_duration.map_or_else(|| "-".into(), |d| Elapsed(d).to_string()),
                     TaskList(&c.outstanding_tasks).to_string(),

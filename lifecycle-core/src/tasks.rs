@@ -5,6 +5,7 @@ use std::collections::HashMap;
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::task::{Context as TaskContext, Poll, ready};
 
@@ -15,6 +16,7 @@ use tracing::Instrument;
 
 use crate::failure::{Failure, FailureLog, FailureRecord, Stage};
 use crate::panic::{CatchUnwind, panic_message};
+use crate::restart::{Trouble, TroubleSender};
 use crate::shutdown::{Shutdown, ShutdownReason};
 use crate::{BoxError, ComponentId, lock};
 
@@ -73,8 +75,9 @@ pub struct TaskCount {
 /// Every task spawned here runs in a `task` span carrying the component's name and its own, is
 /// waited for when the component stops, named in the report if it is still running at the stop
 /// timeout (and aborted once the run returns), and has its error or panic caught and recorded
-/// in the component's failures. When the component is critical, a task that fails stops the
-/// whole service with a non-zero exit code.
+/// in the component's failures. A task that fails restarts the component when it has a
+/// [restart policy](crate::RestartPolicy); without one, a failure of a critical component's task
+/// stops the whole service with a non-zero exit code.
 ///
 /// ```
 /// # async fn example(ctx: lifecycle_core::Context) {
@@ -97,6 +100,10 @@ struct Shared {
     shutdown: Shutdown,
     registry: Mutex<Registry>,
     failures: FailureLog,
+    /// Set when the component has a restart policy: failures go to the run's supervision.
+    supervisor: Option<(usize, TroubleSender)>,
+    /// Which start of the component the tasks spawned now belong to.
+    incarnation: AtomicU64,
 }
 
 /// What the set knows of its running tasks.
@@ -123,8 +130,9 @@ fn running(count: &Arc<NameCount>) -> usize {
     Arc::strong_count(count).saturating_sub(1)
 }
 
-/// Held by a running task; counts it out when the task ends, however it ends.
-struct LiveGuard(Arc<NameCount>);
+/// Held by a running task; counts it out when the task ends, however it ends. Also holds the
+/// incarnation of the component the task was spawned in.
+struct LiveGuard(Arc<NameCount>, u64);
 
 impl Drop for LiveGuard {
     fn drop(&mut self) {
@@ -147,7 +155,7 @@ impl LiveGuard {
             Err(panic) => Failure::Panic(panic),
         };
         if let Some(shared) = self.0.shared.upgrade() {
-            shared.fail(&self.0.name, failure);
+            shared.fail(&self.0.name, self.1, failure);
         }
     }
 }
@@ -193,7 +201,7 @@ impl Shared {
         let entry = names.entry(name).or_insert_with_key(|name| {
             Arc::new(NameCount { name: name.clone(), shared: Arc::downgrade(self) })
         });
-        LiveGuard(Arc::clone(entry))
+        LiveGuard(Arc::clone(entry), self.incarnation.load(Ordering::Acquire))
     }
 
     fn keep_abort_handle(&self, handle: AbortHandle, running: usize) {
@@ -216,8 +224,16 @@ impl Shared {
         }
     }
 
-    fn fail(&self, task: &str, failure: Failure) {
+    fn fail(&self, task: &str, incarnation: u64, failure: Failure) {
         let record = FailureRecord { stage: Stage::Running, task: Some(task.to_owned()), failure };
+        if let Some((index, supervisor)) = &self.supervisor {
+            tracing::warn!(component = %self.component, failure = %record, "task failed; restarting the component by its policy");
+            self.failures.record(record);
+            // The run decides: a restart, or an escalation once the budget is spent. A send
+            // fails only once the run has ended, when there is nothing left to restart.
+            let _ = supervisor.send(Trouble { index: *index, incarnation });
+            return;
+        }
         if self.critical {
             tracing::error!(component = %self.component, failure = %record, "critical task failed; stopping the service");
             self.shutdown.trigger(ShutdownReason::ComponentFailed {
@@ -233,11 +249,14 @@ impl Shared {
 }
 
 impl Tasks {
+    /// The task set of `component`. With a `supervisor` (the component's index and the run's
+    /// channel), failures go to the run's supervision instead of stopping the service.
     pub(crate) fn new(
         component: ComponentId,
         critical: bool,
         shutdown: Shutdown,
         failures: FailureLog,
+        supervisor: Option<(usize, TroubleSender)>,
     ) -> Self {
         Self {
             tracker: TaskTracker::new(),
@@ -247,8 +266,22 @@ impl Tasks {
                 shutdown,
                 registry: Mutex::new(Registry::default()),
                 failures,
+                supervisor,
+                incarnation: AtomicU64::new(0),
             }),
         }
+    }
+
+    /// The incarnation tasks spawned now belong to.
+    pub(crate) fn incarnation(&self) -> u64 {
+        self.shared.incarnation.load(Ordering::Acquire)
+    }
+
+    /// Opens the set again for the next start of its component, whose tasks belong to a new
+    /// incarnation. The previous incarnation's tasks have ended or been aborted by then.
+    pub(crate) fn reopen(&self) {
+        self.shared.incarnation.fetch_add(1, Ordering::AcqRel);
+        self.tracker.reopen();
     }
 
     /// The span a task runs in: the component's name and the task's, so its log lines say whose
@@ -367,7 +400,9 @@ mod tests {
 
     fn tasks(critical: bool) -> (Tasks, Shutdown) {
         let shutdown = Shutdown::new();
-        (Tasks::new(ComponentId::from("worker"), critical, shutdown.clone(), FailureLog::default()), shutdown)
+        let tasks =
+            Tasks::new(ComponentId::from("worker"), critical, shutdown.clone(), FailureLog::default(), None);
+        (tasks, shutdown)
     }
 
     #[tokio::test]

@@ -195,3 +195,80 @@ fn a_long_chain_builds_without_overflowing_the_stack() {
     }
     assert!(b.build().is_ok());
 }
+
+#[test]
+fn restart_policies_that_cannot_work_name_the_component_and_the_setting() {
+    use std::time::Duration;
+
+    use lifecycle_core::{ComponentOptions, RestartPolicy};
+    let log = Log::default();
+    let with = |name: &str, policy: RestartPolicy| {
+        Probe::new(name, &log).options(ComponentOptions::new().restart(policy))
+    };
+    let error = build_error(vec![
+        with("no_budget", RestartPolicy::on_failure().max_restarts(0, Duration::from_secs(60))),
+        with(
+            "backwards",
+            RestartPolicy::on_failure().backoff(Duration::from_secs(5), Duration::from_secs(1)),
+        ),
+        with("always", RestartPolicy::always()),
+        with("fine", RestartPolicy::on_failure()),
+    ]);
+    let text = error.to_string();
+    for needle in [
+        "component `no_budget`: option `max_restarts` is 0, but must be at least 1",
+        "component `backwards`: option `backoff` is 5s..1s, but must be an initial delay no greater than the maximum",
+        "component `always`: option `restart` is always, but must be `never` or `on_failure`",
+    ] {
+        assert!(text.contains(needle), "{needle} in:\n{text}");
+    }
+    assert!(!text.contains("`fine`"), "{text}");
+}
+
+#[test]
+fn a_restart_policy_on_a_component_that_cannot_start_twice_is_refused() {
+    use lifecycle_core::{ComponentOptions, RestartPolicy};
+    struct TakesItsListener;
+    impl Component for TakesItsListener {
+        fn options(&self) -> ComponentOptions {
+            ComponentOptions::new().restart(RestartPolicy::on_failure())
+        }
+        fn restartable(&self) -> bool {
+            false
+        }
+    }
+    let mut b = builder();
+    b.add(TakesItsListener);
+    let error = b.build().unwrap_err().to_string();
+    assert_eq!(
+        error,
+        "component `takes_its_listener`: option `restart` is on_failure, but must be `never`: this component's \
+         start cannot run twice (it is not restartable)"
+    );
+}
+
+#[test]
+fn a_component_that_cannot_start_twice_cannot_depend_on_one_that_restarts() {
+    use lifecycle_core::{ComponentOptions, RestartPolicy};
+    struct Server;
+    impl Component for Server {
+        fn dependencies(&self) -> Vec<Dependency> {
+            vec![Dependency::on("api")]
+        }
+        fn restartable(&self) -> bool {
+            false
+        }
+    }
+    let log = Log::default();
+    let mut b = builder();
+    b.add(Probe::new("db", &log).options(ComponentOptions::new().restart(RestartPolicy::on_failure())));
+    b.add(Probe::new("api", &log).deps(&["db"]));
+    b.add(Server);
+    let error = b.build().unwrap_err();
+    assert!(matches!(error, BuildError::NotRestartable { .. }), "{error}");
+    assert_eq!(
+        error.to_string(),
+        "component `server` cannot start twice (it is not restartable), but a restart of `db` would restart it, \
+         as it depends on it; remove the restart policy of `db`"
+    );
+}

@@ -225,7 +225,12 @@ impl Component for EtcdRegistration {
     }
 
     fn options(&self) -> ComponentOptions {
-        self.options.clone()
+        self.options
+    }
+
+    /// Not yet: its lease state is not reset between starts.
+    fn restartable(&self) -> bool {
+        false
     }
 
     async fn start(&self, ctx: &Context) -> Result<(), BoxError> {

@@ -372,6 +372,11 @@ impl Component for Upgrade {
         ComponentOptions::new().critical(false)
     }
 
+    /// One per process, started once: it keeps the run's context for the hand-over.
+    fn restartable(&self) -> bool {
+        false
+    }
+
     async fn start(&self, ctx: &Context) -> Result<(), BoxError> {
         let shared = &self.shared;
         *lock(&shared.running) = Some(ctx.clone());

@@ -244,7 +244,12 @@ impl Component for HttpServer {
     }
 
     fn options(&self) -> ComponentOptions {
-        self.options.clone()
+        self.options
+    }
+
+    /// A start takes the listener (and the router) it was given: it cannot run twice.
+    fn restartable(&self) -> bool {
+        false
     }
 
     async fn start(&self, ctx: &Context) -> Result<(), BoxError> {

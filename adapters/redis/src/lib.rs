@@ -136,7 +136,12 @@ impl Component for RedisPool {
     }
 
     fn options(&self) -> ComponentOptions {
-        self.options.clone()
+        self.options
+    }
+
+    /// Not yet: the pool is set once, so a second start would keep the first, closed, pool.
+    fn restartable(&self) -> bool {
+        false
     }
 
     async fn start(&self, ctx: &Context) -> Result<(), BoxError> {

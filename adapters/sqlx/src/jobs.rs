@@ -169,7 +169,12 @@ impl<H: JobHandler> Component for JobWorker<H> {
     }
 
     fn options(&self) -> ComponentOptions {
-        self.options.clone()
+        self.options
+    }
+
+    /// Not yet: the token that cancels running jobs at the stop deadline stays cancelled.
+    fn restartable(&self) -> bool {
+        false
     }
 
     async fn start(&self, ctx: &Context) -> Result<(), BoxError> {

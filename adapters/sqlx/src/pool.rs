@@ -161,7 +161,12 @@ impl<DB: Backend> Component for SqlxPool<DB> {
     }
 
     fn options(&self) -> ComponentOptions {
-        self.options.clone()
+        self.options
+    }
+
+    /// Not yet: the pool is set once, so a second start would keep the first, closed, pool.
+    fn restartable(&self) -> bool {
+        false
     }
 
     async fn start(&self, ctx: &Context) -> Result<(), BoxError> {

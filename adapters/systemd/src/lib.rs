@@ -85,6 +85,11 @@ impl Component for SystemdNotify {
         ComponentOptions::new().critical(false).stop_timeout(Duration::from_secs(24 * 3600))
     }
 
+    /// One per process: `READY=1` is sent once, when the service first turns ready.
+    fn restartable(&self) -> bool {
+        false
+    }
+
     async fn start(&self, ctx: &Context) -> Result<(), BoxError> {
         if !under_systemd() {
             tracing::debug!(component = %ctx.name(), "not started by systemd (no NOTIFY_SOCKET); nothing to notify");

@@ -84,6 +84,11 @@ impl HookSet {
         self.limits.push(Reverse((limit, index)));
     }
 
+    /// Whether no hook is in flight.
+    pub(super) fn is_idle(&self) -> bool {
+        self.in_flight == 0
+    }
+
     /// Takes the slot of `index`, if its hook is still in flight.
     fn take(&mut self, index: usize) -> Option<Slot> {
         let slot = self.slots[index].take();

@@ -7,6 +7,7 @@
 mod hooks;
 mod start;
 mod stop;
+mod supervise;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -21,6 +22,7 @@ use crate::component::SharedComponent;
 use crate::exit::EXIT_FAILURE;
 use crate::graph::Graph;
 use crate::progress::Progress;
+use crate::restart::{RestartBudget, RestartPolicy, Trouble};
 use crate::signal::SignalListener;
 use crate::watchdog::{AbandonedHook, LeftBehind, Watchdog};
 use crate::{ComponentId, Context, LifecycleHandle, Phase, Report, Shutdown, ShutdownReason, Signals};
@@ -59,6 +61,7 @@ pub(crate) struct Limits {
     pub(crate) start_timeout: Duration,
     pub(crate) stop_timeout: Duration,
     pub(crate) critical: bool,
+    pub(crate) restart: RestartPolicy,
 }
 
 /// A callback run once when the service turns ready.
@@ -75,6 +78,8 @@ pub(crate) struct Parts {
     pub(crate) on_ready: Vec<OnReady>,
     pub(crate) handle: LifecycleHandle,
     pub(crate) root: CancellationToken,
+    /// Failures of components with a restart policy, from their task sets.
+    pub(crate) troubles: tokio::sync::mpsc::UnboundedReceiver<Trouble>,
 }
 
 /// How far a component got in the start.
@@ -88,6 +93,8 @@ enum Started {
     Failed,
     /// Its start was cancelled by a shutdown request; likewise.
     Cancelled,
+    /// Stopped by a restart (its own or a dependency's) and not started again yet; likewise.
+    Restarting,
 }
 
 struct Run {
@@ -104,14 +111,26 @@ struct Run {
     reserve_below: Vec<Duration>,
     /// Hooks the run gave up on, gathered from every phase.
     abandoned: Vec<AbandonedHook>,
+    /// How far each component got.
+    started: Vec<Started>,
+    /// Whether each component's start was launched before: a new start gets a new context.
+    launched: Vec<bool>,
+    /// Each component's restarts against its policy.
+    budgets: Vec<RestartBudget>,
+    troubles: tokio::sync::mpsc::UnboundedReceiver<Trouble>,
+    /// The parent of every component's token.
+    root: CancellationToken,
 }
 
 pub(crate) async fn run(parts: Parts) -> Report {
-    let Parts { components, contexts, limits, graph, config, listener, on_ready, handle, root } = parts;
+    let Parts { components, contexts, limits, graph, config, listener, on_ready, handle, root, troubles } =
+        parts;
     let shutdown = handle.shutdown().clone();
     let progress = Arc::clone(handle.progress());
     let names = contexts.iter().map(|ctx| ctx.name().clone()).collect();
     let reserve_below = reserve_below(&graph, &limits, config.shutdown_deadline);
+    let count = components.len();
+    let budgets = limits.iter().map(|l| RestartBudget::new(l.restart)).collect();
     let mut run = Run {
         components,
         contexts,
@@ -124,6 +143,11 @@ pub(crate) async fn run(parts: Parts) -> Report {
         names,
         reserve_below,
         abandoned: Vec::new(),
+        started: vec![Started::No; count],
+        launched: vec![false; count],
+        budgets,
+        troubles,
+        root,
     };
     run.progress.run_started();
 
@@ -155,7 +179,7 @@ pub(crate) async fn run(parts: Parts) -> Report {
         .flatten();
 
     run.handle.set_phase(Phase::Starting);
-    let (started, start_failure) = run.start_all().await;
+    let start_failure = run.start_set(&vec![true; count], None).await;
     let start_complete = start_failure.is_none();
     if let Some(reason) = start_failure {
         run.shutdown.trigger(reason);
@@ -173,7 +197,7 @@ pub(crate) async fn run(parts: Parts) -> Report {
                 tracing::error!(panic = %crate::panic::panic_message(payload.as_ref()), "on_ready callback panicked");
             }
         }
-        run.shutdown.requested().await;
+        run.supervise().await;
     }
 
     let deadline = run.deadline();
@@ -189,6 +213,7 @@ pub(crate) async fn run(parts: Parts) -> Report {
 
     let mut deadline_exceeded = false;
     let mut forced = false;
+    let started = run.started.clone();
     if announced {
         run.handle.set_phase(Phase::Draining);
         forced = run.drain_all(&started, deadline).await;
@@ -208,7 +233,7 @@ pub(crate) async fn run(parts: Parts) -> Report {
         run.handle.set_phase(Phase::Stopping);
         deadline_exceeded = run.stop_all(&started, deadline).await;
     }
-    root.cancel();
+    run.root.cancel();
     run.handle.set_phase(Phase::Stopped);
 
     listening.cancel();

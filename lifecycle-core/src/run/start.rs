@@ -1,9 +1,13 @@
 //! The start: components start as soon as everything they depend on has, each within its start
-//! timeout; a critical failure, or a shutdown request, ends it.
+//! timeout; a failed start is tried again while its restart policy allows; a critical failure
+//! beyond that, or a shutdown request, ends it. The same code starts the whole service and,
+//! after a restart, the part of it that was stopped.
 
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
 use std::sync::Arc;
 
-use tokio::time::{Instant, timeout_at};
+use tokio::time::{Instant, sleep_until, timeout_at};
 
 use super::hooks::{HookEnd, HookSet};
 use super::{Run, Started};
@@ -11,16 +15,26 @@ use crate::ShutdownReason;
 use crate::failure::Stage;
 
 impl Run {
-    /// Starts components as their dependencies become ready. Returns how far each got, and the
-    /// reason to stop if a critical start failed.
-    pub(super) async fn start_all(&mut self) -> (Vec<Started>, Option<ShutdownReason>) {
+    /// Starts the `members` as their dependencies become ready (dependencies outside the set
+    /// are taken as they are), `delayed` one only at its instant. Records in `self.started` how
+    /// far each got; returns the reason to stop if a critical start failed for good.
+    pub(super) async fn start_set(
+        &mut self,
+        members: &[bool],
+        delayed: Option<(usize, Instant)>,
+    ) -> Option<ShutdownReason> {
         let count = self.components.len();
-        let mut started = vec![Started::No; count];
-        let mut waiting_on: Vec<usize> = (0..count).map(|i| self.graph.dependencies(i).len()).collect();
+        let mut waiting_on: Vec<usize> =
+            (0..count).map(|i| self.graph.dependencies(i).iter().filter(|&&d| members[d]).count()).collect();
         let mut hooks = HookSet::new(count, Stage::Starting);
         let mut failure = None;
+        // Starts waiting for their backoff, earliest first.
+        let mut retries: BinaryHeap<Reverse<(Instant, usize)>> =
+            delayed.map(|(index, at)| Reverse((at, index))).into_iter().collect();
 
-        let mut ready: Vec<usize> = (0..count).filter(|&i| waiting_on[i] == 0).collect();
+        let mut ready: Vec<usize> = (0..count)
+            .filter(|&i| members[i] && waiting_on[i] == 0 && delayed.is_none_or(|(d, _)| d != i))
+            .collect();
         // One waiter for the whole start, rather than one registered and dropped per hook.
         let shutdown = self.shutdown.clone();
         let mut requested = std::pin::pin!(shutdown.requested());
@@ -32,22 +46,44 @@ impl Run {
             for index in ready.drain(..) {
                 self.launch_start(index, &mut hooks);
             }
+            let next_retry = retries.peek().map(|Reverse((at, _))| *at);
+            if hooks.is_idle() && next_retry.is_none() {
+                break;
+            }
             let ended = tokio::select! {
                 biased;
                 _ = &mut requested => continue, // the check above ends the start
-                ended = hooks.next() => ended,
+                () = sleep_until(next_retry.unwrap_or_else(Instant::now)), if next_retry.is_some() => {
+                    if let Some(Reverse((_, index))) = retries.pop() {
+                        ready.push(index);
+                    }
+                    continue;
+                }
+                ended = hooks.next(), if !hooks.is_idle() => ended,
             };
-            let Some((index, end)) = ended else { break };
-            started[index] = self.record_start(index, end);
-            if started[index] == Started::Failed && self.limits[index].critical {
-                let Some(first) = self.progress.first_failure(index) else { continue };
-                let component = self.contexts[index].name().clone();
-                tracing::error!(component = %component, failure = %first, "start failed; rolling back");
-                failure = Some(ShutdownReason::StartFailed { component, failure: first.failure });
-                break;
+            let Some((index, end)) = ended else { continue };
+            self.started[index] = self.record_start(index, end);
+            if self.started[index] == Started::Failed {
+                if let Some(at) = self.retry_later(index) {
+                    retries.push(Reverse((at, index)));
+                    continue; // its dependents keep waiting for it
+                }
+                if self.limits[index].restart.restarts() {
+                    tracing::error!(component = %self.contexts[index].name(), restarts = self.budgets[index].total(), "restart budget spent");
+                }
+                if self.limits[index].critical {
+                    let Some(first) = self.progress.current_failure(index) else { continue };
+                    let component = self.contexts[index].name().clone();
+                    tracing::error!(component = %component, failure = %first, "start failed; rolling back");
+                    failure = Some(ShutdownReason::StartFailed { component, failure: first.failure });
+                    break;
+                }
             }
             // A non-critical failure releases its dependents too: they were told it may be absent.
             for &dependent in self.graph.dependents(index) {
+                if !members[dependent] {
+                    continue;
+                }
                 waiting_on[dependent] -= 1;
                 if waiting_on[dependent] == 0 {
                     ready.push(dependent);
@@ -61,22 +97,61 @@ impl Run {
         hooks.cancel_all();
         let deadline = self.deadline();
         while let Ok(Some((index, end))) = timeout_at(deadline, hooks.next()).await {
-            started[index] = self.record_start(index, end);
+            self.started[index] = self.record_start(index, end);
         }
         for index in hooks.abandon() {
-            started[index] = Started::Cancelled;
+            self.started[index] = Started::Cancelled;
         }
         self.abandoned.extend(hooks.into_abandoned(&self.names));
-        (started, failure)
+        failure
     }
 
-    fn launch_start(&self, index: usize, hooks: &mut HookSet) {
+    /// Asks component `index`'s restart budget for another start after a failed start: when
+    /// granted, returns when it is due, having recorded the wait.
+    fn retry_later(&mut self, index: usize) -> Option<Instant> {
+        let at = self.grant_restart(index)?;
+        self.progress.restarting(index, Some(at));
+        Some(at)
+    }
+
+    /// Asks component `index`'s restart budget for another start: when it is due, or `None`
+    /// when the budget is spent (or there is no policy).
+    pub(super) fn grant_restart(&mut self, index: usize) -> Option<Instant> {
+        let now = Instant::now();
+        let delay = self.budgets[index].grant(now)?;
+        tracing::warn!(
+            component = %self.contexts[index].name(),
+            restart = self.budgets[index].total(),
+            delay_ms = delay.as_millis() as u64,
+            "restarting by its policy"
+        );
+        Some(now + delay)
+    }
+
+    fn launch_start(&mut self, index: usize, hooks: &mut HookSet) {
+        if std::mem::replace(&mut self.launched[index], true) {
+            self.renew(index);
+        }
         self.progress.enter(index, Stage::Starting);
         let component = Arc::clone(&self.components[index].hooks);
         let ctx = self.contexts[index].clone();
         let limit = Instant::now() + self.limits[index].start_timeout;
         let hook_ctx = ctx.clone();
         hooks.launch(index, &ctx, limit, async move { component.start(&hook_ctx).await });
+    }
+
+    /// Prepares component `index` for another start: what is left of its last one (tasks a
+    /// failed start spawned, tasks that outlived a stop) is cancelled and aborted, and it gets a
+    /// fresh token and a new incarnation, so a late failure of the old one restarts nothing.
+    fn renew(&mut self, index: usize) {
+        let old = &self.contexts[index];
+        old.token().cancel();
+        let tasks = old.tasks();
+        tasks.close();
+        tasks.abort_all();
+        tasks.reopen();
+        self.progress.renewed(index);
+        self.contexts[index] = old.renewed(self.root.child_token());
     }
 
     /// Records how a start ended.
@@ -90,7 +165,7 @@ impl Run {
             }
             HookEnd::Cancelled => Started::Cancelled,
             HookEnd::Failed(failure) => {
-                if !self.limits[index].critical {
+                if !self.limits[index].critical && !self.limits[index].restart.restarts() {
                     tracing::warn!(component = %name, %failure, "non-critical component failed to start; continuing without it");
                 }
                 self.progress.fail(index, Stage::Starting, failure);

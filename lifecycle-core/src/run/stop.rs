@@ -99,7 +99,7 @@ impl Run {
     /// its share of the time left. Returns whether the global deadline cut anything short.
     pub(super) async fn stop_all(&mut self, started: &[Started], deadline: Instant) -> bool {
         let count = self.components.len();
-        let below = std::mem::take(&mut self.reserve_below);
+        let below = self.reserve_below.clone();
         let touched = |i: usize| started[i] != Started::No;
         let mut dependents_left: Vec<usize> =
             (0..count).map(|i| self.graph.dependents(i).iter().filter(|&&d| touched(d)).count()).collect();
@@ -146,7 +146,7 @@ impl Run {
                 HookEnd::Done | HookEnd::Cancelled => match started[index] {
                     Started::Cancelled => Outcome::StartCancelled,
                     // A failed start was recorded as the component's failure; `finish` keeps it.
-                    Started::Yes | Started::Failed | Started::No => Outcome::Stopped,
+                    Started::Yes | Started::Failed | Started::Restarting | Started::No => Outcome::Stopped,
                 },
                 HookEnd::Failed(failure) => {
                     deadline_exceeded |= cut_at_deadline[index] && matches!(failure, Failure::TimedOut(_));

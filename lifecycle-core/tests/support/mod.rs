@@ -153,7 +153,7 @@ impl Component for Probe {
     }
 
     fn options(&self) -> ComponentOptions {
-        self.options.clone()
+        self.options
     }
 
     async fn start(&self, ctx: &Context) -> Result<(), BoxError> {

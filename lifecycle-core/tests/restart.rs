@@ -1,0 +1,298 @@
+//! Restart policies: a failed component starts again with what depends on it, in order, and
+//! nothing else is touched; a spent budget escalates by the component's criticality.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use lifecycle_core::testing::{TestRun, builder, eventually, within};
+use lifecycle_core::{
+    BoxError, Component, ComponentId, ComponentOptions, Context, Dep, Dependency, ExitCause, Outcome, Phase,
+    RestartPolicy, ShutdownReason, Stage,
+};
+use tokio::sync::Notify;
+
+/// What happened, in order: ("start", "cache"), ("stop", "api"), ...
+#[derive(Clone, Default)]
+struct Events(Arc<Mutex<Vec<(String, String)>>>);
+
+impl Events {
+    fn push(&self, what: &str, component: &str) {
+        self.0.lock().unwrap().push((what.to_owned(), component.to_owned()));
+    }
+
+    fn since(&self, mark: usize) -> Vec<String> {
+        self.0.lock().unwrap()[mark..].iter().map(|(what, who)| format!("{what} {who}")).collect()
+    }
+
+    fn len(&self) -> usize {
+        self.0.lock().unwrap().len()
+    }
+}
+
+/// A component whose first `failing_starts` starts fail, and whose task fails when `fail` is
+/// notified (or at once, with `task_fails_at_once`).
+struct Flaky {
+    name: &'static str,
+    dependencies: Vec<Dependency>,
+    options: ComponentOptions,
+    events: Events,
+    failing_starts: AtomicU32,
+    task_fails_at_once: bool,
+    fail: Arc<Notify>,
+    /// How many times it started: what a dependent's `Dep` sees of the current instance.
+    starts: AtomicU32,
+}
+
+impl Flaky {
+    fn new(name: &'static str, events: &Events) -> Self {
+        Self {
+            name,
+            dependencies: Vec::new(),
+            options: ComponentOptions::new(),
+            events: events.clone(),
+            failing_starts: AtomicU32::new(0),
+            task_fails_at_once: false,
+            fail: Arc::new(Notify::new()),
+            starts: AtomicU32::new(0),
+        }
+    }
+
+    fn on(mut self, dependency: &'static str) -> Self {
+        self.dependencies.push(Dependency::on(dependency));
+        self
+    }
+
+    fn restart(mut self, policy: RestartPolicy) -> Self {
+        self.options = self.options.restart(policy);
+        self
+    }
+
+    fn critical(mut self, critical: bool) -> Self {
+        self.options = self.options.critical(critical);
+        self
+    }
+
+    fn failing_starts(self, count: u32) -> Self {
+        self.failing_starts.store(count, Ordering::SeqCst);
+        self
+    }
+
+    fn task_fails_at_once(mut self) -> Self {
+        self.task_fails_at_once = true;
+        self
+    }
+}
+
+impl Component for Flaky {
+    fn name(&self) -> ComponentId {
+        ComponentId::from(self.name)
+    }
+
+    fn dependencies(&self) -> Vec<Dependency> {
+        self.dependencies.clone()
+    }
+
+    fn options(&self) -> ComponentOptions {
+        self.options
+    }
+
+    async fn start(&self, ctx: &Context) -> Result<(), BoxError> {
+        let left = self.failing_starts.load(Ordering::SeqCst);
+        if left > 0 {
+            self.failing_starts.store(left - 1, Ordering::SeqCst);
+            self.events.push("failed-start", self.name);
+            return Err(format!("{} cannot connect", self.name).into());
+        }
+        self.starts.fetch_add(1, Ordering::SeqCst);
+        self.events.push("start", self.name);
+        let token = ctx.token().clone();
+        let fail = Arc::clone(&self.fail);
+        let at_once = self.task_fails_at_once;
+        ctx.tasks().spawn("work", async move {
+            if at_once {
+                return Err(std::io::Error::other("connection reset"));
+            }
+            tokio::select! {
+                () = token.cancelled() => Ok(()),
+                () = fail.notified() => Err(std::io::Error::other("connection reset")),
+            }
+        });
+        Ok(())
+    }
+
+    async fn drain(&self, _ctx: &Context) -> Result<(), BoxError> {
+        self.events.push("drain", self.name);
+        Ok(())
+    }
+
+    async fn stop(&self, _ctx: &Context) -> Result<(), BoxError> {
+        self.events.push("stop", self.name);
+        Ok(())
+    }
+}
+
+/// Depends on `cache` through a typed handle, and records which start of it it saw.
+struct Api {
+    cache: Dep<Flaky>,
+    events: Events,
+    seen: Arc<Mutex<Vec<u32>>>,
+}
+
+impl Component for Api {
+    fn dependencies(&self) -> Vec<Dependency> {
+        vec![self.cache.dependency()]
+    }
+
+    async fn start(&self, _ctx: &Context) -> Result<(), BoxError> {
+        self.seen.lock().unwrap().push(self.cache.starts.load(Ordering::SeqCst));
+        self.events.push("start", "api");
+        Ok(())
+    }
+
+    async fn drain(&self, _ctx: &Context) -> Result<(), BoxError> {
+        self.events.push("drain", "api");
+        Ok(())
+    }
+
+    async fn stop(&self, _ctx: &Context) -> Result<(), BoxError> {
+        self.events.push("stop", "api");
+        Ok(())
+    }
+}
+
+fn quick(restarts: u32) -> RestartPolicy {
+    RestartPolicy::on_failure()
+        .backoff(Duration::from_millis(10), Duration::from_millis(40))
+        .jitter(0.0)
+        .max_restarts(restarts, Duration::from_secs(60))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_stops_and_starts_exactly_the_dependents_in_order() {
+    let events = Events::default();
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let mut b = builder();
+    b.add(Flaky::new("db", &events));
+    let cache = b.add(Flaky::new("cache", &events).on("db").restart(quick(3))).dep();
+    let fail = Arc::clone(&cache.fail);
+    b.add(Api { cache, events: events.clone(), seen: Arc::clone(&seen) });
+    b.add(Flaky::new("worker", &events).on("db"));
+    b.add(Flaky::new("metrics", &events));
+    let mut run = TestRun::start(b);
+    run.ready().await;
+
+    let mark = events.len();
+    fail.notify_one();
+    let handle = run.handle().clone();
+    eventually("the cache is restarted", Duration::from_secs(5), || {
+        handle.components().iter().any(|c| c.name.as_str() == "cache" && c.restarts == 1)
+            && events.since(mark).last().is_some_and(|e| e == "start api")
+    })
+    .await;
+    // Drains run together; then the stop in reverse order, the start in order.
+    let mut sequence = events.since(mark);
+    sequence[..2].sort();
+    assert_eq!(sequence, ["drain api", "drain cache", "stop api", "stop cache", "start cache", "start api"]);
+    assert_eq!(*seen.lock().unwrap(), [1, 2], "the dependent's handle sees the new start");
+    assert_eq!(run.handle().phase(), Phase::Ready, "the service stayed up");
+
+    let report = run.stop().await;
+    assert!(report.is_success(), "a critical component that recovered is no failure:\n{report}");
+    let cache = report.component("cache").unwrap();
+    assert_eq!(cache.restarts, 1);
+    assert!(matches!(cache.outcome, Outcome::Stopped), "{report}");
+    assert_eq!(cache.failures.count, 1, "the failure that caused the restart is kept");
+    assert!(report.to_string().contains("stopped, restarted once"), "{report}");
+    for untouched in ["db", "worker", "metrics", "api"] {
+        assert_eq!(report.component(untouched).unwrap().restarts, 0, "{untouched}");
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_component_failing_every_start_escalates_after_its_budget() {
+    let events = Events::default();
+    let mut b = builder();
+    b.add(Flaky::new("db", &events).failing_starts(u32::MAX).restart(quick(3)));
+    let report = TestRun::start(b).finished().await;
+    assert_eq!(report.exit_code, 1, "{report}");
+    assert!(matches!(report.reason, ShutdownReason::StartFailed { .. }), "{report}");
+    let db = report.component("db").unwrap();
+    assert_eq!(db.restarts, 3, "{report}");
+    assert_eq!(db.failures.count, 4, "the first start and three restarts failed: {report}");
+    assert!(matches!(db.outcome, Outcome::Failed { stage: Stage::Starting, .. }), "{report}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_component_failing_twice_then_succeeding_is_restarted_and_the_service_stays_up() {
+    let events = Events::default();
+    let mut b = builder();
+    b.add(Flaky::new("db", &events).failing_starts(2).restart(quick(3)));
+    b.add(Flaky::new("api", &events).on("db"));
+    let mut run = TestRun::start(b);
+    run.ready().await;
+    assert_eq!(events.since(0), ["failed-start db", "failed-start db", "start db", "start api"]);
+    let report = run.stop().await;
+    assert!(report.is_success(), "{report}");
+    let db = report.component("db").unwrap();
+    assert_eq!((db.restarts, db.failures.count), (2, 2), "{report}");
+    assert!(matches!(db.outcome, Outcome::Stopped), "{report}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_backoff_doubles_between_restarts() {
+    let events = Events::default();
+    let mut b = builder();
+    let policy = RestartPolicy::on_failure()
+        .backoff(Duration::from_secs(1), Duration::from_secs(3))
+        .jitter(0.0)
+        .max_restarts(4, Duration::from_secs(600));
+    b.add(Flaky::new("db", &events).failing_starts(4).restart(policy));
+    let began = tokio::time::Instant::now();
+    let mut run = TestRun::start(b);
+    run.ready().await;
+    // 1 s + 2 s + 3 s (the maximum) + 3 s, on tokio's paused clock.
+    assert_eq!(began.elapsed().as_secs(), 9);
+    let report = run.stop().await;
+    assert_eq!(report.component("db").unwrap().restarts, 4);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_critical_task_failing_beyond_the_budget_stops_the_service() {
+    let events = Events::default();
+    let mut b = builder();
+    b.add(Flaky::new("worker", &events).task_fails_at_once().restart(quick(2)));
+    let report = within("the run", Duration::from_secs(10), TestRun::start(b).finished()).await;
+    assert_eq!(report.exit_cause, ExitCause::ComponentFailed("worker".into()), "{report}");
+    assert!(matches!(report.reason, ShutdownReason::ComponentFailed { .. }), "{report}");
+    let worker = report.component("worker").unwrap();
+    assert_eq!((worker.restarts, worker.failures.count), (2, 3), "{report}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_optional_component_out_of_restarts_stays_down_and_its_dependents_carry_on() {
+    let events = Events::default();
+    let mut b = builder();
+    b.add(Flaky::new("cache", &events).task_fails_at_once().critical(false).restart(quick(1)));
+    b.add(Flaky::new("api", &events).on("cache"));
+    let mut run = TestRun::start(b);
+    run.ready().await;
+    let handle = run.handle().clone();
+    eventually("the cache gives up and the api is back", Duration::from_secs(5), || {
+        let statuses = handle.components();
+        statuses[0].outcome.is_some()
+            && statuses[1].stage == Some(Stage::Running)
+            && statuses[1].start_duration.is_some()
+            && events.since(0).iter().filter(|e| *e == "start api").count() == 3
+    })
+    .await;
+    assert_eq!(run.handle().phase(), Phase::Ready);
+    let report = run.stop().await;
+    assert_eq!(report.exit_code, 0, "an optional component's failure is not the service's:\n{report}");
+    let cache = report.component("cache").unwrap();
+    assert_eq!(cache.restarts, 1, "{report}");
+    assert!(matches!(cache.outcome, Outcome::Failed { stage: Stage::Running, .. }), "{report}");
+    assert!(matches!(report.component("api").unwrap().outcome, Outcome::Stopped), "{report}");
+}
