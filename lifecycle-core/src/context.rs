@@ -11,7 +11,7 @@ use tokio_util::sync::{CancellationToken, WaitForCancellationFuture};
 use crate::component::SharedComponent;
 use crate::error::DependencyError;
 use crate::tasks::TaskOutput;
-use crate::{Component, ComponentId, Dep, LifecycleHandle, Shutdown, Tasks, lock};
+use crate::{BuildError, Component, ComponentId, Dep, LifecycleHandle, RestartPolicy, Shutdown, Tasks, lock};
 
 /// A component's view of the run. Cheap to clone; a clone can move into tasks.
 #[derive(Clone)]
@@ -121,6 +121,59 @@ impl Context {
         F::Output: TaskOutput,
     {
         self.inner.tasks.spawn(name, task)
+    }
+
+    /// Spawns a task that is made afresh by `make` and started again by `policy` when it fails
+    /// (or, with [`RestartPolicy::always`], whenever it ends), until the component stops: a
+    /// consumer loop that reconnects, a poller that must not die with one bad response. Within
+    /// the policy's budget its failures are recorded and counted in the report; past it, the
+    /// failure is the task's, handled as any task failure of the component.
+    ///
+    /// ```
+    /// # async fn example(ctx: lifecycle_core::Context) -> Result<(), lifecycle_core::BuildError> {
+    /// use lifecycle_core::RestartPolicy;
+    /// let token = ctx.token().clone();
+    /// ctx.spawn_supervised("consumer", RestartPolicy::on_failure(), move || {
+    ///     let token = token.clone();
+    ///     async move {
+    ///         token.cancelled().await; // connect, then consume until cancelled
+    ///         Ok::<(), std::io::Error>(())
+    ///     }
+    /// })?;
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    /// When the policy cannot work (a budget of 0, a backoff whose initial delay exceeds its
+    /// maximum), naming the component and the setting; nothing is spawned.
+    ///
+    /// # Panics
+    /// Outside a tokio runtime, like [`tokio::spawn`].
+    pub fn spawn_supervised<M, F>(
+        &self,
+        name: impl Into<std::borrow::Cow<'static, str>>,
+        policy: RestartPolicy,
+        make: M,
+    ) -> Result<JoinHandle<()>, BuildError>
+    where
+        M: FnMut() -> F + Send + 'static,
+        F: std::future::Future + Send + 'static,
+        F::Output: TaskOutput,
+    {
+        let problems: Vec<BuildError> = policy
+            .problems(false)
+            .into_iter()
+            .map(|(setting, value, expected)| BuildError::InvalidComponentSetting {
+                component: self.inner.id.clone(),
+                setting,
+                value,
+                expected,
+            })
+            .collect();
+        if !problems.is_empty() {
+            return Err(BuildError::from_list(problems));
+        }
+        Ok(self.inner.tasks.spawn_supervised(name.into(), self.inner.token.clone(), policy, make))
     }
 
     /// The run's phase, readiness, components and health.

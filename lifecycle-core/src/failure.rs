@@ -167,23 +167,37 @@ struct Log {
     current: Option<FailureRecord>,
 }
 
+impl Log {
+    /// Counts `record` and keeps it, as the first or among the last few; returns whether it
+    /// was the first.
+    fn keep(&mut self, record: FailureRecord) -> bool {
+        self.count += 1;
+        if self.first.is_none() {
+            self.first = Some(record);
+            return true;
+        }
+        if self.recent.len() == Failures::KEPT {
+            self.recent.pop_front();
+        }
+        self.recent.push_back(record);
+        false
+    }
+}
+
 impl FailureLog {
     /// Records a failure; returns whether it was the component's first.
     pub(crate) fn record(&self, record: FailureRecord) -> bool {
         let mut log = lock(&self.inner);
-        log.count += 1;
         if log.current.is_none() {
             log.current = Some(record.clone());
         }
-        if log.first.is_none() {
-            log.first = Some(record);
-            return true;
-        }
-        if log.recent.len() == Failures::KEPT {
-            log.recent.pop_front();
-        }
-        log.recent.push_back(record);
-        false
+        log.keep(record)
+    }
+
+    /// Records a failure that was recovered from where it happened (a supervised task made
+    /// again): counted and kept, but not the component's outcome.
+    pub(crate) fn record_recovered(&self, record: FailureRecord) {
+        lock(&self.inner).keep(record);
     }
 
     pub(crate) fn count(&self) -> u64 {

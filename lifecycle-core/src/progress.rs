@@ -33,6 +33,8 @@ pub struct ComponentStatus {
     pub failures: u64,
     /// How many times its restart policy started it again.
     pub restarts: u32,
+    /// How many times its supervised tasks were started again.
+    pub task_restarts: u64,
     /// When its next start is due, while it waits to restart after a failure.
     pub next_restart: Option<Instant>,
     /// Its most recent failure.
@@ -198,6 +200,7 @@ impl Progress {
                 stop_duration: e.stop_duration,
                 failures: self.failures[i].count(),
                 restarts: e.restarts,
+                task_restarts: self.tasks[i].task_restarts(),
                 next_restart: e.next_restart,
                 last_failure: self.failures[i].last(),
             })
@@ -234,6 +237,7 @@ impl Progress {
                     outstanding_tasks: self.tasks[i].outstanding(),
                     failures: self.failures[i].snapshot(),
                     restarts: e.restarts,
+                    task_restarts: self.tasks[i].task_restarts(),
                     notes: e.notes.clone(),
                 }
             })

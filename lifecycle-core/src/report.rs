@@ -87,6 +87,8 @@ pub struct ComponentReport {
     pub failures: Failures,
     /// How many times its restart policy started it again.
     pub restarts: u32,
+    /// How many times its supervised tasks were started again.
+    pub task_restarts: u64,
     /// What the component said about its run ([`Context::note`](crate::Context::note)).
     pub notes: Vec<String>,
 }
@@ -159,9 +161,9 @@ impl Report {
             let outstanding = TaskList(&c.outstanding_tasks);
             let notes = Notes(&c.notes);
             if c.outcome.is_failure() || !c.failures.is_empty() {
-                tracing::error!(component = %c.name, outcome = %c.outcome, start_ms, stop_ms, %outstanding, failures = c.failures.count, restarts = c.restarts, %notes, "component report");
+                tracing::error!(component = %c.name, outcome = %c.outcome, start_ms, stop_ms, %outstanding, failures = c.failures.count, restarts = c.restarts, task_restarts = c.task_restarts, %notes, "component report");
             } else {
-                tracing::info!(component = %c.name, outcome = %c.outcome, start_ms, stop_ms, restarts = c.restarts, %notes, "component report");
+                tracing::info!(component = %c.name, outcome = %c.outcome, start_ms, stop_ms, restarts = c.restarts, task_restarts = c.task_restarts, %notes, "component report");
             }
         }
         let total_ms = self.total.as_secs_f64() * 1e3;
@@ -200,11 +202,7 @@ impl fmt::Display for Report {
             .map(|c| {
                 [
                     if c.critical { c.name.to_string() } else { format!("{} (non-critical)", c.name) },
-                    match c.restarts {
-                        0 => c.outcome.to_string(),
-                        1 => format!("{}, restarted once", c.outcome),
-                        n => format!("{}, restarted {n} times", c.outcome),
-                    },
+                    Restarts(c).to_string(),
                     c.start_duration.map_or_else(|| "-".into(), |d| Elapsed(d).to_string()),
                     c.stop_duration.map_or_else(|| "-".into(), |d| Elapsed(d).to_string()),
                     TaskList(&c.outstanding_tasks).to_string(),
@@ -235,6 +233,26 @@ impl fmt::Display for Report {
             }
         }
         Ok(())
+    }
+}
+
+/// A component's outcome with its restarts: `stopped, restarted twice, 3 task restarts`.
+struct Restarts<'a>(&'a ComponentReport);
+
+impl fmt::Display for Restarts<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let c = self.0;
+        write!(f, "{}", c.outcome)?;
+        match c.restarts {
+            0 => {}
+            1 => f.write_str(", restarted once")?,
+            n => write!(f, ", restarted {n} times")?,
+        }
+        match c.task_restarts {
+            0 => Ok(()),
+            1 => f.write_str(", 1 task restart"),
+            n => write!(f, ", {n} task restarts"),
+        }
     }
 }
 

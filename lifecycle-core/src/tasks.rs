@@ -10,13 +10,15 @@ use std::sync::{Arc, Mutex, Weak};
 use std::task::{Context as TaskContext, Poll, ready};
 
 use tokio::task::{AbortHandle, JoinHandle};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tokio_util::task::task_tracker::TaskTrackerWaitFuture;
 use tracing::Instrument;
 
 use crate::failure::{Failure, FailureLog, FailureRecord, Stage};
 use crate::panic::{CatchUnwind, panic_message};
-use crate::restart::{Trouble, TroubleSender};
+use crate::restart::{Restart, RestartBudget, RestartPolicy, Trouble, TroubleSender};
 use crate::shutdown::{Shutdown, ShutdownReason};
 use crate::{BoxError, ComponentId, lock};
 
@@ -104,6 +106,8 @@ struct Shared {
     supervisor: Option<(usize, TroubleSender)>,
     /// Which start of the component the tasks spawned now belong to.
     incarnation: AtomicU64,
+    /// Restarts of supervised tasks, over the component's whole life.
+    task_restarts: AtomicU64,
 }
 
 /// What the set knows of its running tasks.
@@ -151,7 +155,11 @@ impl LiveGuard {
     fn finish(&self, outcome: Result<Result<(), BoxError>, String>) {
         let failure = match outcome {
             Ok(Ok(())) => return,
-            Ok(Err(error)) => Failure::Error(Arc::from(error)),
+            // A supervised task passes on its last attempt's failure as it was.
+            Ok(Err(error)) => match error.downcast::<Failure>() {
+                Ok(failure) => *failure,
+                Err(error) => Failure::Error(Arc::from(error)),
+            },
             Err(panic) => Failure::Panic(panic),
         };
         if let Some(shared) = self.0.shared.upgrade() {
@@ -268,6 +276,7 @@ impl Tasks {
                 failures,
                 supervisor,
                 incarnation: AtomicU64::new(0),
+                task_restarts: AtomicU64::new(0),
             }),
         }
     }
@@ -310,6 +319,27 @@ impl Tasks {
         handle
     }
 
+    /// Spawns a task that `make` creates afresh each time it is restarted by `policy`, until
+    /// `token` is cancelled. Failures within the budget are recorded and restart the task after
+    /// its backoff; the one past the budget is the task's own failure (which restarts or stops
+    /// the component, as for any task).
+    pub(crate) fn spawn_supervised<M, F>(
+        &self,
+        name: Cow<'static, str>,
+        token: CancellationToken,
+        policy: RestartPolicy,
+        make: M,
+    ) -> JoinHandle<()>
+    where
+        M: FnMut() -> F + Send + 'static,
+        F: Future + Send + 'static,
+        F::Output: TaskOutput,
+    {
+        let shared = Arc::clone(&self.shared);
+        let task = name.clone();
+        self.spawn(name, supervise(shared, task, token, policy, make))
+    }
+
     /// Runs a named blocking closure on tokio's blocking pool, tracked like any task.
     ///
     /// # Panics
@@ -333,6 +363,11 @@ impl Tasks {
                 .map_err(|payload| panic_message(payload.as_ref()));
             guard.finish(outcome);
         })
+    }
+
+    /// How many times supervised tasks of this set were restarted.
+    pub(crate) fn task_restarts(&self) -> u64 {
+        self.shared.task_restarts.load(Ordering::Relaxed)
     }
 
     /// How many tasks are running.
@@ -381,6 +416,60 @@ impl Tasks {
     /// Completes when the set is closed and every task has ended.
     pub fn wait(&self) -> TaskTrackerWaitFuture<'_> {
         self.tracker.wait()
+    }
+}
+
+/// The body of a supervised task: runs what `make` makes, again by `policy`.
+async fn supervise<M, F>(
+    shared: Arc<Shared>,
+    task: Cow<'static, str>,
+    token: CancellationToken,
+    policy: RestartPolicy,
+    mut make: M,
+) -> Result<(), BoxError>
+where
+    M: FnMut() -> F + Send + 'static,
+    F: Future + Send + 'static,
+    F::Output: TaskOutput,
+{
+    let mut budget = RestartBudget::new(policy);
+    loop {
+        // The call that makes the future may panic too: that is the attempt's failure.
+        let outcome = match std::panic::catch_unwind(std::panic::AssertUnwindSafe(&mut make)) {
+            Ok(future) => CatchUnwind::new(future).await.map(TaskOutput::into_result),
+            Err(payload) => Err(panic_message(payload.as_ref())),
+        };
+        let failure = match outcome {
+            Ok(Ok(())) => None,
+            Ok(Err(error)) => Some(Failure::Error(Arc::from(error))),
+            Err(panic) => Some(Failure::Panic(panic)),
+        };
+        let restart = match &failure {
+            Some(_) => policy.restarts(),
+            None => policy.restart() == Restart::Always,
+        };
+        if token.is_cancelled() || !restart {
+            return failure.map_or(Ok(()), |failure| Err(failure.into()));
+        }
+        let Some(delay) = budget.grant(Instant::now()) else {
+            tracing::error!(component = %shared.component, task = %task, restarts = budget.total(), "task restart budget spent");
+            return failure.map_or(Ok(()), |failure| Err(failure.into()));
+        };
+        shared.task_restarts.fetch_add(1, Ordering::Relaxed);
+        match failure {
+            Some(failure) => {
+                let record = FailureRecord { stage: Stage::Running, task: Some(task.to_string()), failure };
+                tracing::warn!(component = %shared.component, failure = %record, delay_ms = delay.as_millis() as u64, "task failed; restarting it by its policy");
+                shared.failures.record_recovered(record);
+            }
+            None => {
+                tracing::info!(component = %shared.component, task = %task, delay_ms = delay.as_millis() as u64, "task ended; restarting it by its policy")
+            }
+        }
+        tokio::select! {
+            () = token.cancelled() => return Ok(()),
+            () = tokio::time::sleep(delay) => {}
+        }
     }
 }
 

@@ -296,3 +296,131 @@ async fn an_optional_component_out_of_restarts_stays_down_and_its_dependents_car
     assert!(matches!(cache.outcome, Outcome::Failed { stage: Stage::Running, .. }), "{report}");
     assert!(matches!(report.component("api").unwrap().outcome, Outcome::Stopped), "{report}");
 }
+
+/// Spawns one supervised task at start, made by `make` with the attempt number.
+struct Supervises {
+    policy: RestartPolicy,
+    attempts: Arc<AtomicU32>,
+    /// What attempt `n` does: `Err` fails it, `Ok(true)` ends it, `Ok(false)` waits for the stop.
+    plan: fn(u32) -> Result<bool, &'static str>,
+}
+
+impl Component for Supervises {
+    fn options(&self) -> ComponentOptions {
+        ComponentOptions::new().critical(true)
+    }
+
+    async fn start(&self, ctx: &Context) -> Result<(), BoxError> {
+        let attempts = Arc::clone(&self.attempts);
+        let token = ctx.token().clone();
+        let plan = self.plan;
+        ctx.spawn_supervised("consumer", self.policy, move || {
+            let attempt = attempts.fetch_add(1, Ordering::SeqCst) + 1;
+            let token = token.clone();
+            async move {
+                match plan(attempt) {
+                    Err("panic") => panic!("attempt {attempt} panicked"),
+                    Err(message) => Err(std::io::Error::other(format!("attempt {attempt}: {message}"))),
+                    Ok(true) => Ok(()),
+                    Ok(false) => {
+                        token.cancelled().await;
+                        Ok(())
+                    }
+                }
+            }
+        })?;
+        Ok(())
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_supervised_task_is_made_again_after_failures_and_panics_within_its_budget() {
+    let attempts = Arc::new(AtomicU32::new(0));
+    let mut b = builder();
+    b.add(Supervises {
+        policy: quick(5),
+        attempts: Arc::clone(&attempts),
+        plan: |attempt| match attempt {
+            1 => Err("connection reset"),
+            2 => Err("panic"),
+            _ => Ok(false),
+        },
+    });
+    let mut run = TestRun::start(b);
+    run.ready().await;
+    let handle = run.handle().clone();
+    eventually("the third attempt runs", Duration::from_secs(5), || attempts.load(Ordering::SeqCst) == 3)
+        .await;
+    assert_eq!(handle.phase(), Phase::Ready, "the component was not restarted, only its task");
+    let report = run.stop().await;
+    assert!(report.is_success(), "failures within the budget are no failure of the service:\n{report}");
+    let component = &report.components[0];
+    assert_eq!(
+        (component.task_restarts, component.restarts, component.failures.count),
+        (2, 0, 2),
+        "{report}"
+    );
+    let failures: Vec<String> = component.failures.iter().map(ToString::to_string).collect();
+    assert_eq!(
+        failures,
+        [
+            "task `consumer` failed: attempt 1: connection reset (running)",
+            "task `consumer` panicked: attempt 2 panicked (running)"
+        ]
+    );
+    assert!(report.to_string().contains("stopped, 2 task restarts"), "{report}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_supervised_task_past_its_budget_fails_its_component() {
+    let attempts = Arc::new(AtomicU32::new(0));
+    let mut b = builder();
+    b.add(Supervises { policy: quick(2), attempts: Arc::clone(&attempts), plan: |_| Err("panic") });
+    let report = TestRun::start(b).finished().await;
+    assert_eq!(attempts.load(Ordering::SeqCst), 3);
+    assert_eq!(report.exit_code, 1, "{report}");
+    // The last attempt's panic is the task's failure, as it was.
+    assert_eq!(
+        report.reason.to_string(),
+        "component `supervises` failed while running: task `consumer` panicked: attempt 3 panicked"
+    );
+    assert_eq!(report.components[0].task_restarts, 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_always_task_is_made_again_when_it_ends_and_not_after_the_stop() {
+    let attempts = Arc::new(AtomicU32::new(0));
+    let mut b = builder();
+    let policy = RestartPolicy::always()
+        .backoff(Duration::from_millis(10), Duration::from_millis(10))
+        .max_restarts(3, Duration::from_secs(60));
+    b.add(Supervises { policy, attempts: Arc::clone(&attempts), plan: |attempt| Ok(attempt < 3) });
+    let mut run = TestRun::start(b);
+    run.ready().await;
+    eventually("the third attempt runs", Duration::from_secs(5), || attempts.load(Ordering::SeqCst) == 3)
+        .await;
+    let report = run.stop().await;
+    assert!(report.is_success(), "{report}");
+    assert_eq!(attempts.load(Ordering::SeqCst), 3, "nothing is made once the component stops");
+    assert_eq!(report.components[0].task_restarts, 2);
+    assert!(report.components[0].failures.is_empty());
+}
+
+#[tokio::test]
+async fn a_supervised_task_with_an_impossible_policy_is_refused_naming_the_component() {
+    let attempts = Arc::new(AtomicU32::new(0));
+    let mut b = builder();
+    b.add(Supervises {
+        policy: RestartPolicy::on_failure().max_restarts(0, Duration::from_secs(1)),
+        attempts: Arc::clone(&attempts),
+        plan: |_| Ok(true),
+    });
+    let report = TestRun::start(b).finished().await;
+    assert_eq!(attempts.load(Ordering::SeqCst), 0, "nothing was spawned");
+    assert!(
+        report
+            .to_string()
+            .contains("component `supervises`: option `max_restarts` is 0, but must be at least 1"),
+        "{report}"
+    );
+}
