@@ -310,11 +310,33 @@ pub(crate) struct SharedComponent {
     pub(crate) hooks: Arc<dyn ErasedComponent>,
     pub(crate) value: Arc<dyn Any + Send + Sync>,
     pub(crate) type_name: &'static str,
+    /// Whether it is running now, for typed handles to tell.
+    pub(crate) up: Up,
 }
 
 impl SharedComponent {
     pub(crate) fn new<T: Component>(component: Arc<T>) -> Self {
-        Self { hooks: component.clone(), value: component, type_name: std::any::type_name::<T>() }
+        Self {
+            hooks: component.clone(),
+            value: component,
+            type_name: std::any::type_name::<T>(),
+            up: Up::default(),
+        }
+    }
+}
+
+/// Whether a component is running (started, and not stopping or restarting). Shared between
+/// the run, which sets it, and the component's typed handles, which read it.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Up(Arc<std::sync::atomic::AtomicBool>);
+
+impl Up {
+    pub(crate) fn set(&self, up: bool) {
+        self.0.store(up, std::sync::atomic::Ordering::Release);
+    }
+
+    pub(crate) fn get(&self) -> bool {
+        self.0.load(std::sync::atomic::Ordering::Acquire)
     }
 }
 

@@ -230,7 +230,7 @@ impl Context {
 
 fn typed<T: Component>(id: &ComponentId, component: &SharedComponent) -> Result<Dep<T>, DependencyError> {
     match Arc::clone(&component.value).downcast::<T>() {
-        Ok(value) => Ok(Dep::new(id.clone(), value)),
+        Ok(value) => Ok(Dep::new(id.clone(), value, component.up.clone())),
         Err(_) => Err(DependencyError::WrongType {
             component: id.clone(),
             name: id.clone(),

@@ -5,12 +5,14 @@ use std::fmt;
 use std::ops::Deref;
 use std::sync::Arc;
 
+use crate::component::Up;
 use crate::{Component, ComponentId};
 
 /// One dependency a component declares: by name, or by type (which must then be unique).
 #[derive(Clone, PartialEq, Eq, Hash)]
 pub struct Dependency {
     pub(crate) target: Target,
+    optional: bool,
 }
 
 #[derive(Clone, PartialEq, Eq, Hash)]
@@ -22,12 +24,29 @@ pub(crate) enum Target {
 impl Dependency {
     /// A dependency on the component with this name.
     pub fn on(name: impl Into<ComponentId>) -> Self {
-        Self { target: Target::Name(name.into()) }
+        Self { target: Target::Name(name.into()), optional: false }
     }
 
     /// A dependency on the one registered component of type `T`.
     pub fn on_type<T: Component>() -> Self {
-        Self { target: Target::Type { id: TypeId::of::<T>(), name: std::any::type_name::<T>() } }
+        Self {
+            target: Target::Type { id: TypeId::of::<T>(), name: std::any::type_name::<T>() },
+            optional: false,
+        }
+    }
+
+    /// The same dependency, optional: the component still starts after it (or after its first
+    /// start failed), stops before it, and keeps running while it is down or restarting; it
+    /// asks [`Dep::is_up`] before using it. The service is then degraded, not unready.
+    #[must_use]
+    pub fn optional(mut self) -> Self {
+        self.optional = true;
+        self
+    }
+
+    /// Whether the dependency is optional.
+    pub fn is_optional(&self) -> bool {
+        self.optional
     }
 }
 
@@ -36,7 +55,8 @@ impl fmt::Display for Dependency {
         match &self.target {
             Target::Name(name) => write!(f, "`{name}`"),
             Target::Type { name, .. } => write!(f, "type `{name}`"),
-        }
+        }?;
+        if self.optional { f.write_str(" (optional)") } else { Ok(()) }
     }
 }
 
@@ -73,11 +93,18 @@ impl<T> From<&Dep<T>> for Dependency {
 pub struct Dep<T> {
     id: ComponentId,
     component: Arc<T>,
+    up: Up,
 }
 
 impl<T> Dep<T> {
-    pub(crate) fn new(id: ComponentId, component: Arc<T>) -> Self {
-        Self { id, component }
+    pub(crate) fn new(id: ComponentId, component: Arc<T>, up: Up) -> Self {
+        Self { id, component, up }
+    }
+
+    /// Whether the component is running now: started, and not stopping or restarting. A
+    /// component that depends on it [optionally](Dependency::optional) checks this first.
+    pub fn is_up(&self) -> bool {
+        self.up.get()
     }
 
     /// The name of the component this handle points to.
@@ -98,7 +125,7 @@ impl<T> Dep<T> {
 
 impl<T> Clone for Dep<T> {
     fn clone(&self) -> Self {
-        Self { id: self.id.clone(), component: Arc::clone(&self.component) }
+        Self { id: self.id.clone(), component: Arc::clone(&self.component), up: self.up.clone() }
     }
 }
 

@@ -1,6 +1,6 @@
 //! The dependency graph: resolving declared dependencies to components, and rejecting cycles.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use crate::dependency::Target;
 use crate::error::BuildError;
@@ -19,6 +19,8 @@ pub(crate) struct GraphInput<'a> {
 pub(crate) struct Graph {
     dependencies: Vec<Vec<usize>>,
     dependents: Vec<Vec<usize>>,
+    /// Edges declared optional only, as (dependent, dependency).
+    optional: HashSet<(usize, usize)>,
 }
 
 impl Graph {
@@ -41,6 +43,7 @@ impl Graph {
 
         let mut dependencies = vec![Vec::new(); nodes.len()];
         let mut dependents = vec![Vec::new(); nodes.len()];
+        let mut optional = HashSet::new();
         for (index, node) in nodes.iter().enumerate() {
             for dependency in node.dependencies {
                 let target = match resolve(nodes, &by_name, node.id, dependency) {
@@ -50,15 +53,20 @@ impl Graph {
                         continue;
                     }
                 };
-                // A dependency declared twice is one edge.
+                // A dependency declared twice is one edge, optional only if declared so each time.
                 if !dependencies[index].contains(&target) {
                     dependencies[index].push(target);
                     dependents[target].push(index);
+                    if dependency.is_optional() {
+                        optional.insert((index, target));
+                    }
+                } else if !dependency.is_optional() {
+                    optional.remove(&(index, target));
                 }
             }
         }
 
-        let graph = Self { dependencies, dependents };
+        let graph = Self { dependencies, dependents, optional };
         // Among the edges that resolved, so a typo elsewhere does not hide a cycle.
         if let Some(cycle) = graph.find_cycle() {
             errors.push(BuildError::Cycle { path: cycle.into_iter().map(|i| nodes[i].id.clone()).collect() });
@@ -78,6 +86,12 @@ impl Graph {
     /// What depends on `index`.
     pub(crate) fn dependents(&self, index: usize) -> &[usize] {
         &self.dependents[index]
+    }
+
+    /// Whether `dependent` depends on `dependency` optionally: it starts without it, and keeps
+    /// running while it restarts.
+    pub(crate) fn is_optional(&self, dependent: usize, dependency: usize) -> bool {
+        !self.optional.is_empty() && self.optional.contains(&(dependent, dependency))
     }
 
     /// A cycle as a path whose first node is repeated at its end, if there is one.

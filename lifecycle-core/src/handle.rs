@@ -10,7 +10,7 @@ use tokio::task::JoinSet;
 use crate::component::ErasedComponent;
 use crate::panic::CatchUnwind;
 use crate::progress::{ComponentStatus, Progress};
-use crate::{ComponentId, Health, Phase, Shutdown};
+use crate::{ComponentId, Health, Phase, Readiness, Shutdown};
 
 /// Observes and steers one run from anywhere: an HTTP readiness endpoint, a signal handler of
 /// your own, a test. Cloning is cheap.
@@ -56,10 +56,31 @@ impl LifecycleHandle {
         let _ = receiver.wait_for(|current| *current >= phase).await;
     }
 
-    /// Whether the service should receive traffic: true only in [`Phase::Ready`], so it turns
-    /// false first thing when shutdown begins.
+    /// Whether the service is in [`Phase::Ready`]: false before, and first thing when shutdown
+    /// begins. [`readiness`](LifecycleHandle::readiness) says whether it is degraded too.
     pub fn is_ready(&self) -> bool {
         self.phase() == Phase::Ready
+    }
+
+    /// Ready, degraded or unready, with what is wrong: the phase, every component's stage and
+    /// the health of the running ones (checked at once, each within the health timeout). A
+    /// component restarting by its policy, or an optional one down or unhealthy, makes the
+    /// service degraded (still ready); a critical one unhealthy or down for good makes it
+    /// unready. What a readiness endpoint answers.
+    pub async fn readiness(&self) -> Readiness {
+        let phase = self.phase();
+        if phase != Phase::Ready {
+            return Readiness::judge(phase, self.components(), Vec::new());
+        }
+        let statuses = self.components();
+        let health = self.health().await;
+        Readiness::judge(phase, statuses, health)
+    }
+
+    /// [`readiness`](LifecycleHandle::readiness) from the phase and the components' stages
+    /// alone, without asking for their health: cheap enough for every metrics scrape.
+    pub fn readiness_by_stage(&self) -> Readiness {
+        Readiness::judge(self.phase(), self.components(), Vec::new())
     }
 
     /// The handle that requests a shutdown.

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
+use crate::component::Up;
 use crate::exit::ExitCause;
 use crate::failure::{Failure, FailureLog, FailureRecord, Stage};
 use crate::report::{ComponentReport, Outcome, Report};
@@ -46,6 +47,8 @@ pub(crate) struct Progress {
     critical: Vec<bool>,
     tasks: Vec<Tasks>,
     failures: Vec<FailureLog>,
+    /// Whether each is running, as its typed handles see it.
+    up: Vec<Up>,
     state: Mutex<State>,
 }
 
@@ -75,6 +78,7 @@ impl Progress {
         critical: Vec<bool>,
         tasks: Vec<Tasks>,
         failures: Vec<FailureLog>,
+        up: Vec<Up>,
     ) -> Self {
         let entries = names.iter().map(|_| Entry::default()).collect();
         Self {
@@ -82,6 +86,7 @@ impl Progress {
             critical,
             tasks,
             failures,
+            up,
             state: Mutex::new(State { run_started: Instant::now(), shutdown_started: None, entries }),
         }
     }
@@ -96,6 +101,7 @@ impl Progress {
 
     /// Records that component `index` entered `stage`.
     pub(crate) fn enter(&self, index: usize, stage: Stage) {
+        self.up[index].set(stage == Stage::Running);
         let now = Instant::now();
         let mut state = lock(&self.state);
         let entry = &mut state.entries[index];
@@ -124,9 +130,24 @@ impl Progress {
         }
     }
 
+    /// Records that component `index` failed to start for good while the run goes on without
+    /// it: it is down with its failure (the stop at the end still cleans up after it).
+    pub(crate) fn down(&self, index: usize) {
+        self.up[index].set(false);
+        let outcome = self.failures[index]
+            .current()
+            .map(|first| Outcome::Failed { stage: first.stage, failure: first.failure });
+        let mut state = lock(&self.state);
+        let entry = &mut state.entries[index];
+        entry.stage = None;
+        entry.next_restart = None;
+        entry.outcome = outcome;
+    }
+
     /// Records that component `index` stopped to start again: at `next` if its own restart was
     /// granted (counted), or once what it depends on is back (`None`).
     pub(crate) fn restarting(&self, index: usize, next: Option<Instant>) {
+        self.up[index].set(false);
         let now = Instant::now();
         let mut state = lock(&self.state);
         let entry = &mut state.entries[index];
@@ -166,6 +187,7 @@ impl Progress {
             }
             (outcome, _) => outcome,
         };
+        self.up[index].set(false);
         let now = Instant::now();
         let mut state = lock(&self.state);
         let entry = &mut state.entries[index];

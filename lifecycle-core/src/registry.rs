@@ -71,17 +71,19 @@ impl RegistryBuilder {
     /// Registers a component that is already shared.
     pub fn add_shared<T: Component>(&mut self, component: Arc<T>) -> Registration<'_, T> {
         let id = component.name();
+        let shared = SharedComponent::new(Arc::clone(&component));
+        let up = shared.up.clone();
         let entry = Entry {
             id: id.clone(),
             type_id: TypeId::of::<T>(),
             dependencies: component.dependencies(),
             options: component.options(),
             restartable: component.restartable(),
-            component: SharedComponent::new(Arc::clone(&component)),
+            component: shared,
         };
         self.entries.push(entry);
         let last = self.entries.len() - 1;
-        Registration { entry: &mut self.entries[last], dep: Dep::new(id, component) }
+        Registration { entry: &mut self.entries[last], dep: Dep::new(id, component, up) }
     }
 
     /// The time from a shutdown request to the end of the run, whatever hangs (default 25 s).
@@ -215,6 +217,7 @@ impl RegistryBuilder {
             options.iter().map(|o| o.critical).collect(),
             tasks.clone(),
             failures,
+            self.entries.iter().map(|e| e.component.up.clone()).collect(),
         ));
         let handle = LifecycleHandle::new(
             shutdown,
@@ -334,7 +337,9 @@ impl RegistryBuilder {
             let mut stack = vec![index];
             while let Some(current) = stack.pop() {
                 for &dependent in graph.dependents(current) {
-                    if std::mem::replace(&mut seen[dependent], true) {
+                    // An optional dependent keeps running through the restart.
+                    if graph.is_optional(dependent, current) || std::mem::replace(&mut seen[dependent], true)
+                    {
                         continue;
                     }
                     stack.push(dependent);

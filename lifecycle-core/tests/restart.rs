@@ -10,7 +10,7 @@ use std::time::Duration;
 use lifecycle_core::testing::{TestRun, builder, eventually, within};
 use lifecycle_core::{
     BoxError, Component, ComponentId, ComponentOptions, Context, Dep, Dependency, ExitCause, Outcome, Phase,
-    RestartPolicy, ShutdownReason, Stage,
+    ReadinessStatus, RestartPolicy, ShutdownReason, Stage,
 };
 use tokio::sync::Notify;
 
@@ -423,4 +423,136 @@ async fn a_supervised_task_with_an_impossible_policy_is_refused_naming_the_compo
             .contains("component `supervises`: option `max_restarts` is 0, but must be at least 1"),
         "{report}"
     );
+}
+
+/// Depends on `cache` optionally, and says whether it saw it up at its start.
+struct Reader {
+    cache: Dep<Flaky>,
+    events: Events,
+}
+
+impl Component for Reader {
+    fn dependencies(&self) -> Vec<Dependency> {
+        vec![self.cache.dependency().optional()]
+    }
+
+    async fn start(&self, _ctx: &Context) -> Result<(), BoxError> {
+        self.events
+            .push(if self.cache.is_up() { "start-with-cache" } else { "start-without-cache" }, "reader");
+        Ok(())
+    }
+
+    async fn stop(&self, _ctx: &Context) -> Result<(), BoxError> {
+        self.events.push("stop", "reader");
+        Ok(())
+    }
+}
+
+fn slow(restarts: u32) -> RestartPolicy {
+    RestartPolicy::on_failure()
+        .backoff(Duration::from_secs(3600), Duration::from_secs(3600))
+        .max_restarts(restarts, Duration::from_secs(60))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_does_not_touch_what_depends_on_it_optionally_and_the_service_is_degraded() {
+    let events = Events::default();
+    let mut b = builder();
+    let cache = b.add(Flaky::new("cache", &events).critical(false).restart(slow(3))).dep();
+    let fail = Arc::clone(&cache.fail);
+    b.add(Reader { cache: cache.clone(), events: events.clone() });
+    let mut run = TestRun::start(b);
+    run.ready().await;
+    assert!(cache.is_up());
+    assert_eq!(run.handle().readiness().await.status, ReadinessStatus::Ready);
+
+    let mark = events.len();
+    fail.notify_one();
+    let handle = run.handle().clone();
+    // The restart waits an hour: long enough to look at the service meanwhile.
+    eventually("the cache waits for its restart", Duration::from_secs(5), || {
+        handle.components()[0].next_restart.is_some()
+    })
+    .await;
+    assert!(!cache.is_up());
+    assert_eq!(events.since(mark), ["drain cache", "stop cache"], "the reader was not touched");
+    let readiness = handle.readiness().await;
+    assert_eq!(readiness.status, ReadinessStatus::Degraded, "{readiness}");
+    assert!(readiness.is_ready());
+    assert_eq!(readiness.problems.len(), 1, "{readiness}");
+    assert!(
+        readiness.problems[0].what.starts_with("restarting (restart 1, next in ")
+            && readiness.problems[0].what.ends_with("task `work` failed: connection reset (running)"),
+        "{readiness}"
+    );
+
+    // A shutdown ends the wait: the reader stops, the cache is reported as it is.
+    let report = within("the stop", Duration::from_secs(5), run.stop()).await;
+    assert_eq!(report.exit_code, 0, "{report}");
+    assert_eq!(events.since(mark).last().map(String::as_str), Some("stop reader"));
+    let cache = report.component("cache").unwrap();
+    assert_eq!(cache.restarts, 1);
+    assert!(matches!(cache.outcome, Outcome::Failed { stage: Stage::Running, .. }), "{report}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_component_starts_without_an_optional_dependency_that_waits_to_start_again() {
+    let events = Events::default();
+    let mut b = builder();
+    let cache =
+        b.add(Flaky::new("cache", &events).failing_starts(u32::MAX).critical(false).restart(slow(3))).dep();
+    b.add(Reader { cache, events: events.clone() });
+    let mut run = TestRun::start(b);
+    within("ready without the cache", Duration::from_secs(5), run.ready()).await;
+    assert_eq!(events.since(0), ["failed-start cache", "start-without-cache reader"]);
+    let readiness = run.handle().readiness().await;
+    assert_eq!(readiness.status, ReadinessStatus::Degraded, "{readiness}");
+    assert_eq!(readiness.problems[0].component.as_str(), "cache");
+    let report = within("the stop", Duration::from_secs(5), run.stop()).await;
+    assert_eq!(report.exit_code, 0, "{report}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_optional_component_that_failed_to_start_makes_the_service_degraded_not_unready() {
+    let events = Events::default();
+    let mut b = builder();
+    b.add(Flaky::new("cache", &events).failing_starts(1).critical(false));
+    b.add(Flaky::new("db", &events));
+    let mut run = TestRun::start(b);
+    run.ready().await;
+    let readiness = run.handle().readiness().await;
+    assert_eq!(readiness.status, ReadinessStatus::Degraded, "{readiness}");
+    assert_eq!(
+        readiness.to_string(),
+        "degraded (ready); `cache` down: failed: cache cannot connect (starting)"
+    );
+    let report = run.stop().await;
+    assert_eq!(report.exit_code, 0, "{report}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_component_waiting_for_its_backoff_holds_up_no_other_restart() {
+    let events = Events::default();
+    let mut b = builder();
+    let slow_one = b.add(Flaky::new("slow", &events).restart(slow(3))).dep();
+    let quick_one = b.add(Flaky::new("quick", &events).restart(quick(3))).dep();
+    let mut run = TestRun::start(b);
+    run.ready().await;
+    slow_one.fail.notify_one();
+    let handle = run.handle().clone();
+    eventually("`slow` waits for its hour", Duration::from_secs(5), || {
+        handle.components()[0].next_restart.is_some()
+    })
+    .await;
+    let mark = events.len();
+    quick_one.fail.notify_one();
+    eventually("`quick` is back meanwhile", Duration::from_secs(5), || {
+        events.since(mark).contains(&"start quick".to_owned())
+    })
+    .await;
+    assert!(quick_one.is_up() && !slow_one.is_up());
+    let report = within("the stop", Duration::from_secs(5), run.stop()).await;
+    // `slow` never came back: a critical component down at the end is a failure.
+    assert_eq!(report.exit_cause, ExitCause::ComponentFailed("slow".into()), "{report}");
+    assert_eq!(report.component("quick").unwrap().restarts, 1);
 }

@@ -5,15 +5,18 @@ use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::get;
-use lifecycle_core::{Health, LifecycleHandle, Phase};
+use lifecycle_core::{Health, LifecycleHandle};
+use tokio::time::Instant;
 
 /// Where the endpoints live.
 #[derive(Clone, Debug)]
 pub struct HealthPaths {
     /// Liveness: 200 while the process runs, during the drain too (default `/livez`).
     pub live: String,
-    /// Readiness: 200 only in the ready phase with every critical component healthy, else 503,
-    /// with a JSON body listing each component (default `/readyz`).
+    /// Readiness (default `/readyz`): 200 when ready or degraded (an optional component down, a
+    /// component restarting by its policy), 503 when unready (not in the ready phase, or a
+    /// critical component unhealthy), with a JSON body: the status, the problems by component,
+    /// and each component's state, health, restarts, failures, last failure and next restart.
     pub ready: String,
 }
 
@@ -33,41 +36,61 @@ async fn live() -> &'static str {
 }
 
 async fn ready(State(handle): State<LifecycleHandle>) -> impl IntoResponse {
-    let phase = handle.phase();
-    let statuses = handle.components();
-    let health = if phase == Phase::Ready { handle.health().await } else { Vec::new() };
-    let mut ready = phase == Phase::Ready;
-    let mut components = Vec::with_capacity(statuses.len());
-    for status in &statuses {
-        let state = status.stage.map_or_else(
-            || status.outcome.as_ref().map_or_else(|| "pending".to_owned(), ToString::to_string),
-            |stage| stage.to_string(),
-        );
-        let component_health = health.iter().find(|(name, _)| *name == status.name).map(|(_, h)| h);
-        let health_text = match component_health {
-            Some(Health::Healthy) => "healthy".to_owned(),
-            Some(Health::Degraded(why)) => format!("degraded: {why}"),
-            Some(Health::Unhealthy(why)) => format!("unhealthy: {why}"),
-            Some(other) => format!("{other:?}"),
-            None => "unknown".to_owned(),
-        };
-        if status.critical && !component_health.is_some_and(Health::is_serving) {
-            ready = false;
-        }
-        components.push(format!(
-            "{{\"name\":{},\"critical\":{},\"state\":{},\"health\":{}}}",
-            json_string(status.name.as_str()),
-            status.critical,
-            json_string(&state),
-            json_string(&health_text)
-        ));
-    }
+    let readiness = handle.readiness().await;
+    let now = Instant::now();
+    let problems: Vec<String> = readiness
+        .problems
+        .iter()
+        .map(|p| {
+            format!(
+                "{{\"component\":{},\"fatal\":{},\"problem\":{}}}",
+                json_string(p.component.as_str()),
+                p.fatal,
+                json_string(&p.what)
+            )
+        })
+        .collect();
+    let components: Vec<String> = readiness
+        .components
+        .iter()
+        .map(|status| {
+            let state = status.stage.map_or_else(
+                || status.outcome.as_ref().map_or_else(|| "pending".to_owned(), ToString::to_string),
+                |stage| stage.to_string(),
+            );
+            let health = match readiness.health.iter().find(|(name, _)| *name == status.name).map(|(_, h)| h) {
+                Some(Health::Healthy) => "healthy".to_owned(),
+                Some(Health::Degraded(why)) => format!("degraded: {why}"),
+                Some(Health::Unhealthy(why)) => format!("unhealthy: {why}"),
+                Some(other) => format!("{other:?}"),
+                None => "unknown".to_owned(),
+            };
+            let last_failure = status.last_failure.as_ref().map_or_else(|| "null".to_owned(), |f| json_string(&f.to_string()));
+            let next_restart = status.next_restart.map_or_else(
+                || "null".to_owned(),
+                |at| at.saturating_duration_since(now).as_millis().to_string(),
+            );
+            format!(
+                "{{\"name\":{},\"critical\":{},\"state\":{},\"health\":{},\"restarts\":{},\"task_restarts\":{},\"failures\":{},\"last_failure\":{last_failure},\"next_restart_in_ms\":{next_restart}}}",
+                json_string(status.name.as_str()),
+                status.critical,
+                json_string(&state),
+                json_string(&health),
+                status.restarts,
+                status.task_restarts,
+                status.failures,
+            )
+        })
+        .collect();
     let body = format!(
-        "{{\"ready\":{ready},\"phase\":{},\"components\":[{}]}}\n",
-        json_string(&phase.to_string()),
+        "{{\"ready\":{},\"status\":{},\"phase\":{},\"problems\":[{}],\"components\":[{}]}}\n",
+        readiness.is_ready(),
+        json_string(&readiness.status.to_string()),
+        json_string(&readiness.phase.to_string()),
+        problems.join(","),
         components.join(",")
     );
-    let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    let status = if readiness.is_ready() { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
     (status, [(header::CONTENT_TYPE, "application/json")], body)
 }
 

@@ -7,8 +7,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
-use lifecycle_core::{LifecycleHandle, Phase};
+use lifecycle_core::{LifecycleHandle, Phase, ReadinessStatus};
 use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
@@ -18,6 +19,11 @@ use crate::server::Counters;
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct PhaseLabel {
     phase: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReadinessLabel {
+    status: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -52,9 +58,27 @@ pub(crate) fn render(state: &MetricsState) -> Result<String, std::fmt::Error> {
     }
     registry.register("phase", "The service's phase (1 for the current one)", phase);
 
+    let readiness = Family::<ReadinessLabel, Gauge>::default();
+    let current = state.handle.readiness_by_stage().status;
+    for candidate in [ReadinessStatus::Ready, ReadinessStatus::Degraded, ReadinessStatus::Unready] {
+        readiness
+            .get_or_create(&ReadinessLabel { status: candidate.to_string() })
+            .set(i64::from(candidate == current));
+    }
+    registry.register(
+        "readiness",
+        "Ready, degraded (a component restarting or an optional one down) or unready, by stage (1 for the current one)",
+        readiness,
+    );
+
     let component_state = Family::<ComponentStateLabel, Gauge>::default();
     let start = Family::<ComponentLabel, FloatGauge>::default();
     let stop = Family::<ComponentLabel, FloatGauge>::default();
+    let restarts = Family::<ComponentLabel, Counter>::default();
+    let task_restarts = Family::<ComponentLabel, Counter>::default();
+    let failures = Family::<ComponentLabel, Counter>::default();
+    let next_restart = Family::<ComponentLabel, FloatGauge>::default();
+    let now = tokio::time::Instant::now();
     for status in state.handle.components() {
         let state = status.stage.map_or_else(
             || {
@@ -69,6 +93,12 @@ pub(crate) fn render(state: &MetricsState) -> Result<String, std::fmt::Error> {
             .get_or_create(&ComponentStateLabel { component: status.name.to_string(), state })
             .set(1);
         let label = ComponentLabel { component: status.name.to_string() };
+        restarts.get_or_create(&label).inc_by(u64::from(status.restarts));
+        task_restarts.get_or_create(&label).inc_by(status.task_restarts);
+        failures.get_or_create(&label).inc_by(status.failures);
+        if let Some(at) = status.next_restart {
+            next_restart.get_or_create(&label).set(at.saturating_duration_since(now).as_secs_f64());
+        }
         if let Some(duration) = status.start_duration {
             start.get_or_create(&label).set(duration.as_secs_f64());
         }
@@ -79,6 +109,18 @@ pub(crate) fn render(state: &MetricsState) -> Result<String, std::fmt::Error> {
     registry.register("component_state", "Each component's current state", component_state);
     registry.register("component_start_seconds", "How long each component's start took", start);
     registry.register("component_stop_seconds", "How long each component's stop took", stop);
+    registry.register("component_restarts", "Restarts of each component by its restart policy", restarts);
+    registry.register(
+        "component_task_restarts",
+        "Restarts of each component's supervised tasks",
+        task_restarts,
+    );
+    registry.register("component_failures", "Failures of each component's hooks and tasks", failures);
+    registry.register(
+        "component_next_restart_seconds",
+        "Time until the next start of each component waiting to restart",
+        next_restart,
+    );
 
     let http = registry.sub_registry_with_prefix("http");
     let counters = &state.counters;

@@ -80,6 +80,21 @@ async fn get_once(address: SocketAddr, path: &str) -> (u16, Option<String>, Stri
     Client::connect(address).await.get(path).await.unwrap()
 }
 
+/// The value of the sample `name` (with `label`, if given) in a scrape of `text`.
+fn sample(scrape: &prometheus_parse::Scrape, text: &str, name: &str, label: Option<(&str, &str)>) -> f64 {
+    scrape
+        .samples
+        .iter()
+        .find(|s| s.metric == name && label.is_none_or(|(k, v)| s.labels.get(k) == Some(v)))
+        .map(|s| match s.value {
+            prometheus_parse::Value::Gauge(v)
+            | prometheus_parse::Value::Counter(v)
+            | prometheus_parse::Value::Untyped(v) => v,
+            _ => f64::NAN,
+        })
+        .unwrap_or_else(|| panic!("no sample {name} {label:?} in:\n{text}"))
+}
+
 fn note(report: &Report) -> String {
     report.component("http").unwrap().notes.join("; ")
 }
@@ -127,7 +142,9 @@ async fn while_draining_responses_say_connection_close_and_readiness_is_503() {
     let (status, _, body) = get_once(served.address, "/readyz").await;
     assert_eq!(status, 200, "{body}");
     assert!(
-        body.starts_with("{\"ready\":true,\"phase\":\"ready\",\"components\":[{\"name\":\"http\""),
+        body.starts_with(
+            "{\"ready\":true,\"status\":\"ready\",\"phase\":\"ready\",\"problems\":[],\"components\":[{\"name\":\"http\""
+        ),
         "{body}"
     );
 
@@ -135,7 +152,7 @@ async fn while_draining_responses_say_connection_close_and_readiness_is_503() {
     served.run.handle().reached(Phase::Draining).await;
     let (status, _, body) = get_once(served.address, "/readyz").await;
     assert_eq!(status, 503, "unready first, while still serving: {body}");
-    assert!(body.starts_with("{\"ready\":false,\"phase\":\"draining\""), "{body}");
+    assert!(body.starts_with("{\"ready\":false,\"status\":\"unready\",\"phase\":\"draining\""), "{body}");
     let (status, _, _) = get_once(served.address, "/livez").await;
     assert_eq!(status, 200, "still live while draining");
 
@@ -267,19 +284,7 @@ async fn metrics_are_valid_prometheus_text() {
     assert_eq!(status, 200, "{text}");
 
     let scrape = prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_owned()))).unwrap();
-    let value = |name: &str, label: Option<(&str, &str)>| {
-        scrape
-            .samples
-            .iter()
-            .find(|s| s.metric == name && label.is_none_or(|(k, v)| s.labels.get(k) == Some(v)))
-            .map(|s| match s.value {
-                prometheus_parse::Value::Gauge(v)
-                | prometheus_parse::Value::Counter(v)
-                | prometheus_parse::Value::Untyped(v) => v,
-                _ => f64::NAN,
-            })
-            .unwrap_or_else(|| panic!("no sample {name} {label:?} in:\n{text}"))
-    };
+    let value = |name: &str, label: Option<(&str, &str)>| sample(&scrape, &text, name, label);
     assert_eq!(value("lifecycle_phase", Some(("phase", "ready"))), 1.0);
     assert_eq!(value("lifecycle_phase", Some(("phase", "draining"))), 0.0);
     assert_eq!(value("lifecycle_component_state", Some(("state", "running"))), 1.0);
@@ -327,4 +332,63 @@ async fn at_stop_a_keep_alive_connection_is_closed_only_once_quiet() {
     assert!(answered.elapsed() >= Duration::from_millis(250), "closed after {:?}", answered.elapsed());
     let report = run.finished().await;
     assert_eq!(report.exit_code, 0, "{report}");
+}
+
+/// A feed whose task fails when told to; it restarts after an hour.
+struct Feed(Arc<Notify>);
+
+impl lifecycle_core::Component for Feed {
+    fn options(&self) -> ComponentOptions {
+        ComponentOptions::new().restart(
+            lifecycle_core::RestartPolicy::on_failure()
+                .backoff(Duration::from_secs(3600), Duration::from_secs(3600))
+                .jitter(0.0),
+        )
+    }
+
+    async fn start(&self, ctx: &lifecycle_core::Context) -> Result<(), lifecycle_core::BoxError> {
+        let fail = Arc::clone(&self.0);
+        let token = ctx.token().clone();
+        ctx.tasks().spawn("consume", async move {
+            tokio::select! {
+                () = token.cancelled() => Ok(()),
+                () = fail.notified() => Err(std::io::Error::other("broker connection lost")),
+            }
+        });
+        Ok(())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readiness_and_metrics_say_degraded_while_a_component_waits_to_restart() {
+    let fail = Arc::new(Notify::new());
+    let mut b = builder();
+    b.add(Feed(Arc::clone(&fail)));
+    let app = Router::new().route("/", get(|| async { "hello" }));
+    let served = serve(b, app, Duration::from_secs(5), None).await;
+    fail.notify_one();
+    let handle = served.run.handle().clone();
+    testing::eventually("the feed waits to restart", Duration::from_secs(5), || {
+        handle.components().iter().any(|c| c.name.as_str() == "feed" && c.next_restart.is_some())
+    })
+    .await;
+
+    let (status, _, body) = get_once(served.address, "/readyz").await;
+    assert_eq!(status, 200, "degraded is still ready: {body}");
+    assert!(body.starts_with("{\"ready\":true,\"status\":\"degraded\",\"phase\":\"ready\",\"problems\":[{\"component\":\"feed\",\"fatal\":false,\"problem\":\"restarting (restart 1, next in "), "{body}");
+    assert!(body.contains("\"restarts\":1,\"task_restarts\":0,\"failures\":1,\"last_failure\":\"task `consume` failed: broker connection lost (running)\",\"next_restart_in_ms\":"), "{body}");
+    let (status, _, _) = get_once(served.address, "/").await;
+    assert_eq!(status, 200, "the service serves");
+
+    let (_, _, text) = get_once(served.address, "/metrics").await;
+    let scrape = prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_owned()))).unwrap();
+    let value = |name: &str, label: (&str, &str)| sample(&scrape, &text, name, Some(label));
+    assert_eq!(value("lifecycle_readiness", ("status", "degraded")), 1.0);
+    assert_eq!(value("lifecycle_component_restarts_total", ("component", "feed")), 1.0);
+    assert_eq!(value("lifecycle_component_failures_total", ("component", "feed")), 1.0);
+    assert!(value("lifecycle_component_next_restart_seconds", ("component", "feed")) > 3000.0);
+    assert_eq!(value("lifecycle_component_state", ("state", "restarting")), 1.0);
+
+    let report = served.run.stop().await;
+    assert_eq!(report.component("feed").unwrap().restarts, 1, "{report}");
 }

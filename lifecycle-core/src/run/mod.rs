@@ -117,6 +117,10 @@ struct Run {
     launched: Vec<bool>,
     /// Each component's restarts against its policy.
     budgets: Vec<RestartBudget>,
+    /// Components waiting for their backoff to start again.
+    pending: supervise::Pending,
+    /// Components whose optional dependents were let go while they wait to start again.
+    released_optional: Vec<bool>,
     troubles: tokio::sync::mpsc::UnboundedReceiver<Trouble>,
     /// The parent of every component's token.
     root: CancellationToken,
@@ -146,6 +150,8 @@ pub(crate) async fn run(parts: Parts) -> Report {
         started: vec![Started::No; count],
         launched: vec![false; count],
         budgets,
+        pending: supervise::Pending::new(count),
+        released_optional: vec![false; count],
         troubles,
         root,
     };
@@ -179,7 +185,7 @@ pub(crate) async fn run(parts: Parts) -> Report {
         .flatten();
 
     run.handle.set_phase(Phase::Starting);
-    let start_failure = run.start_set(&vec![true; count], None).await;
+    let start_failure = run.start_set(&vec![true; count], start::StartMode::Boot).await;
     let start_complete = start_failure.is_none();
     if let Some(reason) = start_failure {
         run.shutdown.trigger(reason);

@@ -3,8 +3,6 @@
 //! beyond that, or a shutdown request, ends it. The same code starts the whole service and,
 //! after a restart, the part of it that was stopped.
 
-use std::cmp::Reverse;
-use std::collections::BinaryHeap;
 use std::sync::Arc;
 
 use tokio::time::{Instant, sleep_until, timeout_at};
@@ -14,27 +12,39 @@ use super::{Run, Started};
 use crate::ShutdownReason;
 use crate::failure::Stage;
 
+/// Whether a start is the service's first (which readiness waits for) or a restart.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(super) enum StartMode {
+    Boot,
+    Restart,
+}
+
+/// Which of a component's dependents to release.
+#[derive(Clone, Copy)]
+enum Edges {
+    All,
+    /// Those that depend on it optionally.
+    Optional,
+    /// Those that do not.
+    Hard,
+}
+
 impl Run {
     /// Starts the `members` as their dependencies become ready (dependencies outside the set
-    /// are taken as they are), `delayed` one only at its instant. Records in `self.started` how
-    /// far each got; returns the reason to stop if a critical start failed for good.
-    pub(super) async fn start_set(
-        &mut self,
-        members: &[bool],
-        delayed: Option<(usize, Instant)>,
-    ) -> Option<ShutdownReason> {
+    /// are taken as they are). Records in `self.started` how far each got; returns the reason
+    /// to stop if a critical start failed for good.
+    ///
+    /// A failed start that its policy retries waits in `self.pending`. At `Boot`, the start
+    /// waits for those retries while a critical member is not up yet (the service cannot be
+    /// ready without it); otherwise it ends, and the supervision loop starts the rest when the
+    /// retry is due.
+    pub(super) async fn start_set(&mut self, members: &[bool], mode: StartMode) -> Option<ShutdownReason> {
         let count = self.components.len();
         let mut waiting_on: Vec<usize> =
             (0..count).map(|i| self.graph.dependencies(i).iter().filter(|&&d| members[d]).count()).collect();
         let mut hooks = HookSet::new(count, Stage::Starting);
         let mut failure = None;
-        // Starts waiting for their backoff, earliest first.
-        let mut retries: BinaryHeap<Reverse<(Instant, usize)>> =
-            delayed.map(|(index, at)| Reverse((at, index))).into_iter().collect();
-
-        let mut ready: Vec<usize> = (0..count)
-            .filter(|&i| members[i] && waiting_on[i] == 0 && delayed.is_none_or(|(d, _)| d != i))
-            .collect();
+        let mut ready: Vec<usize> = (0..count).filter(|&i| members[i] && waiting_on[i] == 0).collect();
         // One waiter for the whole start, rather than one registered and dropped per hook.
         let shutdown = self.shutdown.clone();
         let mut requested = std::pin::pin!(shutdown.requested());
@@ -46,7 +56,10 @@ impl Run {
             for index in ready.drain(..) {
                 self.launch_start(index, &mut hooks);
             }
-            let next_retry = retries.peek().map(|Reverse((at, _))| *at);
+            let next_retry = match mode {
+                StartMode::Boot if self.critical_member_waiting(members) => self.pending.next_due(),
+                _ => None,
+            };
             if hooks.is_idle() && next_retry.is_none() {
                 break;
             }
@@ -54,9 +67,7 @@ impl Run {
                 biased;
                 _ = &mut requested => continue, // the check above ends the start
                 () = sleep_until(next_retry.unwrap_or_else(Instant::now)), if next_retry.is_some() => {
-                    if let Some(Reverse((_, index))) = retries.pop() {
-                        ready.push(index);
-                    }
+                    ready.extend(self.pending.take_due(Instant::now()).filter(|&i| members[i]));
                     continue;
                 }
                 ended = hooks.next(), if !hooks.is_idle() => ended,
@@ -65,12 +76,17 @@ impl Run {
             self.started[index] = self.record_start(index, end);
             if self.started[index] == Started::Failed {
                 if let Some(at) = self.retry_later(index) {
-                    retries.push(Reverse((at, index)));
-                    continue; // its dependents keep waiting for it
+                    self.pending.add(at, index);
+                    // Those that depend on it optionally start without it; the others wait.
+                    if !std::mem::replace(&mut self.released_optional[index], true) {
+                        self.release(index, members, Edges::Optional, &mut waiting_on, &mut ready);
+                    }
+                    continue;
                 }
                 if self.limits[index].restart.restarts() {
                     tracing::error!(component = %self.contexts[index].name(), restarts = self.budgets[index].total(), "restart budget spent");
                 }
+                self.progress.down(index);
                 if self.limits[index].critical {
                     let Some(first) = self.progress.current_failure(index) else { continue };
                     let component = self.contexts[index].name().clone();
@@ -80,15 +96,9 @@ impl Run {
                 }
             }
             // A non-critical failure releases its dependents too: they were told it may be absent.
-            for &dependent in self.graph.dependents(index) {
-                if !members[dependent] {
-                    continue;
-                }
-                waiting_on[dependent] -= 1;
-                if waiting_on[dependent] == 0 {
-                    ready.push(dependent);
-                }
-            }
+            let edges =
+                if std::mem::take(&mut self.released_optional[index]) { Edges::Hard } else { Edges::All };
+            self.release(index, members, edges, &mut waiting_on, &mut ready);
         }
 
         // Starts still in flight are cancelled, and each then says how it ended: one that
@@ -104,6 +114,47 @@ impl Run {
         }
         self.abandoned.extend(hooks.into_abandoned(&self.names));
         failure
+    }
+
+    /// Whether a critical member is neither up nor failed for good: waiting for a retry, or for
+    /// something that waits for one.
+    fn critical_member_waiting(&self, members: &[bool]) -> bool {
+        (0..members.len()).any(|i| {
+            members[i]
+                && self.limits[i].critical
+                && match self.started[i] {
+                    Started::Yes | Started::Cancelled => false,
+                    Started::Failed => self.pending.contains(i),
+                    Started::No | Started::Restarting => true,
+                }
+        })
+    }
+
+    /// Counts component `index` as done for its dependents among `members` through `edges`,
+    /// and makes ready those that wait for nothing else.
+    fn release(
+        &self,
+        index: usize,
+        members: &[bool],
+        edges: Edges,
+        waiting_on: &mut [usize],
+        ready: &mut Vec<usize>,
+    ) {
+        for &dependent in self.graph.dependents(index) {
+            let optional = self.graph.is_optional(dependent, index);
+            let counted = match edges {
+                Edges::All => true,
+                Edges::Optional => optional,
+                Edges::Hard => !optional,
+            };
+            if !members[dependent] || !counted {
+                continue;
+            }
+            waiting_on[dependent] -= 1;
+            if waiting_on[dependent] == 0 {
+                ready.push(dependent);
+            }
+        }
     }
 
     /// Asks component `index`'s restart budget for another start after a failed start: when

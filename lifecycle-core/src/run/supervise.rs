@@ -1,22 +1,75 @@
 //! While the service runs: a failure of a component with a restart policy stops that component
 //! and everything that depends on it (drain, then stop in reverse order), and starts them again
 //! in order after the backoff, while the rest of the service carries on untouched. Failures are
-//! handled one at a time, as an OTP supervisor does; a shutdown request ends the wait at once.
+//! handled one at a time, as an OTP supervisor does, but a backoff holds nothing up: components
+//! waiting to start again wait in [`Pending`]; a shutdown request ends every wait at once.
 
-use tokio::time::Instant;
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
 
+use tokio::time::{Instant, sleep_until};
+
+use super::start::StartMode;
 use super::{Run, Started};
 use crate::ShutdownReason;
 
+/// Components waiting for their backoff before they start again, earliest first.
+pub(super) struct Pending {
+    due: BinaryHeap<Reverse<(Instant, usize)>>,
+    waiting: Vec<bool>,
+}
+
+impl Pending {
+    pub(super) fn new(components: usize) -> Self {
+        Self { due: BinaryHeap::new(), waiting: vec![false; components] }
+    }
+
+    pub(super) fn add(&mut self, at: Instant, index: usize) {
+        if !std::mem::replace(&mut self.waiting[index], true) {
+            self.due.push(Reverse((at, index)));
+        }
+    }
+
+    pub(super) fn contains(&self, index: usize) -> bool {
+        self.waiting[index]
+    }
+
+    /// When the next one is due.
+    pub(super) fn next_due(&self) -> Option<Instant> {
+        self.due.peek().map(|Reverse((at, _))| *at)
+    }
+
+    /// Takes every one due at `now`.
+    pub(super) fn take_due(&mut self, now: Instant) -> impl Iterator<Item = usize> + use<> {
+        let mut taken = Vec::new();
+        while let Some(&Reverse((at, index))) = self.due.peek() {
+            if at > now {
+                break;
+            }
+            self.due.pop();
+            self.waiting[index] = false;
+            taken.push(index);
+        }
+        taken.into_iter()
+    }
+}
+
 impl Run {
-    /// Handles failures until a shutdown is requested.
+    /// Handles failures, and starts what waited for its backoff, until a shutdown is requested.
     pub(super) async fn supervise(&mut self) {
         let shutdown = self.shutdown.clone();
         let mut requested = std::pin::pin!(shutdown.requested());
         loop {
+            let next_due = self.pending.next_due();
             let trouble = tokio::select! {
                 biased;
                 _ = &mut requested => return,
+                () = sleep_until(next_due.unwrap_or_else(Instant::now)), if next_due.is_some() => {
+                    for index in self.pending.take_due(Instant::now()) {
+                        self.bring_back(index).await;
+                    }
+                    continue;
+                }
                 trouble = self.troubles.recv() => trouble,
             };
             match trouble {
@@ -76,31 +129,90 @@ impl Run {
                 self.progress.restarting(member, None);
             }
         }
-        let mut to_start = members;
         match due {
-            Some(at) => self.progress.restarting(index, Some(at)),
+            Some(at) => {
+                self.progress.restarting(index, Some(at));
+                self.pending.add(at, index);
+            }
             None => {
                 // An optional component out of restarts stays down; what depends on it was told
                 // it may be absent, and starts again without it.
                 self.started[index] = Started::Failed;
-                to_start[index] = false;
+                self.progress.down(index);
+                for dependent in self.graph.dependents(index).to_vec() {
+                    if self.started[dependent] == Started::Restarting {
+                        self.bring_back(dependent).await;
+                    }
+                }
             }
         }
-        if let Some(reason) = self.start_set(&to_start, due.map(|at| (index, at))).await {
+    }
+
+    /// Starts component `index` again, with what waits for it and for nothing else.
+    async fn bring_back(&mut self, index: usize) {
+        // Already back with another (or never stopped), or the service is stopping.
+        if matches!(self.started[index], Started::Yes | Started::Cancelled) || self.shutdown.is_requested() {
+            return;
+        }
+        let members = self.waiting_on(index);
+        if let Some(reason) = self.start_set(&members, StartMode::Restart).await {
             self.shutdown.trigger(reason);
-        } else if !self.shutdown.is_requested() {
+        } else if self.started[index] == Started::Yes {
             tracing::info!(component = %self.names[index], "restart complete");
         }
     }
 
-    /// Component `index` and everything that depends on it, directly or not, that is running.
+    /// Component `index` with every component not running that (through hard dependencies)
+    /// waits on it and on nothing else that is down.
+    fn waiting_on(&self, index: usize) -> Vec<bool> {
+        let count = self.components.len();
+        let mut members = vec![false; count];
+        members[index] = true;
+        let satisfied = |members: &[bool], d: usize| {
+            members[d]
+                || self.started[d] == Started::Yes
+                || (self.started[d] == Started::Failed
+                    && !self.pending.contains(d)
+                    && !self.limits[d].critical)
+        };
+        // Registration order is not dependency order: repeat until nothing more joins.
+        let mut grew = true;
+        while grew {
+            grew = false;
+            for candidate in 0..count {
+                let waiting = matches!(self.started[candidate], Started::No | Started::Restarting);
+                if members[candidate]
+                    || !waiting
+                    || !self.graph.dependencies(candidate).iter().any(|&d| members[d])
+                {
+                    continue;
+                }
+                let ready = self
+                    .graph
+                    .dependencies(candidate)
+                    .iter()
+                    .all(|&d| satisfied(&members, d) || self.graph.is_optional(candidate, d));
+                if ready {
+                    members[candidate] = true;
+                    grew = true;
+                }
+            }
+        }
+        members
+    }
+
+    /// Component `index` and everything that depends on it, directly or not, that is running;
+    /// not through optional dependencies, whose dependents carry on without it.
     fn with_dependents(&self, index: usize) -> Vec<bool> {
         let mut members = vec![false; self.components.len()];
         members[index] = true;
         let mut stack = vec![index];
         while let Some(current) = stack.pop() {
             for &dependent in self.graph.dependents(current) {
-                if !members[dependent] && self.started[dependent] == Started::Yes {
+                if !members[dependent]
+                    && self.started[dependent] == Started::Yes
+                    && !self.graph.is_optional(dependent, current)
+                {
                     members[dependent] = true;
                     stack.push(dependent);
                 }
