@@ -217,3 +217,15 @@ impl Clients {
         std::mem::take(&mut *self.tally.lock().unwrap_or_else(PoisonError::into_inner))
     }
 }
+
+/// `GET path` on a fresh HTTP/1.1 connection: the status and body, or `None` when the connection
+/// or the request failed.
+pub async fn get(address: SocketAddr, path: &str) -> Option<(u16, String)> {
+    let mut sender = connect(address, Mode::ConnectionClose).await.ok()?;
+    let request = hyper::Request::get(path)
+        .header("host", "orders")
+        .header("connection", "close")
+        .body(Full::new(Bytes::new()))
+        .ok()?;
+    sender.send(request).await.ok()
+}

@@ -15,7 +15,7 @@
 //! ```
 
 use std::fmt;
-use std::sync::OnceLock;
+use std::sync::{PoisonError, RwLock};
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -38,7 +38,8 @@ pub struct RedisPool {
     url: String,
     max_size: usize,
     options: ComponentOptions,
-    pool: OnceLock<Pool>,
+    /// The pool of the current start; a restart puts a new one in.
+    pool: RwLock<Option<Pool>>,
 }
 
 impl RedisPool {
@@ -49,7 +50,7 @@ impl RedisPool {
             url: url.into(),
             max_size: 16,
             options: ComponentOptions::new(),
-            pool: OnceLock::new(),
+            pool: RwLock::new(None),
         }
     }
 
@@ -67,12 +68,24 @@ impl RedisPool {
         self
     }
 
-    /// The pool, between the component's start and its stop.
-    pub fn pool(&self) -> Result<&Pool, ResourceError> {
-        self.pool
-            .get()
+    /// The pool, between the component's start and its stop (a cheap handle: clones share
+    /// the connections). After a restart, the new start's pool.
+    pub fn pool(&self) -> Result<Pool, ResourceError> {
+        self.slot()
+            .as_ref()
             .filter(|pool| !pool.is_closed())
+            .cloned()
             .ok_or_else(|| ResourceError::NotRunning { component: self.name.clone() })
+    }
+
+    /// The pool slot; a poisoned lock still holds a valid `Option`.
+    fn slot(&self) -> std::sync::RwLockReadGuard<'_, Option<Pool>> {
+        self.pool.read().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Puts `pool` in the slot (or empties it), returning what was there.
+    fn replace(&self, pool: Option<Pool>) -> Option<Pool> {
+        std::mem::replace(&mut *self.pool.write().unwrap_or_else(PoisonError::into_inner), pool)
     }
 
     /// The URL with its password hidden.
@@ -139,11 +152,6 @@ impl Component for RedisPool {
         self.options
     }
 
-    /// Not yet: the pool is set once, so a second start would keep the first, closed, pool.
-    fn restartable(&self) -> bool {
-        false
-    }
-
     async fn start(&self, ctx: &Context) -> Result<(), BoxError> {
         let pool = self.build()?;
         let attempt = |attempt| {
@@ -160,7 +168,10 @@ impl Component for RedisPool {
         match retry.run(attempt, is_transient).await {
             Ok(()) => {
                 tracing::info!(component = %self.name, url = %self.redacted_url(), "Redis pool connected");
-                let _ = self.pool.set(pool);
+                // A restart's stop already took the last pool out; one left is closed anyway.
+                if let Some(previous) = self.replace(Some(pool)) {
+                    previous.close();
+                }
                 Ok(())
             }
             Err(failure) => {
@@ -181,7 +192,7 @@ impl Component for RedisPool {
     }
 
     async fn stop(&self, ctx: &Context) -> Result<(), BoxError> {
-        let Some(pool) = self.pool.get() else { return Ok(()) };
+        let Some(pool) = self.replace(None) else { return Ok(()) };
         let began = Instant::now();
         // `close` drops idle connections and refuses new checkouts; a connection in use is
         // dropped (not returned) when its holder lets go. deadpool has no "all returned"
@@ -204,7 +215,7 @@ impl Component for RedisPool {
 
     async fn health(&self) -> Health {
         match self.pool() {
-            Ok(pool) => match Self::ping(pool).await {
+            Ok(pool) => match Self::ping(&pool).await {
                 Ok(()) => Health::Healthy,
                 Err(error) => Health::Unhealthy(self.scrub(&error)),
             },
@@ -218,7 +229,7 @@ impl fmt::Debug for RedisPool {
         f.debug_struct("RedisPool")
             .field("name", &self.name)
             .field("url", &self.redacted_url())
-            .field("status", &self.pool.get().map(Pool::status))
+            .field("status", &self.slot().as_ref().map(Pool::status))
             .finish()
     }
 }

@@ -154,3 +154,63 @@ async fn a_bad_url_fails_at_once_naming_the_component() {
     );
     assert!(!text.contains("Sup3r-s3cret"), "{text}");
 }
+
+/// A private `redis-server` on `port`, killed when dropped.
+struct PrivateServer(std::process::Child);
+
+impl PrivateServer {
+    fn start(port: u16) -> Self {
+        let child = std::process::Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("redis-server is installed (scripts/test installs it)");
+        Self(child)
+    }
+}
+
+impl Drop for PrivateServer {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_optional_cache_down_at_start_comes_up_in_the_background() {
+    use lifecycle_core::testing::eventually;
+    use lifecycle_core::{ReadinessStatus, RestartPolicy};
+
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let name = unique("cache_late");
+    let mut b = builder();
+    let policy = RestartPolicy::on_failure()
+        .backoff(Duration::from_millis(100), Duration::from_millis(200))
+        .max_restarts(100, Duration::from_secs(60));
+    let cache = b
+        .add(RedisPool::new(name.clone(), format!("redis://127.0.0.1:{port}")).options(
+            ComponentOptions::new().critical(false).start_timeout(Duration::from_millis(300)).restart(policy),
+        ))
+        .dep();
+    b.add(FnComponent::new("api").depends_on(cache.dependency().optional()));
+    let mut run = TestRun::start(b);
+    run.ready().await;
+    assert!(!cache.is_up());
+    let readiness = run.handle().readiness().await;
+    assert_eq!(readiness.status, ReadinessStatus::Degraded, "{readiness}");
+
+    let _server = PrivateServer::start(port);
+    let handle = run.handle().clone();
+    eventually("the cache connects", Duration::from_secs(10), || cache.is_up()).await;
+    assert_eq!(handle.readiness().await.status, ReadinessStatus::Ready);
+    let mut connection = cache.pool().unwrap().get().await.unwrap();
+    let _: () = redis::cmd("SET").arg("k").arg("v").query_async(&mut *connection).await.unwrap();
+    drop(connection);
+
+    let report = run.stop().await;
+    assert_eq!(report.exit_code, 0, "{report}");
+    let cache_report = report.component(&name).unwrap();
+    assert!(cache_report.restarts >= 1, "{report}");
+    assert!(matches!(cache_report.outcome, Outcome::Stopped), "{report}");
+    assert!(cache.pool().is_err(), "no pool after the stop");
+}

@@ -8,7 +8,7 @@
 //! flight finish until just before its stop deadline, then cancels their tokens.
 
 use std::future::Future;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -105,8 +105,8 @@ pub struct JobWorker<H> {
     max_attempts: i32,
     options: ComponentOptions,
     handler: Arc<H>,
-    /// Parent of every job's token: cancelled when the stop runs out of patience.
-    jobs: CancellationToken,
+    /// Parent of every job's token, one per start: cancelled when the stop runs out of patience.
+    jobs: Mutex<CancellationToken>,
 }
 
 impl<H: JobHandler> JobWorker<H> {
@@ -126,7 +126,7 @@ impl<H: JobHandler> JobWorker<H> {
             max_attempts: 5,
             options: ComponentOptions::new(),
             handler: Arc::new(handler),
-            jobs: CancellationToken::new(),
+            jobs: Mutex::new(CancellationToken::new()),
         }
     }
 
@@ -151,13 +151,23 @@ impl<H: JobHandler> JobWorker<H> {
         self
     }
 
-    /// The component's timeouts and criticality.
+    /// The component's timeouts, criticality and restart policy. With a restart policy, a slot
+    /// that meets [`ESCALATE_AFTER`] database errors in a row fails, and the worker is
+    /// restarted by the policy (with its backoff, and its budget); without one, slots keep
+    /// retrying in place.
     #[must_use]
     pub fn options(mut self, options: ComponentOptions) -> Self {
         self.options = options;
         self
     }
+
+    fn jobs(&self) -> std::sync::MutexGuard<'_, CancellationToken> {
+        self.jobs.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
 }
+
+/// Database errors in a row after which a slot of a worker with a restart policy fails.
+pub const ESCALATE_AFTER: u32 = 3;
 
 impl<H: JobHandler> Component for JobWorker<H> {
     fn name(&self) -> ComponentId {
@@ -172,13 +182,17 @@ impl<H: JobHandler> Component for JobWorker<H> {
         self.options
     }
 
-    /// Not yet: the token that cancels running jobs at the stop deadline stays cancelled.
-    fn restartable(&self) -> bool {
-        false
-    }
-
     async fn start(&self, ctx: &Context) -> Result<(), BoxError> {
         install(self.pool.pool()?).await?;
+        // A fresh parent for this start's jobs: the last stop may have cancelled its own.
+        let jobs = {
+            let mut current = self.jobs();
+            if current.is_cancelled() {
+                *current = CancellationToken::new();
+            }
+            current.clone()
+        };
+        let escalate_after = self.options.restart.restarts().then_some(ESCALATE_AFTER);
         for _ in 0..self.concurrency {
             let slot = Slot {
                 component: self.name.clone(),
@@ -188,7 +202,8 @@ impl<H: JobHandler> Component for JobWorker<H> {
                 max_attempts: self.max_attempts,
                 handler: Arc::clone(&self.handler),
                 claiming: ctx.token().clone(),
-                jobs: self.jobs.clone(),
+                jobs: jobs.clone(),
+                escalate_after,
             };
             ctx.tasks().spawn("job_slot", slot.run());
         }
@@ -208,7 +223,7 @@ impl<H: JobHandler> Component for JobWorker<H> {
         }
         let running = tasks.len();
         tracing::warn!(component = %self.name, running, "jobs still running at the stop deadline; cancelling them");
-        self.jobs.cancel();
+        self.jobs().cancel();
         Ok(())
     }
 }
@@ -233,21 +248,37 @@ struct Slot<H> {
     handler: Arc<H>,
     claiming: CancellationToken,
     jobs: CancellationToken,
+    /// With a restart policy: fail after this many errors in a row.
+    escalate_after: Option<u32>,
 }
 
 impl<H: JobHandler> Slot<H> {
-    async fn run(self) {
+    async fn run(self) -> Result<(), sqlx::Error> {
+        let mut errors_in_a_row = 0;
         while !self.claiming.is_cancelled() {
             match self.run_one().await {
-                Ok(true) => {}
-                Ok(false) => self.pause(self.poll_interval).await,
+                Ok(true) => errors_in_a_row = 0,
+                Ok(false) => {
+                    errors_in_a_row = 0;
+                    self.pause(self.poll_interval).await;
+                }
                 Err(error) => {
+                    errors_in_a_row += 1;
+                    // Stopping anyway: the error is the closing pool's, not news.
+                    if self.claiming.is_cancelled() {
+                        break;
+                    }
+                    if self.escalate_after.is_some_and(|limit| errors_in_a_row >= limit) {
+                        // Let it crash: the worker's restart policy takes it from here.
+                        return Err(error);
+                    }
                     // The database is unreachable or the pool is closing: try again later.
                     tracing::warn!(component = %self.component, queue = %self.queue, %error, "job queue error");
                     self.pause(self.poll_interval * 5).await;
                 }
             }
         }
+        Ok(())
     }
 
     async fn pause(&self, pause: Duration) {

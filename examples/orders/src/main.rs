@@ -22,6 +22,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use lifecycle_core::{
     BoxError, Component, ComponentOptions, Context, Dep, Dependency, FnComponent, RegistryBuilder,
+    RestartPolicy,
 };
 use lifecycle_handoff::{Listeners, Upgrade};
 use lifecycle_http::{HealthPaths, HttpServer};
@@ -85,25 +86,54 @@ async fn get_order(State(app): State<App>, Path(id): Path<i64>) -> Reply<Json<Or
     Ok(Json(order))
 }
 
-/// A cached order; a cache that is down is a miss, not an error.
-async fn cache_get(cache: &RedisPool, key: &str) -> Option<Order> {
-    let mut connection = cache.pool().ok()?.get().await.ok()?;
-    let json: Option<String> = redis::cmd("GET").arg(key).query_async(&mut *connection).await.ok()?;
-    serde_json::from_str(&json?).ok()
+/// The most a request waits for the cache: a cache that is slow (or frozen) is a miss.
+const CACHE_TIMEOUT: Duration = Duration::from_millis(100);
+
+/// A cached order; a cache that is down, restarting or slow is a miss, not an error.
+async fn cache_get(cache: &Dep<RedisPool>, key: &str) -> Option<Order> {
+    if !cache.is_up() {
+        return None;
+    }
+    let lookup = async {
+        let mut connection = cache.pool().ok()?.get().await.ok()?;
+        let json: Option<String> = redis::cmd("GET").arg(key).query_async(&mut *connection).await.ok()?;
+        serde_json::from_str(&json?).ok()
+    };
+    tokio::time::timeout(CACHE_TIMEOUT, lookup).await.ok().flatten()
 }
 
-async fn cache_put(cache: &RedisPool, key: &str, order: &Order) {
-    let (Ok(pool), Ok(json)) = (cache.pool(), serde_json::to_string(order)) else { return };
-    if let Ok(mut connection) = pool.get().await {
-        let stored: Result<(), _> =
-            redis::cmd("SET").arg(key).arg(json).arg("EX").arg(60).query_async(&mut *connection).await;
-        if let Err(error) = stored {
-            tracing::warn!(%error, "cache write failed");
-        }
+async fn cache_put(cache: &Dep<RedisPool>, key: &str, order: &Order) {
+    let (true, Ok(pool), Ok(json)) = (cache.is_up(), cache.pool(), serde_json::to_string(order)) else {
+        return;
+    };
+    let store = async {
+        let mut connection = pool.get().await.map_err(|error| error.to_string())?;
+        redis::cmd("SET")
+            .arg(key)
+            .arg(json)
+            .arg("EX")
+            .arg(60)
+            .query_async::<()>(&mut *connection)
+            .await
+            .map_err(|error| error.to_string())
+    };
+    match tokio::time::timeout(CACHE_TIMEOUT, store).await {
+        Ok(Ok(())) => {}
+        Ok(Err(error)) => tracing::warn!(%error, "cache write failed"),
+        Err(_) => tracing::warn!("cache write timed out"),
     }
 }
 
-/// SQLite has no `SKIP LOCKED` queue: one task processes new orders every 100 ms instead.
+/// Restarts after a failure: quickly at first, at most 10 times a minute.
+fn restart_policy() -> RestartPolicy {
+    RestartPolicy::on_failure()
+        .backoff(Duration::from_millis(100), Duration::from_secs(5))
+        .max_restarts(10, Duration::from_secs(60))
+}
+
+/// SQLite has no `SKIP LOCKED` queue: one task processes new orders every 100 ms instead. A
+/// database error (`database is locked` while an operator holds a lock) fails the task, and the
+/// worker is restarted by its policy while the service serves on.
 struct SqliteProcessor {
     store: Store,
     migrations: Dep<FnComponent>,
@@ -116,6 +146,10 @@ impl Component for SqliteProcessor {
 
     fn dependencies(&self) -> Vec<Dependency> {
         vec![Dependency::from(&self.migrations)]
+    }
+
+    fn options(&self) -> ComponentOptions {
+        ComponentOptions::new().restart(restart_policy())
     }
 
     async fn start(&self, ctx: &Context) -> Result<(), BoxError> {
@@ -190,11 +224,24 @@ async fn main(listeners: Listeners) -> Result<RegistryBuilder, String> {
             async move { store.migrate().await }
         }))
         .dep();
-    let cache = config.redis_url.as_ref().map(|url| builder.add(RedisPool::new("cache", url.clone())).dep());
+    // The cache is optional: the service starts, and serves from the database, while Redis is
+    // down; the cache comes up in the background when Redis does.
+    let cache = config.redis_url.as_ref().map(|url| {
+        let options = ComponentOptions::new().critical(false).start_timeout(Duration::from_secs(1)).restart(
+            RestartPolicy::on_failure()
+                .backoff(Duration::from_millis(200), Duration::from_secs(10))
+                .max_restarts(1_000, Duration::from_secs(60)),
+        );
+        builder.add(RedisPool::new("cache", url.clone()).options(options)).dep()
+    });
     match &store {
         Store::Postgres(db) => {
             builder
-                .add(JobWorker::new("worker", db.clone(), store::QUEUE, ProcessOrder).concurrency(4))
+                .add(
+                    JobWorker::new("worker", db.clone(), store::QUEUE, ProcessOrder)
+                        .concurrency(4)
+                        .options(ComponentOptions::new().restart(restart_policy())),
+                )
                 .depends_on(&migrations);
         }
         Store::Sqlite(_) => {
@@ -216,7 +263,7 @@ async fn main(listeners: Listeners) -> Result<RegistryBuilder, String> {
         )
         .depends_on(&migrations);
     if let Some(cache) = &cache {
-        http.depends_on(cache);
+        http.depends_on(cache.dependency().optional());
     }
     if !config.etcd_endpoints.is_empty() {
         // The key is the address: an upgraded process registering the same address takes the
