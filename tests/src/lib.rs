@@ -150,6 +150,34 @@ pub fn workspace_binary(package: &str) -> std::path::PathBuf {
     root.join("target/debug").join(package)
 }
 
+/// The report's row for `component` in a service's standard error, whitespace collapsed.
+///
+/// # Panics
+/// When the report has no such row, with the whole text.
+pub fn report_row(stderr: &str, component: &str) -> String {
+    stderr
+        .lines()
+        .find(|l| l.trim_start().starts_with(&format!("{component} ")))
+        .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" "))
+        .unwrap_or_else(|| panic!("no report row for {component} in:\n{stderr}"))
+}
+
+/// The `orders` example, to run in `dir` on `address` with `env` (and nothing of the test's
+/// own database or cache settings), logging warnings to a piped standard error.
+pub fn orders_command(dir: &std::path::Path, address: std::net::SocketAddr, env: &[(&str, &str)]) -> Command {
+    let mut command = Command::new(workspace_binary("orders"));
+    command
+        .current_dir(dir)
+        .env_remove("DATABASE_URL")
+        .env_remove("REDIS_URL")
+        .envs(env.iter().copied())
+        .env("LISTEN_ADDR", address.to_string())
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped());
+    command
+}
+
 /// Whether process `pid` has exited: gone, or a zombie nobody reaped yet (an upgraded service's
 /// old generations are not the test's children).
 pub fn exited(pid: u32) -> bool {

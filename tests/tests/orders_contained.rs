@@ -4,12 +4,13 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::time::{Duration, Instant};
 
 use lifecycle::testing::{eventually, within};
 use lifecycle_sqlx::sqlx::{self, Connection};
 use lifecycle_tests::load::{Clients, Mode, get};
+use lifecycle_tests::report_row as row;
 
 /// A running `orders` process, its standard error read in the background.
 struct Orders {
@@ -21,17 +22,7 @@ struct Orders {
 impl Orders {
     async fn start(dir: &std::path::Path, env: &[(&str, &str)]) -> Self {
         let address = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
-        let mut child = Command::new(lifecycle_tests::workspace_binary("orders"))
-            .current_dir(dir)
-            .env_remove("DATABASE_URL")
-            .env_remove("REDIS_URL")
-            .envs(env.iter().copied())
-            .env("LISTEN_ADDR", address.to_string())
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
+        let mut child = lifecycle_tests::orders_command(dir, address, env).spawn().unwrap();
         let stderr = child.stderr.take().unwrap();
         let stderr = Some(std::thread::spawn(move || std::io::read_to_string(stderr).unwrap_or_default()));
         let orders = Self { child, stderr, address };
@@ -69,15 +60,6 @@ impl Drop for Orders {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-/// The report's row for `component`, whitespace collapsed.
-fn row(stderr: &str, component: &str) -> String {
-    stderr
-        .lines()
-        .find(|l| l.trim_start().starts_with(&format!("{component} ")))
-        .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" "))
-        .unwrap_or_else(|| panic!("no report row for {component} in:\n{stderr}"))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -8,7 +8,6 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::net::SocketAddr;
-use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -32,11 +31,6 @@ fn pg_admin_url() -> String {
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into())
 }
 
-/// The example's binary, built once per test process.
-fn orders_binary() -> std::path::PathBuf {
-    lifecycle_tests::workspace_binary("orders")
-}
-
 /// `GET /readyz` status on a fresh connection, or `None` when refused.
 async fn readyz(address: SocketAddr) -> Option<u16> {
     let mut sender = connect(address, Mode::ConnectionClose).await.ok()?;
@@ -52,17 +46,9 @@ async fn spawn_orders(
     env: &[(&str, &str)],
     dir: &std::path::Path,
 ) -> (std::process::Child, std::thread::JoinHandle<String>) {
-    let mut child = Command::new(orders_binary())
-        .current_dir(dir)
-        .env_remove("DATABASE_URL")
-        .env_remove("REDIS_URL")
-        .envs(env.iter().copied())
-        .env("LISTEN_ADDR", address.to_string())
-        .env("RUST_LOG", "warn")
+    let mut child = lifecycle_tests::orders_command(dir, address, env)
         // Tests run side by side on one PostgreSQL (100 connections): a small warm pool each.
         .env("DATABASE_WARM_CONNECTIONS", "2")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
         .spawn()
         .unwrap();
     let stderr = child.stderr.take().unwrap();

@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use lifecycle_tests::Service;
+use lifecycle_tests::{Service, report_row as row};
 
 const FIXTURE: &str = env!("CARGO_BIN_EXE_fixture");
 const READY_WITHIN: Duration = Duration::from_secs(10);
@@ -14,15 +14,6 @@ fn start(args: &[&str]) -> Service {
     let service = Service::spawn(FIXTURE, args).unwrap();
     service.wait_for_line("ready", READY_WITHIN).unwrap();
     service
-}
-
-/// The report's row for `component`, whitespace collapsed.
-fn row(stderr: &str, component: &str) -> String {
-    stderr
-        .lines()
-        .find(|l| l.trim_start().starts_with(&format!("{component} ")))
-        .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" "))
-        .unwrap_or_else(|| panic!("no report row for {component} in:\n{stderr}"))
 }
 
 #[test]
