@@ -1,10 +1,11 @@
 //! The derive's input as a typed tree: the struct, its `#[component]` keys and its fields, each
 //! keeping the user's tokens.
 
+use proc_macro2::Span;
 use syn::spanned::Spanned;
 use syn::{Data, DeriveInput, Fields, GenericArgument, Ident, Member, PathArguments, Type};
 
-use crate::attr::{ContainerAttrs, Errors, FieldRole, field_role};
+use crate::attr::{ContainerAttrs, Errors, FieldAttrs, FieldRole, field_attrs};
 
 pub(crate) struct Input<'a> {
     pub(crate) original: &'a DeriveInput,
@@ -16,6 +17,8 @@ pub(crate) struct Field<'a> {
     pub(crate) member: Member,
     pub(crate) ty: &'a Type,
     pub(crate) role: FieldRole,
+    /// Where `#[component(optional)]` was written, if it was.
+    pub(crate) optional: Option<Span>,
 }
 
 impl Field<'_> {
@@ -85,10 +88,14 @@ impl<'a> Input<'a> {
         }
         .into_iter()
         .enumerate()
-        .map(|(index, field)| Field {
-            member: field.ident.clone().map_or_else(|| Member::from(index), Member::Named),
-            ty: &field.ty,
-            role: field_role(&field.attrs, errors),
+        .map(|(index, field)| {
+            let FieldAttrs { role, optional } = field_attrs(&field.attrs, errors);
+            Field {
+                member: field.ident.clone().map_or_else(|| Member::from(index), Member::Named),
+                ty: &field.ty,
+                role,
+                optional,
+            }
         })
         .collect();
         Some(Self { original: input, attrs, fields })

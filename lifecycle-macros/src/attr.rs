@@ -8,9 +8,10 @@ use proc_macro2::Span;
 use syn::meta::ParseNestedMeta;
 use syn::punctuated::Punctuated;
 use syn::spanned::Spanned;
-use syn::{Attribute, LitBool, LitStr, Path, Token, Type};
+use syn::{Attribute, Lit, LitBool, LitStr, Path, Token, Type};
 
 use crate::duration;
+use crate::restart::{self, Backoff, MaxRestarts};
 
 /// Collects errors so that all of them are reported at once.
 #[derive(Default)]
@@ -66,9 +67,20 @@ pub(crate) const CONTAINER_KEYS: &[&str] = &[
     "start_timeout",
     "stop_timeout",
     "critical",
+    "restart",
+    "backoff",
+    "max_restarts",
+    "jitter",
     "depends_on",
     "crate",
 ];
+
+/// When a derived component starts again: `restart = "never" | "on_failure"`.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Restart {
+    Never,
+    OnFailure,
+}
 
 /// The struct-level `#[component(...)]` keys.
 #[derive(Default)]
@@ -81,6 +93,10 @@ pub(crate) struct ContainerAttrs {
     pub(crate) start_timeout: Option<Set<Timeout>>,
     pub(crate) stop_timeout: Option<Set<Timeout>>,
     pub(crate) critical: Option<Set<bool>>,
+    pub(crate) restart: Option<Set<Restart>>,
+    pub(crate) backoff: Option<Set<Backoff>>,
+    pub(crate) max_restarts: Option<Set<MaxRestarts>>,
+    pub(crate) jitter: Option<Set<f64>>,
     pub(crate) depends_on: Option<Set<Vec<Type>>>,
     pub(crate) krate: Option<Set<Path>>,
 }
@@ -118,6 +134,12 @@ impl ContainerAttrs {
                     if meta.input.peek(Token![=]) { meta.value()?.parse::<LitBool>()?.value } else { true };
                 set(&mut self.critical, value, meta, "critical")
             }
+            "restart" => set(&mut self.restart, restart_value(meta)?, meta, "restart"),
+            "backoff" => set(&mut self.backoff, string_value(meta, restart::backoff)?, meta, "backoff"),
+            "max_restarts" => {
+                set(&mut self.max_restarts, string_value(meta, restart::max_restarts)?, meta, "max_restarts")
+            }
+            "jitter" => set(&mut self.jitter, jitter(meta)?, meta, "jitter"),
             "depends_on" => {
                 let content;
                 syn::parenthesized!(content in meta.input);
@@ -138,7 +160,7 @@ impl ContainerAttrs {
     }
 }
 
-pub(crate) const FIELD_KEYS: &[&str] = &["close", "skip", "dep"];
+pub(crate) const FIELD_KEYS: &[&str] = &["close", "skip", "dep", "optional"];
 
 /// What a field is to the component.
 #[derive(Clone, Copy)]
@@ -153,8 +175,24 @@ pub(crate) enum FieldRole {
     Dep,
 }
 
-pub(crate) fn field_role(attrs: &[Attribute], errors: &mut Errors) -> FieldRole {
+impl FieldRole {
+    /// Whether `optional` may go with this role: only when the field is (or may be) a dependency.
+    fn may_be_optional(self) -> bool {
+        matches!(self, FieldRole::Auto | FieldRole::Dep)
+    }
+}
+
+/// The field-level `#[component(...)]` keys.
+pub(crate) struct FieldAttrs {
+    pub(crate) role: FieldRole,
+    /// `optional`: the dependency is optional. Its span is where `valid` reports a field that is
+    /// not a dependency.
+    pub(crate) optional: Option<Span>,
+}
+
+pub(crate) fn field_attrs(attrs: &[Attribute], errors: &mut Errors) -> FieldAttrs {
     let mut role: Option<Set<FieldRole>> = None;
+    let mut optional: Option<Set<()>> = None;
     for attr in attrs.iter().filter(|a| a.path().is_ident("component")) {
         let result = attr.parse_nested_meta(|meta| {
             let key = key_name(&meta);
@@ -163,15 +201,21 @@ pub(crate) fn field_role(attrs: &[Attribute], errors: &mut Errors) -> FieldRole 
                 "close" => FieldRole::Close,
                 "skip" => FieldRole::Skip,
                 "dep" => FieldRole::Dep,
+                "optional" => {
+                    // Only a dependency can be optional: a role that says otherwise conflicts.
+                    if let Some(first) = role.as_ref().filter(|r| !r.value.may_be_optional()) {
+                        return Err(conflict(&meta, &key, first.key, &optional_conflict(first.value)));
+                    }
+                    return set(&mut optional, (), &meta, "optional");
+                }
                 _ => return Err(unknown(&meta, &key, FIELD_KEYS, "on a field")),
             };
             if let Some(first) = &role {
-                let mut error = meta.error(format!(
-                    "`{key}` conflicts with the field's other attribute: a field is a resource to close, a \
-                     dependency, or skipped, not several"
-                ));
-                error.combine(syn::Error::new(first.key, "first set here"));
-                return Err(error);
+                return Err(conflict(&meta, &key, first.key, ROLE_CONFLICT));
+            }
+            if let Some(first) = optional.take_if(|_| !value.may_be_optional()) {
+                // Forgotten with the conflict, so that `valid` does not report it a second time.
+                return Err(conflict(&meta, &key, first.key, &optional_conflict(value)));
             }
             role = Some(Set { value, key: span });
             Ok(())
@@ -180,7 +224,21 @@ pub(crate) fn field_role(attrs: &[Attribute], errors: &mut Errors) -> FieldRole 
             errors.push(error);
         }
     }
-    role.map_or(FieldRole::Auto, |r| r.value)
+    FieldAttrs { role: role.map_or(FieldRole::Auto, |r| r.value), optional: optional.map(|o| o.key) }
+}
+
+const ROLE_CONFLICT: &str = "a field is a resource to close, a dependency, or skipped, not several";
+
+fn optional_conflict(role: FieldRole) -> String {
+    let what = if matches!(role, FieldRole::Skip) { "a skipped field" } else { "a resource to close" };
+    format!("only a dependency can be optional, and {what} is not one")
+}
+
+/// Two field keys that cannot go together: reported on the second, with the first.
+fn conflict(meta: &ParseNestedMeta<'_>, key: &str, first: Span, why: &str) -> syn::Error {
+    let mut error = meta.error(format!("`{key}` conflicts with the field's other attribute: {why}"));
+    error.combine(syn::Error::new(first, "first set here"));
+    error
 }
 
 fn key_name(meta: &ParseNestedMeta<'_>) -> String {
@@ -205,6 +263,72 @@ fn timeout(meta: &ParseNestedMeta<'_>) -> syn::Result<Timeout> {
     duration::parse(&text.value())
         .map(|nanos| Timeout { nanos })
         .map_err(|message| syn::Error::new(text.span(), message))
+}
+
+/// `restart = "on_failure"`. `"always"` is refused here rather than by `RegistryBuilder::build`
+/// at run time: it is a mistake that the attribute alone shows.
+fn restart_value(meta: &ParseNestedMeta<'_>) -> syn::Result<Restart> {
+    const VALID: &[(&str, Restart)] = &[("never", Restart::Never), ("on_failure", Restart::OnFailure)];
+    let text: LitStr = meta.value()?.parse()?;
+    if text.value() == "always" {
+        return Err(syn::Error::new(
+            text.span(),
+            format!(
+                "`always` restarts a task when it ends; a component restarts on failure: use `on_failure`\n\
+                 valid: {}",
+                choices(VALID)
+            ),
+        ));
+    }
+    choice(&text, "restart", VALID)
+}
+
+/// A string value read by `parse`, whose error is reported on the string.
+fn string_value<T>(meta: &ParseNestedMeta<'_>, parse: fn(&str) -> Result<T, String>) -> syn::Result<T> {
+    let text: LitStr = meta.value()?.parse()?;
+    parse(&text.value()).map_err(|message| syn::Error::new(text.span(), message))
+}
+
+/// `jitter = 0.2`: the share of each restart delay taken off at random.
+fn jitter(meta: &ParseNestedMeta<'_>) -> syn::Result<f64> {
+    let lit: Lit = meta.value()?.parse()?;
+    let value = match &lit {
+        Lit::Float(float) => float.base10_parse::<f64>()?,
+        // `jitter = 0` and `jitter = 1` read as integers.
+        Lit::Int(int) => int.base10_parse::<f64>()?,
+        _ => {
+            return Err(syn::Error::new(
+                lit.span(),
+                "write `jitter` as a number from 0 to 1: `jitter = 0.2`",
+            ));
+        }
+    };
+    if !(0.0..=1.0).contains(&value) {
+        return Err(syn::Error::new(
+            lit.span(),
+            format!("`jitter` is the share of each delay taken off at random: from 0 to 1, not {value}"),
+        ));
+    }
+    Ok(value)
+}
+
+/// One of a few string values; the first is the default.
+pub(crate) fn choice<T: Copy>(text: &LitStr, key: &str, valid: &[(&str, T)]) -> syn::Result<T> {
+    let value = text.value();
+    if let Some((_, chosen)) = valid.iter().find(|(name, _)| *name == value) {
+        return Ok(*chosen);
+    }
+    Err(syn::Error::new(text.span(), format!("unknown `{key}` value \"{value}\"; valid: {}", choices(valid))))
+}
+
+/// `"never" (the default), "on_failure"`.
+fn choices<T>(valid: &[(&str, T)]) -> String {
+    let names: Vec<String> = valid.iter().map(|(name, _)| format!("\"{name}\"")).collect();
+    match names.split_first() {
+        Some((default, [])) => format!("{default} (the default)"),
+        Some((default, rest)) => format!("{default} (the default), {}", rest.join(", ")),
+        None => String::new(),
+    }
 }
 
 /// An unknown key, with the valid ones and the closest of them.

@@ -12,8 +12,13 @@ const UNITS: [(&str, u128); 6] = [
 
 const EXAMPLES: &str = "write it like \"5s\", \"250ms\" or \"1m30s\" (units: h, m, s, ms, us)";
 
-/// Parses `text` into nanoseconds, or says what is wrong with it.
+/// Parses a timeout into nanoseconds, or says what is wrong with it.
 pub(crate) fn parse(text: &str) -> Result<u64, String> {
+    parse_nonzero(text, "a timeout of zero fails every hook at once")
+}
+
+/// Parses `text` into nanoseconds, or says what is wrong with it; `zero` says why zero is refused.
+pub(crate) fn parse_nonzero(text: &str, zero: &str) -> Result<u64, String> {
     let compact: String = text.chars().filter(|c| !c.is_whitespace()).collect();
     if compact.is_empty() {
         return Err(format!("empty duration; {EXAMPLES}"));
@@ -39,7 +44,7 @@ pub(crate) fn parse(text: &str) -> Result<u64, String> {
         rest = next;
     }
     if total == 0 {
-        return Err(format!("\"{text}\" is zero: a timeout of zero fails every hook at once"));
+        return Err(format!("\"{text}\" is zero: {zero}"));
     }
     u64::try_from(total)
         .map_err(|_| format!("\"{text}\" is too long: durations here stop at about 584 years"))

@@ -8,7 +8,7 @@ use syn::parse::Parser;
 use syn::spanned::Spanned;
 use syn::{ItemFn, LitBool, LitInt, LitStr, Path, ReturnType};
 
-use crate::attr::Errors;
+use crate::attr::{Errors, choice};
 use crate::{crate_path, duration};
 
 const KEYS: &[&str] =
@@ -46,11 +46,16 @@ impl Options {
                 self.worker_threads.replace((count, span)).map(|(_, s)| s)
             }
             "flavor" => {
-                let current = choice(meta, "flavor", &[("multi_thread", false), ("current_thread", true)])?;
+                let current = choice(
+                    &meta.value()?.parse()?,
+                    "flavor",
+                    &[("multi_thread", false), ("current_thread", true)],
+                )?;
                 self.current_thread.replace((current, span)).map(|(_, s)| s)
             }
             "report" => {
-                let always = choice(meta, "report", &[("on_failure", false), ("always", true)])?;
+                let always =
+                    choice(&meta.value()?.parse()?, "report", &[("on_failure", false), ("always", true)])?;
                 self.report_always.replace((always, span)).map(|(_, s)| s)
             }
             "setup" => {
@@ -80,24 +85,6 @@ impl Options {
             None => Ok(()),
         }
     }
-}
-
-/// One of a few string values; the first is the default.
-fn choice(meta: &ParseNestedMeta<'_>, key: &str, valid: &[(&str, bool)]) -> syn::Result<bool> {
-    let text: LitStr = meta.value()?.parse()?;
-    let value = text.value();
-    if let Some((_, chosen)) = valid.iter().find(|(name, _)| *name == value) {
-        return Ok(*chosen);
-    }
-    let names: Vec<String> = valid.iter().map(|(name, _)| format!("\"{name}\"")).collect();
-    Err(syn::Error::new(
-        text.span(),
-        format!(
-            "unknown `{key}` value \"{value}\"; valid: {} (the default), {}",
-            names[0],
-            names[1..].join(", ")
-        ),
-    ))
 }
 
 fn duration(meta: &ParseNestedMeta<'_>) -> syn::Result<u64> {

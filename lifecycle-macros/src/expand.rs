@@ -7,7 +7,7 @@ use syn::spanned::Spanned;
 use syn::{DeriveInput, GenericParam, Path, WhereClause, parse_quote, parse_quote_spanned};
 
 use crate::ast::{Field, Input};
-use crate::attr::{Errors, FieldRole, HookPath, Set};
+use crate::attr::{ContainerAttrs, Errors, FieldRole, HookPath, Restart, Set};
 use crate::{crate_path, valid};
 
 /// Methods of `Component` that a hook must not be named after: `Self::start` would resolve to
@@ -107,7 +107,8 @@ fn dependencies(input: &Input<'_>, core: &Path) -> Option<TokenStream> {
             return None;
         }
         let member = &field.member;
-        Some(quote_spanned! {field.ty.span()=> #core::Dependency::from(&self.#member) })
+        let optional = field.optional.map(|span| quote_spanned! {span=> .optional() });
+        Some(quote_spanned! {field.ty.span()=> #core::Dependency::from(&self.#member) #optional })
     });
     let by_type = input
         .attrs
@@ -128,7 +129,11 @@ fn dependencies(input: &Input<'_>, core: &Path) -> Option<TokenStream> {
 
 fn options(input: &Input<'_>, core: &Path) -> Option<TokenStream> {
     let attrs = &input.attrs;
-    if attrs.start_timeout.is_none() && attrs.stop_timeout.is_none() && attrs.critical.is_none() {
+    if attrs.start_timeout.is_none()
+        && attrs.stop_timeout.is_none()
+        && attrs.critical.is_none()
+        && attrs.restart.is_none()
+    {
         return None;
     }
     let mut options = quote!(#core::ComponentOptions::new());
@@ -144,11 +149,39 @@ fn options(input: &Input<'_>, core: &Path) -> Option<TokenStream> {
         let critical = critical.value;
         options = quote!(#options.critical(#critical));
     }
+    if let Some(policy) = restart_policy(attrs, core) {
+        options = quote!(#options.restart(#policy));
+    }
     Some(quote! {
         fn options(&self) -> #core::ComponentOptions {
             #options
         }
     })
+}
+
+/// `restart` with the keys that shape it. Without `on_failure` those keys were reported by `valid`
+/// and are left out.
+fn restart_policy(attrs: &ContainerAttrs, core: &Path) -> Option<TokenStream> {
+    let duration = |nanos: u64| quote!(::core::time::Duration::from_nanos(#nanos));
+    match attrs.restart.as_ref()?.value {
+        Restart::Never => Some(quote!(#core::RestartPolicy::never())),
+        Restart::OnFailure => {
+            let mut policy = quote!(#core::RestartPolicy::on_failure());
+            if let Some(backoff) = &attrs.backoff {
+                let (initial, max) = (duration(backoff.value.initial), duration(backoff.value.max));
+                policy = quote!(#policy.backoff(#initial, #max));
+            }
+            if let Some(max_restarts) = &attrs.max_restarts {
+                let (count, window) = (max_restarts.value.count, duration(max_restarts.value.window));
+                policy = quote!(#policy.max_restarts(#count, #window));
+            }
+            if let Some(jitter) = &attrs.jitter {
+                let jitter = jitter.value;
+                policy = quote!(#policy.jitter(#jitter));
+            }
+            Some(policy)
+        }
+    }
 }
 
 /// The path to call for a hook: a bare `connect` means `Self::connect`.

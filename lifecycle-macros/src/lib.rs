@@ -13,6 +13,7 @@ mod crate_path;
 mod duration;
 mod entry;
 mod expand;
+mod restart;
 mod valid;
 
 /// Implements `lifecycle_core::Component` for a struct.
@@ -24,6 +25,9 @@ mod valid;
 /// struct Database;
 ///
 /// #[derive(Component)]
+/// struct Cache;
+///
+/// #[derive(Component)]
 /// #[component(
 ///     name = "orders",         // default: the type name in snake_case ("order_service")
 ///     start = open,            // `async fn(&self) -> Result<(), E>`, or with `ctx: &Context`
@@ -33,10 +37,16 @@ mod valid;
 ///     start_timeout = "5s",    // human durations: "250ms", "1m30s", "1.5s"
 ///     stop_timeout = "1m30s",
 ///     critical = false,        // default true: a failure stops the whole service
+///     restart = "on_failure",  // default "never"; "always" is for tasks, not components
+///     backoff = "100ms..30s",  // first delay..longest, doubling (this and the next two need
+///     max_restarts = "5 per 1m", // `on_failure`); more restarts in the window escalate
+///     jitter = 0.2,            // the share of each delay taken off at random, 0 to 1
 ///     depends_on(Database),    // dependencies by type, checked by the compiler
 /// )]
 /// struct OrderService {
 ///     db: Dep<Database>,        // a `Dep<T>` field is a dependency by itself
+///     #[component(optional)]
+///     cache: Dep<Cache>,        // runs on while it is down or restarting: ask `cache.is_up()`
 ///     #[component(close)]
 ///     shutdown: CancellationToken, // a resource (`lifecycle_core::Close`) closed after `stop`,
 ///                                  // fields in reverse declaration order

@@ -4,7 +4,7 @@ use syn::spanned::Spanned;
 use syn::{GenericParam, Type};
 
 use crate::ast::Input;
-use crate::attr::Errors;
+use crate::attr::{Errors, FieldRole, Restart};
 
 pub(crate) fn check(input: &Input<'_>, errors: &mut Errors) {
     for param in &input.original.generics.params {
@@ -23,11 +23,46 @@ pub(crate) fn check(input: &Input<'_>, errors: &mut Errors) {
         if let Some(target) = field.is_dependency().then(|| field.dep_target()).flatten() {
             check_not_self(input, target, errors);
         }
+        // `skip` and `close` with `optional` were refused as conflicts while parsing.
+        let not_a_dependency = matches!(field.role, FieldRole::Auto) && field.dep_target().is_none();
+        if let Some(optional) = field.optional.filter(|_| not_a_dependency) {
+            errors.push(syn::Error::new(
+                optional,
+                format!(
+                    "`optional` makes a dependency optional, and `{}` is not one: its type is not `Dep<T>` \
+                     (for an alias of `Dep<T>`, write `#[component(dep, optional)]`)",
+                    field.label()
+                ),
+            ));
+        }
     }
+    check_restart_keys(input, errors);
     if let Some(depends_on) = &input.attrs.depends_on {
         for ty in &depends_on.value {
             check_not_self(input, ty, errors);
         }
+    }
+}
+
+/// `backoff`, `max_restarts` and `jitter` shape restarts: without `restart = "on_failure"` they
+/// would be ignored in silence.
+fn check_restart_keys(input: &Input<'_>, errors: &mut Errors) {
+    let attrs = &input.attrs;
+    let why = match &attrs.restart {
+        Some(restart) if restart.value == Restart::OnFailure => return,
+        Some(_) => "`restart = \"never\"` never restarts",
+        None => "without it the component never restarts",
+    };
+    let keys = [
+        ("backoff", attrs.backoff.as_ref().map(|k| k.key)),
+        ("max_restarts", attrs.max_restarts.as_ref().map(|k| k.key)),
+        ("jitter", attrs.jitter.as_ref().map(|k| k.key)),
+    ];
+    for (key, span) in keys.into_iter().filter_map(|(key, span)| Some((key, span?))) {
+        errors.push(syn::Error::new(
+            span,
+            format!("`{key}` needs `restart = \"on_failure\"`: it shapes restarts, and {why}"),
+        ));
     }
 }
 

@@ -9,7 +9,7 @@ use std::time::Duration;
 use lifecycle_core::testing::{self, TestRun, builder};
 use lifecycle_core::{
     BoxError, Close, Component, ComponentId, ComponentOptions, Context, Dep, Dependency, Failure, Health,
-    Outcome, Registry, Report, Stage,
+    Outcome, Registry, Report, RestartPolicy, Stage,
 };
 
 type Log = Arc<Mutex<Vec<String>>>;
@@ -92,6 +92,35 @@ struct Holder {
     #[component(skip)]
     _unrelated: Option<Dep<DerivedDb>>,
 }
+
+/// Restarted after a failure, with its own backoff and budget.
+#[derive(Component)]
+#[component(restart = "on_failure", backoff = "10ms..40ms", max_restarts = "3 per 1m")]
+struct Restarting;
+
+/// Every restart key, on a tuple struct.
+#[derive(Component)]
+#[component(
+    critical = false,
+    restart = "on_failure",
+    jitter = 0,
+    backoff = "1.5s..1m",
+    max_restarts = "10 per 1h"
+)]
+struct Jittered(#[component(optional)] Dep<Restarting>);
+
+/// Keeps running while the database is down: both dependencies are optional.
+#[derive(Component)]
+#[component(restart = "never")]
+struct Enricher {
+    #[component(optional)]
+    db: Dep<DerivedDb>,
+    #[component(dep, optional)]
+    worker: WorkerDep,
+}
+
+/// An alias of `Dep<T>`, which the derive cannot see through without `dep`.
+type WorkerDep = Dep<Restarting>;
 
 // ---- the same, by hand -----------------------------------------------------------------------
 
@@ -301,4 +330,51 @@ fn derived_declarations_match() {
             .start_timeout(Duration::from_secs(2))
             .stop_timeout(Duration::from_millis(150))
     );
+}
+
+#[test]
+fn derived_restart_policy_matches() {
+    assert_eq!(
+        Restarting.options(),
+        ComponentOptions::new().restart(
+            RestartPolicy::on_failure()
+                .backoff(Duration::from_millis(10), Duration::from_millis(40))
+                .max_restarts(3, Duration::from_secs(60))
+        )
+    );
+    let mut b = builder();
+    let restarting = b.add(Restarting).dep();
+    assert_eq!(
+        Jittered(restarting.clone()).options(),
+        ComponentOptions::new().critical(false).restart(
+            RestartPolicy::on_failure()
+                .backoff(Duration::from_millis(1_500), Duration::from_secs(60))
+                .max_restarts(10, Duration::from_secs(3_600))
+                .jitter(0.0)
+        )
+    );
+    b.add(Jittered(restarting));
+    // Built, not run: `build` checks the policies again, and accepts what the derive let through.
+    let _ = b.build().unwrap();
+}
+
+#[test]
+fn derived_optional_dependencies_match() {
+    let log = Log::default();
+    let mut b = builder();
+    let db = b
+        .add(DerivedDb {
+            log: log.clone(),
+            pool: resource("pool", &log, false),
+            journal: resource("journal", &log, false),
+            hang_on_stop: false,
+        })
+        .dep();
+    let worker = b.add(Restarting).dep();
+    let enricher = Enricher { db: db.clone(), worker: worker.clone() };
+    assert_eq!(enricher.dependencies(), vec![db.dependency().optional(), worker.dependency().optional()]);
+    assert_eq!(enricher.options(), ComponentOptions::new().restart(RestartPolicy::never()));
+    assert!(Jittered(worker.clone()).dependencies()[0].is_optional());
+    b.add(enricher);
+    let _ = b.build().unwrap();
 }

@@ -1,0 +1,7 @@
+use lifecycle_core::Component;
+
+#[derive(Component)]
+#[component(restart = "on_failure", backoff = "5s..1s")]
+struct Consumer;
+
+fn main() {}

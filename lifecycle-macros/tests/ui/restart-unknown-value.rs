@@ -1,0 +1,7 @@
+use lifecycle_core::Component;
+
+#[derive(Component)]
+#[component(restart = "on-failure")]
+struct Consumer;
+
+fn main() {}
