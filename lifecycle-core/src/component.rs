@@ -133,6 +133,10 @@ pub struct ComponentOptions {
     /// Whether a failed start or a failed task starts the component again, together with what
     /// depends on it (default: never).
     pub restart: RestartPolicy,
+    /// Whether the run ends by itself, with exit code 0, once this component is done: its start
+    /// succeeded and every task it spawned ended without failing. With several such components,
+    /// once all are done. For a migration runner, a batch job, a command-line tool.
+    pub run_to_completion: bool,
 }
 
 impl Default for ComponentOptions {
@@ -144,7 +148,13 @@ impl Default for ComponentOptions {
 impl ComponentOptions {
     /// Registry-default timeouts, critical.
     pub const fn new() -> Self {
-        Self { start_timeout: None, stop_timeout: None, critical: true, restart: RestartPolicy::never() }
+        Self {
+            start_timeout: None,
+            stop_timeout: None,
+            critical: true,
+            restart: RestartPolicy::never(),
+            run_to_completion: false,
+        }
     }
 
     /// Sets the start timeout.
@@ -172,6 +182,14 @@ impl ComponentOptions {
     #[must_use]
     pub const fn restart(mut self, policy: RestartPolicy) -> Self {
         self.restart = policy;
+        self
+    }
+
+    /// Sets whether the run ends once this component is done (see
+    /// [`run_to_completion`](ComponentOptions::run_to_completion)).
+    #[must_use]
+    pub const fn run_to_completion(mut self, completes: bool) -> Self {
+        self.run_to_completion = completes;
         self
     }
 }

@@ -21,6 +21,13 @@
 //! over the dependency graph). A failed start is tried again the same way. Once its budget of
 //! restarts is spent, a critical component stops the service, and an optional one stays down.
 //!
+//! A component [may depend on another optionally](Dependency::optional): it starts without it,
+//! keeps running through its restarts, and asks [`Dep::is_up`]; the service is then
+//! [degraded](ReadinessStatus::Degraded), not unready. A run can also end by itself, with exit
+//! code 0, once every component marked [`run_to_completion`](ComponentOptions::run_to_completion)
+//! is done (a migration runner, a batch job): still with the drain, the reverse stop and the
+//! report.
+//!
 //! A second signal ends the wait at once, still with a report; a watchdog thread ends the process
 //! at the deadline plus a grace even if every runtime thread is stuck.
 //!
@@ -51,7 +58,7 @@
 //! | the global shutdown deadline passed before everything stopped (the run gave up at the deadline, or the watchdog ended the process) | [`EXIT_DEADLINE`] (124) | `shutdown deadline exceeded` |
 //! | [`Shutdown::request`] asked for a non-zero code | that code | `exit code N requested` |
 //! | a critical component failed: its start, a task while running, or its drain or stop (error, panic, timeout), and did not recover by its restart policy | [`EXIT_FAILURE`] (1) | ``critical component `name` failed`` |
-//! | anything else: a signal, a hand-over, a request with code 0 | 0 | `stopped cleanly` |
+//! | anything else: a signal, a hand-over, a request with code 0, a run that completed | 0 | `stopped cleanly` |
 //!
 //! A non-critical component's failures are reported, never the exit code. When the run has
 //! returned but an abandoned hook or blocking task still holds the process at the deadline, the

@@ -196,6 +196,7 @@ impl RegistryBuilder {
                 stop_timeout: e.options.stop_timeout.unwrap_or(self.config.default_stop_timeout),
                 critical: e.options.critical,
                 restart: e.options.restart,
+                completes_run: e.options.run_to_completion,
             })
             .collect();
         self.warn_about_stop_budget(&options);
@@ -420,6 +421,13 @@ impl<T> Registration<'_, T> {
     /// Overrides the restart policy.
     pub fn restart(self, policy: RestartPolicy) -> Self {
         self.entry.options.restart = policy;
+        self
+    }
+
+    /// Makes the run end by itself, with exit code 0, once this component (and every other one
+    /// marked so) is done: started, and every task it spawned ended without failing.
+    pub fn run_to_completion(self) -> Self {
+        self.entry.options.run_to_completion = true;
         self
     }
 

@@ -47,6 +47,11 @@ pub enum ShutdownReason {
         /// The successor's process id.
         successor: u32,
     },
+    /// Every component that runs to completion is done: the run ends by itself.
+    Completed {
+        /// Those components, in registration order.
+        components: Vec<ComponentId>,
+    },
 }
 
 impl ShutdownReason {
@@ -57,7 +62,8 @@ impl ShutdownReason {
             | ShutdownReason::StartFailed { component, failure } => Some((component, failure)),
             ShutdownReason::Signal(_)
             | ShutdownReason::Requested { .. }
-            | ShutdownReason::HandedOver { .. } => None,
+            | ShutdownReason::HandedOver { .. }
+            | ShutdownReason::Completed { .. } => None,
         }
     }
 }
@@ -79,6 +85,11 @@ impl fmt::Display for ShutdownReason {
                 write!(f, "component `{component}` failed to start: {}", Chain(failure))
             }
             ShutdownReason::HandedOver { successor } => write!(f, "handed over to process {successor}"),
+            ShutdownReason::Completed { components } => {
+                f.write_str("run completed: ")?;
+                crate::text::joined(f, components, ", ", |f, c| write!(f, "`{c}`"))?;
+                f.write_str(" done")
+            }
         }
     }
 }

@@ -546,8 +546,9 @@ async fn a_component_waiting_for_its_backoff_holds_up_no_other_restart() {
     .await;
     let mark = events.len();
     quick_one.fail.notify_one();
+    // Up once its start hook returned and the run recorded it: wait for that, not the hook's event.
     eventually("`quick` is back meanwhile", Duration::from_secs(5), || {
-        events.since(mark).contains(&"start quick".to_owned())
+        events.since(mark).contains(&"start quick".to_owned()) && quick_one.is_up()
     })
     .await;
     assert!(quick_one.is_up() && !slow_one.is_up());

@@ -62,6 +62,8 @@ pub(crate) struct Limits {
     pub(crate) stop_timeout: Duration,
     pub(crate) critical: bool,
     pub(crate) restart: RestartPolicy,
+    /// The run ends once every component with this is done.
+    pub(crate) completes_run: bool,
 }
 
 /// A callback run once when the service turns ready.
@@ -122,8 +124,14 @@ struct Run {
     /// Components whose optional dependents were let go while they wait to start again.
     released_optional: Vec<bool>,
     troubles: tokio::sync::mpsc::UnboundedReceiver<Trouble>,
+    /// Components that run to completion and are done, of those that have their tasks' end
+    /// watched (by component index and incarnation).
+    completion: supervise::Completion,
     /// The parent of every component's token.
     root: CancellationToken,
+    /// The run's own helpers (the signal listener, completion watchers), and what ends them.
+    background: TaskTracker,
+    background_stop: CancellationToken,
 }
 
 pub(crate) async fn run(parts: Parts) -> Report {
@@ -135,6 +143,7 @@ pub(crate) async fn run(parts: Parts) -> Report {
     let reserve_below = reserve_below(&graph, &limits, config.shutdown_deadline);
     let count = components.len();
     let budgets = limits.iter().map(|l| RestartBudget::new(l.restart)).collect();
+    let limits_completing: Vec<bool> = limits.iter().map(|l| l.completes_run).collect();
     let mut run = Run {
         components,
         contexts,
@@ -153,13 +162,15 @@ pub(crate) async fn run(parts: Parts) -> Report {
         pending: supervise::Pending::new(count),
         released_optional: vec![false; count],
         troubles,
+        completion: supervise::Completion::new(&limits_completing),
         root,
+        background: TaskTracker::new(),
+        background_stop: CancellationToken::new(),
     };
     run.progress.run_started();
 
     // Listen before the first start, so a signal during start cancels it.
-    let background = TaskTracker::new();
-    let listening = CancellationToken::new();
+    let listening = run.background_stop.clone();
     let listener = match listener {
         Some(listener) => Some(listener),
         None if run.config.signals.is_empty() => None,
@@ -169,7 +180,7 @@ pub(crate) async fn run(parts: Parts) -> Report {
     };
     if let Some(listener) = listener {
         let shutdown = run.shutdown.clone();
-        background.spawn(crate::signal::listen(listener, listening.clone(), move |signal| {
+        run.background.spawn(crate::signal::listen(listener, listening.clone(), move |signal| {
             if shutdown.trigger(ShutdownReason::Signal(signal)) {
                 tracing::info!(%signal, "signal received; shutting down");
             } else {
@@ -242,9 +253,9 @@ pub(crate) async fn run(parts: Parts) -> Report {
     run.root.cancel();
     run.handle.set_phase(Phase::Stopped);
 
-    listening.cancel();
-    background.close();
-    background.wait().await;
+    run.background_stop.cancel();
+    run.background.close();
+    run.background.wait().await;
 
     let report = run.progress.report(reason, run.shutdown.forced_by(), deadline_exceeded);
     report.emit();

@@ -87,6 +87,9 @@ impl Run {
                     tracing::error!(component = %self.contexts[index].name(), restarts = self.budgets[index].total(), "restart budget spent");
                 }
                 self.progress.down(index);
+                if !self.limits[index].critical {
+                    self.completed(index);
+                }
                 if self.limits[index].critical {
                     let Some(first) = self.progress.current_failure(index) else { continue };
                     let component = self.contexts[index].name().clone();
@@ -212,6 +215,8 @@ impl Run {
             HookEnd::Done => {
                 self.progress.enter(index, Stage::Running);
                 tracing::info!(component = %name, "started");
+                let tasks = self.contexts[index].tasks();
+                self.completion.watch(index, tasks, &self.background_stop, &self.background);
                 Started::Yes
             }
             HookEnd::Cancelled => Started::Cancelled,

@@ -7,11 +7,62 @@
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 
+use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
 use tokio::time::{Instant, sleep_until};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use super::start::StartMode;
 use super::{Run, Started};
-use crate::ShutdownReason;
+use crate::{ShutdownReason, Tasks};
+
+/// The components that run to completion: which are done, and word of their tasks' end.
+pub(super) struct Completion {
+    completes: Vec<bool>,
+    done: Vec<bool>,
+    ended: (UnboundedSender<Ended>, UnboundedReceiver<Ended>),
+}
+
+/// A component's task set ended: its index and incarnation.
+type Ended = (usize, u64);
+
+impl Completion {
+    pub(super) fn new(completes: &[bool]) -> Self {
+        Self { completes: completes.to_vec(), done: vec![false; completes.len()], ended: unbounded_channel() }
+    }
+
+    /// Whether any component runs to completion.
+    fn any(&self) -> bool {
+        self.completes.contains(&true)
+    }
+
+    /// Watches the tasks of component `index`, just started, for their end: the set is closed,
+    /// so it is done once its last task ended. The watcher ends with the run's helpers.
+    pub(super) fn watch(&self, index: usize, tasks: &Tasks, stop: &CancellationToken, helpers: &TaskTracker) {
+        if !self.completes[index] {
+            return;
+        }
+        let (tasks, stop, ended) = (tasks.clone(), stop.clone(), self.ended.0.clone());
+        let incarnation = tasks.incarnation();
+        tasks.close();
+        helpers.spawn(async move {
+            tokio::select! {
+                () = stop.cancelled() => {}
+                () = tasks.wait() => {
+                    // The run reads this until it ends; after that, nobody needs to know.
+                    let _ = ended.send((index, incarnation));
+                }
+            }
+        });
+    }
+
+    /// Marks `index` done; returns every component that runs to completion once all are.
+    fn done(&mut self, index: usize, names: &[crate::ComponentId]) -> Option<Vec<crate::ComponentId>> {
+        self.done[index] = true;
+        let all = (0..self.done.len()).all(|i| !self.completes[i] || self.done[i]);
+        all.then(|| (0..names.len()).filter(|&i| self.completes[i]).map(|i| names[i].clone()).collect())
+    }
+}
 
 /// Components waiting for their backoff before they start again, earliest first.
 pub(super) struct Pending {
@@ -59,6 +110,9 @@ impl Run {
     pub(super) async fn supervise(&mut self) {
         let shutdown = self.shutdown.clone();
         let mut requested = std::pin::pin!(shutdown.requested());
+        // Closed from the start when no component has a restart policy (no task set holds a
+        // sender then).
+        let mut troubles_open = true;
         loop {
             let next_due = self.pending.next_due();
             let trouble = tokio::select! {
@@ -70,16 +124,46 @@ impl Run {
                     }
                     continue;
                 }
-                trouble = self.troubles.recv() => trouble,
+                ended = self.completion.ended.1.recv(), if self.completion.any() => {
+                    if let Some((index, incarnation)) = ended {
+                        self.task_set_ended(index, incarnation);
+                    }
+                    continue;
+                }
+                trouble = self.troubles.recv(), if troubles_open => trouble,
             };
             match trouble {
                 Some(trouble) if self.is_current(trouble.index, trouble.incarnation) => {
                     self.restart(trouble.index).await;
                 }
                 Some(_) => {}
-                // Every task set holds a sender, and the contexts outlive this loop.
-                None => return requested.await,
+                None => troubles_open = false,
             }
+        }
+    }
+
+    /// The tasks of a component that runs to completion ended: done, unless they failed (a
+    /// failure is handled as any other, by the restart policy or the criticality).
+    fn task_set_ended(&mut self, index: usize, incarnation: u64) {
+        if !self.is_current(index, incarnation) {
+            return;
+        }
+        // A failed one is restarted by its policy, or (critical) stops the service, or
+        // (optional, no restart) is over: that is done too, failed.
+        if self.progress.current_failure(index).is_some() && self.limits[index].restart.restarts() {
+            return;
+        }
+        self.completed(index);
+    }
+
+    /// Component `index`, which runs to completion, is over; the run ends once all such are.
+    pub(super) fn completed(&mut self, index: usize) {
+        if !self.limits[index].completes_run {
+            return;
+        }
+        tracing::info!(component = %self.names[index], "done");
+        if let Some(components) = self.completion.done(index, &self.names) {
+            self.shutdown.trigger(ShutdownReason::Completed { components });
         }
     }
 
@@ -139,6 +223,7 @@ impl Run {
                 // it may be absent, and starts again without it.
                 self.started[index] = Started::Failed;
                 self.progress.down(index);
+                self.completed(index);
                 for dependent in self.graph.dependents(index).to_vec() {
                     if self.started[dependent] == Started::Restarting {
                         self.bring_back(dependent).await;
