@@ -19,6 +19,9 @@ use crate::Backend;
 /// cause, connections still out) reaches the report rather than a bare timeout.
 const MARGIN: Duration = Duration::from_millis(100);
 
+/// How long a health check waits for the database's answer.
+const PING_WITHIN: Duration = Duration::from_secs(1);
+
 /// A sqlx pool as a component. Use the aliases `PgPool` and `SqlitePool`.
 ///
 /// The pool exists from the end of the component's start to its stop; [`pool`](Self::pool)
@@ -225,11 +228,18 @@ impl<DB: Backend> Component for SqlxPool<DB> {
         }
     }
 
+    /// Healthy when a query goes through. A database that does not answer makes the pool
+    /// degraded, not unhealthy: the pool reconnects by itself once the server is back, and
+    /// taking every instance out of its balancer at once (they share the database) would turn a
+    /// database blip into an outage. Unhealthy when the pool is not running.
     async fn health(&self) -> Health {
         match self.pool() {
-            Ok(pool) => match DB::ping(pool).await {
-                Ok(()) => Health::Healthy,
-                Err(error) => Health::Unhealthy(self.scrub(&error)),
+            // Within a second: a checkout waits up to the acquire timeout for a server that
+            // does not answer, longer than a health check may take.
+            Ok(pool) => match tokio::time::timeout(PING_WITHIN, DB::ping(pool)).await {
+                Ok(Ok(())) => Health::Healthy,
+                Ok(Err(error)) => Health::Degraded(format!("database unreachable: {}", self.scrub(&error))),
+                Err(_) => Health::Degraded(format!("database did not answer within {PING_WITHIN:?}")),
             },
             Err(error) => Health::Unhealthy(error.to_string()),
         }

@@ -55,50 +55,99 @@ impl Store {
         };
         let create = format!(
             "CREATE TABLE IF NOT EXISTS orders (id {id_column}, item TEXT NOT NULL, quantity BIGINT NOT NULL, \
-             status TEXT NOT NULL DEFAULT 'new')"
+             status TEXT NOT NULL DEFAULT 'new', request_id TEXT)"
         );
-        // On PostgreSQL, DDL takes catalog locks even when it changes nothing: skipped when the
-        // table exists, which keeps an upgraded process's start short.
-        let exists = match self {
+        const REQUEST_INDEX: &str =
+            "CREATE UNIQUE INDEX IF NOT EXISTS orders_request_id ON orders (request_id)";
+        match self {
             Store::Postgres(db) => {
-                // The simple query protocol: one round trip on a new connection, none to prepare.
-                sqlx::raw_sql("SELECT to_regclass('orders') IS NOT NULL")
+                // DDL takes catalog locks even when it changes nothing: skipped when the last
+                // step is in place, which keeps an upgraded process's start short. The simple
+                // query protocol: one round trip on a new connection, none to prepare.
+                let done = sqlx::raw_sql("SELECT to_regclass('orders_request_id') IS NOT NULL")
                     .fetch_one(db.pool()?)
                     .await?
-                    .try_get::<bool, _>(0)?
+                    .try_get::<bool, _>(0)?;
+                if !done {
+                    let pool = db.pool()?;
+                    sqlx::query(sqlx::AssertSqlSafe(create)).execute(pool).await?;
+                    // A table from before request ids gets the column.
+                    sqlx::query("ALTER TABLE orders ADD COLUMN IF NOT EXISTS request_id TEXT")
+                        .execute(pool)
+                        .await?;
+                    sqlx::query(REQUEST_INDEX).execute(pool).await?;
+                }
+                jobs::install(db.pool()?).await?;
             }
-            Store::Sqlite(_) => false,
-        };
-        if !exists {
-            with_pool!(self, |pool| {
+            Store::Sqlite(db) => {
+                let pool = db.pool()?;
                 sqlx::query(sqlx::AssertSqlSafe(create)).execute(pool).await?;
-            });
-        }
-        if let Store::Postgres(db) = self {
-            jobs::install(db.pool()?).await?;
+                let has_column: i64 = sqlx::query_scalar(
+                    "SELECT count(*) FROM pragma_table_info('orders') WHERE name = 'request_id'",
+                )
+                .fetch_one(pool)
+                .await?;
+                if has_column == 0 {
+                    sqlx::query("ALTER TABLE orders ADD COLUMN request_id TEXT").execute(pool).await?;
+                }
+                sqlx::query(REQUEST_INDEX).execute(pool).await?;
+            }
         }
         Ok(())
     }
 
-    /// Writes the order; on PostgreSQL its processing job commits in the same transaction.
+    /// Writes the order; on PostgreSQL its processing job commits in the same transaction. A
+    /// lost connection or a database that restarts is retried for a few seconds, under one
+    /// request id: an attempt whose commit went through before its connection died is found,
+    /// not written twice.
     pub(crate) async fn create(&self, item: &str, quantity: i64) -> Result<i64, BoxError> {
-        const INSERT: &str = "INSERT INTO orders (item, quantity) VALUES ($1, $2) RETURNING id";
+        let request = request_id();
+        retrying(|| self.create_once(item, quantity, &request)).await
+    }
+
+    async fn create_once(&self, item: &str, quantity: i64, request: &str) -> Result<i64, BoxError> {
+        const INSERT: &str = "INSERT INTO orders (item, quantity, request_id) VALUES ($1, $2, $3) \
+                              ON CONFLICT (request_id) DO NOTHING RETURNING id";
+        const EARLIER: &str = "SELECT id FROM orders WHERE request_id = $1";
         match self {
             Store::Postgres(db) => {
                 let mut tx = db.pool()?.begin().await?;
-                let id: i64 =
-                    sqlx::query_scalar(INSERT).bind(item).bind(quantity).fetch_one(&mut *tx).await?;
+                let inserted: Option<i64> = sqlx::query_scalar(INSERT)
+                    .bind(item)
+                    .bind(quantity)
+                    .bind(request)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+                let Some(id) = inserted else {
+                    // An earlier attempt committed: its job was enqueued with it.
+                    return Ok(sqlx::query_scalar(EARLIER).bind(request).fetch_one(&mut *tx).await?);
+                };
                 jobs::enqueue(&mut *tx, QUEUE, &id.to_string()).await?;
                 tx.commit().await?;
                 Ok(id)
             }
             Store::Sqlite(db) => {
-                Ok(sqlx::query_scalar(INSERT).bind(item).bind(quantity).fetch_one(db.pool()?).await?)
+                let pool = db.pool()?;
+                let inserted: Option<i64> = sqlx::query_scalar(INSERT)
+                    .bind(item)
+                    .bind(quantity)
+                    .bind(request)
+                    .fetch_optional(pool)
+                    .await?;
+                match inserted {
+                    Some(id) => Ok(id),
+                    None => Ok(sqlx::query_scalar(EARLIER).bind(request).fetch_one(pool).await?),
+                }
             }
         }
     }
 
+    /// Reads an order, retrying a lost connection as `create` does.
     pub(crate) async fn get(&self, id: i64) -> Result<Option<Order>, BoxError> {
+        retrying(|| self.get_once(id)).await
+    }
+
+    async fn get_once(&self, id: i64) -> Result<Option<Order>, BoxError> {
         const SELECT: &str = "SELECT id, item, quantity, status FROM orders WHERE id = $1";
         let row: Option<(i64, String, i64, String)> =
             with_pool!(self, |pool| sqlx::query_as(SELECT).bind(id).fetch_optional(pool).await?);
@@ -110,6 +159,55 @@ impl Store {
         const PROCESS: &str = "UPDATE orders SET status = 'processed' WHERE id IN \
                                (SELECT id FROM orders WHERE status = 'new' ORDER BY id LIMIT $1)";
         Ok(with_pool!(self, |pool| sqlx::query(PROCESS).bind(limit).execute(pool).await?.rows_affected()))
+    }
+}
+
+/// A request's id, unique enough that two requests never share one: what makes a retried write
+/// find its earlier attempt instead of writing twice.
+fn request_id() -> String {
+    use std::hash::{BuildHasher, RandomState};
+    // Each `RandomState` has fresh random keys.
+    let (a, b) = (RandomState::new().hash_one(std::process::id()), RandomState::new().hash_one(0u8));
+    format!("{a:016x}{b:016x}")
+}
+
+/// Runs `attempt` again while it fails because the connection was lost or the database is
+/// restarting, with a growing pause, for up to about four seconds.
+async fn retrying<T, F, Fut>(mut attempt: F) -> Result<T, BoxError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, BoxError>>,
+{
+    let mut pause = std::time::Duration::from_millis(50);
+    let give_up = tokio::time::Instant::now() + std::time::Duration::from_secs(4);
+    loop {
+        match attempt().await {
+            Err(error) if is_transient(&error) && tokio::time::Instant::now() + pause < give_up => {
+                tracing::warn!(%error, "database unreachable; trying again");
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(std::time::Duration::from_millis(500));
+            }
+            result => return result,
+        }
+    }
+}
+
+/// Whether an error says the connection or the server went away, rather than the request
+/// being wrong: worth another attempt.
+fn is_transient(error: &BoxError) -> bool {
+    match error.downcast_ref::<sqlx::Error>() {
+        Some(
+            sqlx::Error::Io(_)
+            | sqlx::Error::PoolTimedOut
+            | sqlx::Error::Protocol(_)
+            | sqlx::Error::PoolClosed,
+        ) => true,
+        // 57P01-57P03: the server is shutting down, crashed or not accepting yet; class 08:
+        // connection exceptions.
+        Some(sqlx::Error::Database(db)) => {
+            db.code().is_some_and(|code| code.starts_with("57P0") || code.starts_with("08"))
+        }
+        _ => false,
     }
 }
 
