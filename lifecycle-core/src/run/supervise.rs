@@ -114,6 +114,14 @@ impl Run {
         // sender then).
         let mut troubles_open = true;
         loop {
+            // Starts already due (a zero backoff) go at once: a timer would round up to its
+            // next tick.
+            for index in self.pending.take_due(Instant::now()) {
+                self.bring_back(index).await;
+            }
+            if self.shutdown.is_requested() {
+                return;
+            }
             let next_due = self.pending.next_due();
             let trouble = tokio::select! {
                 biased;
