@@ -11,7 +11,10 @@ use tokio_util::sync::{CancellationToken, WaitForCancellationFuture};
 use crate::component::SharedComponent;
 use crate::error::DependencyError;
 use crate::tasks::TaskOutput;
-use crate::{BuildError, Component, ComponentId, Dep, LifecycleHandle, RestartPolicy, Shutdown, Tasks, lock};
+use crate::{
+    BuildError, Component, ComponentId, Dep, LifecycleHandle, RestartPolicy, ScopeBuilder, Shutdown, Tasks,
+    lock,
+};
 
 /// A component's view of the run. Cheap to clone; a clone can move into tasks.
 #[derive(Clone)]
@@ -63,6 +66,24 @@ impl Context {
             inner.lifecycle.clone(),
             inner.dependencies.clone(),
         )
+    }
+
+    /// Where the component sits: its name in the service, `owner/scope/name` in a scope.
+    pub fn path(&self) -> String {
+        match self.inner.lifecycle.path() {
+            "" => self.inner.id.to_string(),
+            run => format!("{run}/{}", self.inner.id),
+        }
+    }
+
+    /// Components (and their tasks) to start while the service runs, owned by this component:
+    /// see [`ScopeBuilder`]. Its path is this component's path and `name`.
+    pub fn scope(&self, name: &str) -> ScopeBuilder {
+        ScopeBuilder::new(self, name)
+    }
+
+    pub(crate) fn index(&self) -> usize {
+        self.inner.index
     }
 
     /// The component's name.

@@ -1,7 +1,7 @@
 //! A cheap handle on a registry's run: phase, readiness, component states, health and shutdown.
 
 use std::fmt;
-use std::sync::{Arc, Weak};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use tokio::sync::watch;
@@ -10,7 +10,8 @@ use tokio::task::JoinSet;
 use crate::component::ErasedComponent;
 use crate::panic::CatchUnwind;
 use crate::progress::{ComponentStatus, Progress};
-use crate::{ComponentId, Health, Phase, Readiness, Shutdown};
+use crate::scope::ScopeStatus;
+use crate::{ComponentId, Health, Phase, Readiness, Shutdown, lock};
 
 /// Observes and steers one run from anywhere: an HTTP readiness endpoint, a signal handler of
 /// your own, a test. Cloning is cheap.
@@ -26,6 +27,20 @@ struct Inner {
     // Weak: a component that keeps its context (and so this handle) must not keep itself alive.
     components: Vec<(ComponentId, Weak<dyn ErasedComponent>)>,
     health_timeout: Duration,
+    /// Where this run sits: empty for the service, `owner/scope` for a scope.
+    path: String,
+    /// Scopes that components of this run opened and that are still open.
+    scopes: Mutex<Vec<OpenScope>>,
+}
+
+/// A scope still open, as its owner's run knows it.
+#[derive(Clone)]
+pub(crate) struct OpenScope {
+    /// The owner's component index in this run.
+    pub(crate) owner: usize,
+    pub(crate) id: u64,
+    pub(crate) path: String,
+    pub(crate) handle: LifecycleHandle,
 }
 
 impl LifecycleHandle {
@@ -34,9 +49,46 @@ impl LifecycleHandle {
         progress: Arc<Progress>,
         components: Vec<(ComponentId, Weak<dyn ErasedComponent>)>,
         health_timeout: Duration,
+        path: String,
     ) -> Self {
         let (phase, _) = watch::channel(Phase::Starting);
-        Self { inner: Arc::new(Inner { phase, shutdown, progress, components, health_timeout }) }
+        let scopes = Mutex::new(Vec::new());
+        Self {
+            inner: Arc::new(Inner { phase, shutdown, progress, components, health_timeout, path, scopes }),
+        }
+    }
+
+    /// Where this run sits: empty for the service, `owner/scope` for a scope (nested scopes add
+    /// to it: `tenants/acme/sessions/42`).
+    pub fn path(&self) -> &str {
+        &self.inner.path
+    }
+
+    /// The scopes open now, opened by this run's components (each one's handle shows its own,
+    /// nested ones).
+    pub fn scopes(&self) -> Vec<ScopeStatus> {
+        let open = lock(&self.inner.scopes).clone();
+        open.into_iter()
+            .map(|scope| ScopeStatus {
+                path: scope.path,
+                phase: scope.handle.phase(),
+                components: scope.handle.components(),
+                handle: scope.handle,
+            })
+            .collect()
+    }
+
+    pub(crate) fn add_scope(&self, scope: OpenScope) {
+        lock(&self.inner.scopes).push(scope);
+    }
+
+    pub(crate) fn remove_scope(&self, id: u64) {
+        lock(&self.inner.scopes).retain(|scope| scope.id != id);
+    }
+
+    /// The open scopes of component `owner`.
+    pub(crate) fn scopes_of(&self, owner: usize) -> Vec<OpenScope> {
+        lock(&self.inner.scopes).iter().filter(|scope| scope.owner == owner).cloned().collect()
     }
 
     /// The current phase.

@@ -28,6 +28,11 @@
 //! is done (a migration runner, a batch job): still with the drain, the reverse stop and the
 //! report.
 //!
+//! A component can open [scopes](Context::scope) while the service runs: components of their
+//! own (a pool per tenant, a session per connection) started in order, stopped in reverse, with
+//! their own deadline and report, nested, stopped before their owner; how one ended comes back
+//! to its owner as a value.
+//!
 //! A second signal ends the wait at once, still with a report; a watchdog thread ends the process
 //! at the deadline plus a grace even if every runtime thread is stuck.
 //!
@@ -121,6 +126,7 @@ mod resource_error;
 mod restart;
 mod retry;
 mod run;
+mod scope;
 mod shutdown;
 mod signal;
 mod tasks;
@@ -152,6 +158,7 @@ pub use report::{ComponentReport, Outcome, Report, RunError};
 pub use resource_error::ResourceError;
 pub use restart::{Restart, RestartPolicy};
 pub use retry::{Retry, RetryFailure};
+pub use scope::{Scope, ScopeBuilder, ScopeError, ScopeStatus};
 pub use shutdown::{Shutdown, ShutdownReason};
 pub use signal::{Signal, SignalListener, Signals};
 pub use tasks::{TaskCount, TaskOutput, Tasks};

@@ -46,6 +46,8 @@ pub struct RegistryBuilder {
     config: RunConfig,
     listener: Option<SignalListener>,
     on_ready: Vec<OnReady>,
+    /// For a scope: its owner's token (the parent of its root) and where it sits.
+    pub(crate) parent: Option<(CancellationToken, String)>,
 }
 
 struct Entry {
@@ -225,8 +227,9 @@ impl RegistryBuilder {
             progress,
             self.entries.iter().map(|e| (e.id.clone(), Arc::downgrade(&e.component.hooks))).collect(),
             self.config.health_timeout,
+            self.parent.as_ref().map(|(_, path)| path.clone()).unwrap_or_default(),
         );
-        let root = CancellationToken::new();
+        let root = self.parent.as_ref().map_or_else(CancellationToken::new, |(token, _)| token.child_token());
         let contexts = self
             .entries
             .iter()

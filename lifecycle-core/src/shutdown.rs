@@ -171,6 +171,13 @@ impl Shutdown {
         true
     }
 
+    /// Ends the run at once, without waiting for anything (a scope's owner aborting it): a
+    /// shutdown with exit code 1, forced without a signal.
+    pub(crate) fn abort(&self, message: &str) {
+        self.trigger(ShutdownReason::Requested { message: message.to_owned(), exit_code: EXIT_FAILURE });
+        self.inner.forced.cancel();
+    }
+
     /// Stops waiting for anything: the run returns at once with what it knows.
     pub(crate) fn force(&self, signal: Signal) {
         lock(&self.inner.forced_by).get_or_insert(signal);
