@@ -282,3 +282,65 @@ async fn a_bad_url_fails_at_once_naming_the_component() {
     );
     assert!(!text.contains("Sup3r-s3cret"), "{text}");
 }
+
+/// Opens a scope with a pool of its own, uses it, closes it: `count` times from each of
+/// `openers` tasks at once, while the owner's service runs.
+struct Tenants {
+    prefix: String,
+    openers: usize,
+    count: usize,
+    done: Arc<Mutex<Vec<Result<(), String>>>>,
+}
+
+impl lifecycle_core::Component for Tenants {
+    async fn start(&self, ctx: &lifecycle_core::Context) -> Result<(), lifecycle_core::BoxError> {
+        for opener in 0..self.openers {
+            let (ctx2, prefix, count, done) =
+                (ctx.clone(), self.prefix.clone(), self.count, Arc::clone(&self.done));
+            ctx.tasks().spawn(format!("opener {opener}"), async move {
+                for n in 0..count {
+                    let name = format!("{prefix}_{opener}_{n}");
+                    let mut scope = ctx2.scope(&name);
+                    let pool = scope.add(PgPool::new(name.clone(), pg_url()).max_connections(2)).dep();
+                    let outcome = async {
+                        let scope = scope.start().await.map_err(|e| e.to_string())?;
+                        let one: i32 = sqlx::query_scalar("SELECT 1")
+                            .fetch_one(pool.pool().map_err(|e| e.to_string())?)
+                            .await
+                            .map_err(|e| e.to_string())?;
+                        assert_eq!(one, 1);
+                        let report = scope.stop().await;
+                        if report.is_success() { Ok(()) } else { Err(report.to_string()) }
+                    }
+                    .await;
+                    done.lock().unwrap().push(outcome);
+                }
+            });
+        }
+        Ok(())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_scopes_each_with_a_pool_leave_no_connection_behind() {
+    let prefix = unique("scope_pool");
+    let done = Arc::new(Mutex::new(Vec::new()));
+    let mut b = builder();
+    b.add(Tenants { prefix: prefix.clone(), openers: 8, count: 125, done: Arc::clone(&done) });
+    let mut run = TestRun::start(b);
+    run.ready().await;
+    testing::eventually("1,000 scopes opened and closed", Duration::from_secs(120), || {
+        done.lock().unwrap().len() == 1_000
+    })
+    .await;
+    let failures: Vec<String> = done.lock().unwrap().iter().filter_map(|r| r.clone().err()).collect();
+    assert!(failures.is_empty(), "{} scopes failed, first: {:?}", failures.len(), failures.first());
+    assert!(run.handle().scopes().is_empty(), "every scope closed");
+    let report = run.stop().await;
+    assert!(report.is_success(), "{report}");
+    assert_eq!(
+        until_no_server_connections(&format!("{prefix}_%")).await,
+        0,
+        "no connection left by any scope's pool"
+    );
+}

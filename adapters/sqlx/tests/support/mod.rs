@@ -17,16 +17,17 @@ pub fn unique(prefix: &str) -> String {
     format!("{prefix}_{}_{}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed))
 }
 
-/// Connections the server has open for `application_name`.
+/// Connections the server has open for `application_name` (a `LIKE` pattern: `prefix_%`).
 #[cfg(feature = "postgres")]
 pub async fn server_connections(application_name: &str) -> i64 {
     use sqlx::Connection;
     let mut connection = sqlx::PgConnection::connect(&pg_url()).await.unwrap();
-    let count: i64 = sqlx::query_scalar("SELECT count(*) FROM pg_stat_activity WHERE application_name = $1")
-        .bind(application_name)
-        .fetch_one(&mut connection)
-        .await
-        .unwrap();
+    let count: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM pg_stat_activity WHERE application_name LIKE $1")
+            .bind(application_name)
+            .fetch_one(&mut connection)
+            .await
+            .unwrap();
     connection.close().await.unwrap();
     count
 }
