@@ -244,13 +244,13 @@ async fn scopes_nest_and_their_paths_say_where_they_sit() {
                     }));
                     let session = session.start().await?;
                     seen.lock().unwrap().push(session.path().to_owned());
-                    std::mem::forget(session);
+                    drop(session); // stays open until its owner stops
                     Ok::<(), BoxError>(())
                 }
             }));
             let tenant = tenant.start().await?;
             seen.lock().unwrap().push(tenant.path().to_owned());
-            std::mem::forget(tenant);
+            drop(tenant);
             Ok::<(), BoxError>(())
         }
     }));

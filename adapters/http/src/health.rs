@@ -5,7 +5,7 @@ use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::get;
-use lifecycle_core::{Health, LifecycleHandle};
+use lifecycle_core::{ComponentStatus, Health, LifecycleHandle, ScopeStatus};
 use tokio::time::Instant;
 
 /// Where the endpoints live.
@@ -54,10 +54,7 @@ async fn ready(State(handle): State<LifecycleHandle>) -> impl IntoResponse {
         .components
         .iter()
         .map(|status| {
-            let state = status.stage.map_or_else(
-                || status.outcome.as_ref().map_or_else(|| "pending".to_owned(), ToString::to_string),
-                |stage| stage.to_string(),
-            );
+            let state = state_of(status);
             let health = match readiness.health.iter().find(|(name, _)| *name == status.name).map(|(_, h)| h) {
                 Some(Health::Healthy) => "healthy".to_owned(),
                 Some(Health::Degraded(why)) => format!("degraded: {why}"),
@@ -82,16 +79,63 @@ async fn ready(State(handle): State<LifecycleHandle>) -> impl IntoResponse {
             )
         })
         .collect();
+    // Scopes open now, nested ones too, each component under its full path.
+    let scopes: Vec<String> = open_scopes(&handle)
+        .iter()
+        .map(|scope| {
+            let components: Vec<String> = scope
+                .components
+                .iter()
+                .map(|c| {
+                    format!(
+                        "{{\"name\":{},\"state\":{},\"restarts\":{}}}",
+                        json_string(&format!("{}/{}", scope.path, c.name)),
+                        json_string(&state_of(c)),
+                        c.restarts
+                    )
+                })
+                .collect();
+            format!(
+                "{{\"path\":{},\"phase\":{},\"components\":[{}]}}",
+                json_string(&scope.path),
+                json_string(&scope.phase.to_string()),
+                components.join(",")
+            )
+        })
+        .collect();
     let body = format!(
-        "{{\"ready\":{},\"status\":{},\"phase\":{},\"problems\":[{}],\"components\":[{}]}}\n",
+        "{{\"ready\":{},\"status\":{},\"phase\":{},\"problems\":[{}],\"components\":[{}],\"scopes\":[{}]}}\n",
         readiness.is_ready(),
         json_string(&readiness.status.to_string()),
         json_string(&readiness.phase.to_string()),
         problems.join(","),
-        components.join(",")
+        components.join(","),
+        scopes.join(",")
     );
     let status = if readiness.is_ready() { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
     (status, [(header::CONTENT_TYPE, "application/json")], body)
+}
+
+/// What a component is doing, or how it ended.
+fn state_of(status: &ComponentStatus) -> String {
+    status.stage.map_or_else(
+        || status.outcome.as_ref().map_or_else(|| "pending".to_owned(), ToString::to_string),
+        |stage| stage.to_string(),
+    )
+}
+
+/// Every scope open under `handle`'s run, nested ones after their owner's.
+pub(crate) fn open_scopes(handle: &LifecycleHandle) -> Vec<ScopeStatus> {
+    let mut all = Vec::new();
+    let mut stack = handle.scopes();
+    stack.reverse();
+    while let Some(scope) = stack.pop() {
+        let mut nested = scope.handle.scopes();
+        nested.reverse();
+        all.push(scope);
+        stack.extend(nested);
+    }
+    all
 }
 
 /// `text` as a JSON string literal.

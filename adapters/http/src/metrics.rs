@@ -106,7 +106,23 @@ pub(crate) fn render(state: &MetricsState) -> Result<String, std::fmt::Error> {
             stop.get_or_create(&label).set(duration.as_secs_f64());
         }
     }
-    registry.register("component_state", "Each component's current state", component_state);
+    // Components of the scopes open now, under their full path.
+    for scope in crate::health::open_scopes(&state.handle) {
+        for status in &scope.components {
+            let state = status.stage.map_or_else(|| "pending".to_owned(), |stage| stage.to_string());
+            component_state
+                .get_or_create(&ComponentStateLabel {
+                    component: format!("{}/{}", scope.path, status.name),
+                    state,
+                })
+                .set(1);
+        }
+    }
+    registry.register(
+        "component_state",
+        "Each component's current state (scopes' under their path)",
+        component_state,
+    );
     registry.register("component_start_seconds", "How long each component's start took", start);
     registry.register("component_stop_seconds", "How long each component's stop took", stop);
     registry.register("component_restarts", "Restarts of each component by its restart policy", restarts);

@@ -392,3 +392,36 @@ async fn readiness_and_metrics_say_degraded_while_a_component_waits_to_restart()
     let report = served.run.stop().await;
     assert_eq!(report.component("feed").unwrap().restarts, 1, "{report}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readiness_and_metrics_list_the_components_of_open_scopes_under_their_path() {
+    let mut b = builder();
+    // Its start returns once the scope is ready, so the service is ready with the scope open.
+    b.add(lifecycle_core::FnComponent::new("tenants").on_start(|ctx| {
+        let ctx = ctx.clone();
+        async move {
+            let mut scope = ctx.scope("acme");
+            scope.add(lifecycle_core::FnComponent::new("pool"));
+            // Kept open until the owner stops.
+            drop(scope.start().await?); // still open: dropping the handle leaves it running
+            Ok::<(), lifecycle_core::BoxError>(())
+        }
+    }));
+    let app = Router::new().route("/", get(|| async { "hello" }));
+    let served = serve(b, app, Duration::from_secs(5), None).await;
+    let (status, _, body) = get_once(served.address, "/readyz").await;
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        body.ends_with(
+            "\"scopes\":[{\"path\":\"tenants/acme\",\"phase\":\"ready\",\"components\":[{\"name\":\"tenants/acme/pool\",\"state\":\"running\",\"restarts\":0}]}]}\n"
+        ),
+        "{body}"
+    );
+    let (_, _, text) = get_once(served.address, "/metrics").await;
+    let scrape = prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_owned()))).unwrap();
+    assert_eq!(
+        sample(&scrape, &text, "lifecycle_component_state", Some(("component", "tenants/acme/pool"))),
+        1.0
+    );
+    assert!(served.run.stop().await.is_success());
+}
