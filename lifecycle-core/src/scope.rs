@@ -268,13 +268,39 @@ pub struct ScopeStatus {
 }
 
 /// The stop of a component's scopes, before its own stop hook: each is asked to stop, and all
-/// are waited for.
-pub(crate) async fn stop_scopes_of(run: &LifecycleHandle, owner: usize) {
+/// are waited for. Returns the lines for the owner's entry in the report: each scope's
+/// components and how they ended, the first few scopes in full and a count of the rest.
+pub(crate) async fn stop_scopes_of(run: &LifecycleHandle, owner: usize) -> Vec<String> {
+    /// Scopes written out in full in the owner's report; the rest are counted.
+    const LISTED: usize = 8;
     let open = run.scopes_of(owner);
     for scope in &open {
         scope.handle.shutdown().request("its owner is stopping", 0);
     }
-    for scope in open {
+    let mut lines = Vec::new();
+    let (mut unlisted, mut unlisted_failed) = (0, 0);
+    for scope in &open {
         scope.handle.reached(Phase::Stopped).await;
+        let components = scope.handle.components();
+        let failed = components.iter().any(|c| c.outcome.as_ref().is_some_and(crate::Outcome::is_failure));
+        if lines.len() < LISTED {
+            let ended: Vec<String> = components
+                .iter()
+                .map(|c| match &c.outcome {
+                    Some(outcome) => format!("`{}` {outcome}", c.name),
+                    None => format!("`{}` not started", c.name),
+                })
+                .collect();
+            lines.push(format!("scope `{}` stopped with it: {}", scope.path, ended.join(", ")));
+        } else {
+            unlisted += 1;
+            unlisted_failed += usize::from(failed);
+        }
     }
+    if unlisted > 0 {
+        lines.push(format!(
+            "{unlisted} more scopes stopped with it, {unlisted_failed} of them with a failure"
+        ));
+    }
+    lines
 }

@@ -168,6 +168,14 @@ async fn the_owners_stop_stops_its_open_scopes_first() {
     let _b = open(&opener, "b", false).await.unwrap();
     let report = within("the service's stop", Duration::from_secs(10), run.stop()).await;
     assert!(report.is_success(), "{report}");
+    // The owner's entry in the report names them.
+    assert_eq!(
+        report.component("tenants").unwrap().notes,
+        [
+            "scope `tenants/a` stopped with it: `pool` stopped, `session` stopped",
+            "scope `tenants/b` stopped with it: `pool` stopped, `session` stopped"
+        ]
+    );
     let events = events.lock().unwrap().clone();
     let owner_stop = events.iter().position(|e| e == "stop tenants").unwrap();
     for scope in ["a", "b"] {

@@ -195,7 +195,9 @@ impl Run {
         let hook_ctx = ctx.clone();
         hooks.launch(index, &ctx, limit, async move {
             // The scopes it opened stop before it does: they may use what it is about to release.
-            crate::scope::stop_scopes_of(hook_ctx.lifecycle(), index).await;
+            for line in crate::scope::stop_scopes_of(hook_ctx.lifecycle(), index).await {
+                hook_ctx.note(line);
+            }
             if started == Started::Yes {
                 progress.enter(index, Stage::Stopping);
                 // A failed stop hook is recorded, and its tasks are still waited for.
