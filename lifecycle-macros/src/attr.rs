@@ -67,6 +67,7 @@ pub(crate) const CONTAINER_KEYS: &[&str] = &[
     "start_timeout",
     "stop_timeout",
     "critical",
+    "run_to_completion",
     "restart",
     "backoff",
     "max_restarts",
@@ -93,6 +94,7 @@ pub(crate) struct ContainerAttrs {
     pub(crate) start_timeout: Option<Set<Timeout>>,
     pub(crate) stop_timeout: Option<Set<Timeout>>,
     pub(crate) critical: Option<Set<bool>>,
+    pub(crate) run_to_completion: Option<Set<bool>>,
     pub(crate) restart: Option<Set<Restart>>,
     pub(crate) backoff: Option<Set<Backoff>>,
     pub(crate) max_restarts: Option<Set<MaxRestarts>>,
@@ -133,6 +135,12 @@ impl ContainerAttrs {
                 let value =
                     if meta.input.peek(Token![=]) { meta.value()?.parse::<LitBool>()?.value } else { true };
                 set(&mut self.critical, value, meta, "critical")
+            }
+            "run_to_completion" => {
+                // A bare `run_to_completion` means true, like `critical`.
+                let value =
+                    if meta.input.peek(Token![=]) { meta.value()?.parse::<LitBool>()?.value } else { true };
+                set(&mut self.run_to_completion, value, meta, "run_to_completion")
             }
             "restart" => set(&mut self.restart, restart_value(meta)?, meta, "restart"),
             "backoff" => set(&mut self.backoff, string_value(meta, restart::backoff)?, meta, "backoff"),

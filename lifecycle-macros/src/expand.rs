@@ -132,6 +132,7 @@ fn options(input: &Input<'_>, core: &Path) -> Option<TokenStream> {
     if attrs.start_timeout.is_none()
         && attrs.stop_timeout.is_none()
         && attrs.critical.is_none()
+        && attrs.run_to_completion.is_none()
         && attrs.restart.is_none()
     {
         return None;
@@ -148,6 +149,10 @@ fn options(input: &Input<'_>, core: &Path) -> Option<TokenStream> {
     if let Some(critical) = &attrs.critical {
         let critical = critical.value;
         options = quote!(#options.critical(#critical));
+    }
+    if let Some(completes) = &attrs.run_to_completion {
+        let completes = completes.value;
+        options = quote!(#options.run_to_completion(#completes));
     }
     if let Some(policy) = restart_policy(attrs, core) {
         options = quote!(#options.restart(#policy));

@@ -37,6 +37,7 @@ mod valid;
 ///     start_timeout = "5s",    // human durations: "250ms", "1m30s", "1.5s"
 ///     stop_timeout = "1m30s",
 ///     critical = false,        // default true: a failure stops the whole service
+///     run_to_completion = false, // true: the run ends (exit 0) once this is done, as for a batch job
 ///     restart = "on_failure",  // default "never"; "always" is for tasks, not components
 ///     backoff = "100ms..30s",  // first delay..longest, doubling (this and the next two need
 ///     max_restarts = "5 per 1m", // `on_failure`); more restarts in the window escalate

@@ -119,6 +119,11 @@ struct Enricher {
     worker: WorkerDep,
 }
 
+/// Ends the run once it is done (a batch job); a bare key means true.
+#[derive(Component)]
+#[component(run_to_completion)]
+struct Batch;
+
 /// An alias of `Dep<T>`, which the derive cannot see through without `dep`.
 type WorkerDep = Dep<Restarting>;
 
@@ -377,4 +382,9 @@ fn derived_optional_dependencies_match() {
     assert!(Jittered(worker.clone()).dependencies()[0].is_optional());
     b.add(enricher);
     let _ = b.build().unwrap();
+}
+
+#[test]
+fn derived_run_to_completion_matches() {
+    assert_eq!(Batch.options(), ComponentOptions::new().run_to_completion(true));
 }
