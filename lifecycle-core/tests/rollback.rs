@@ -81,7 +81,8 @@ async fn start_timeout_and_start_panic_are_reported_with_the_component_and_cause
         matches!(&report.reason, ShutdownReason::StartFailed { component, .. } if component.as_str() == "slow")
     );
     assert!(
-        report.reason.to_string().starts_with("component `slow` failed to start: timed out after 10"),
+        // The time itself is checked above (at least 100 ms); a loaded machine may take longer.
+        report.reason.to_string().starts_with("component `slow` failed to start: timed out after "),
         "{}",
         report.reason
     );
