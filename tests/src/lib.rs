@@ -3,6 +3,8 @@
 
 pub mod etcd;
 pub mod load;
+pub mod postgres;
+pub mod redis;
 
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -176,6 +178,85 @@ pub fn orders_command(dir: &std::path::Path, address: std::net::SocketAddr, env:
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped());
     command
+}
+
+/// A running `orders` example (see [`orders_command`]), its standard error read in the
+/// background; killed when dropped.
+#[derive(Debug)]
+pub struct Orders {
+    child: Child,
+    stderr: Option<JoinHandle<String>>,
+    address: std::net::SocketAddr,
+}
+
+impl Orders {
+    /// Starts `orders` in `dir` with `env` on a free port of 127.0.0.1, and waits until `/readyz`
+    /// answers 200 (ready or degraded).
+    ///
+    /// # Panics
+    /// When it cannot be started or is not ready within 20 s.
+    pub async fn start(dir: &std::path::Path, env: &[(&str, &str)]) -> Self {
+        let address = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|listener| listener.local_addr())
+            .unwrap_or_else(|error| panic!("no free port for orders: {error}"));
+        let mut child = orders_command(dir, address, env)
+            .spawn()
+            .unwrap_or_else(|error| panic!("cannot start orders: {error}"));
+        let stderr = child
+            .stderr
+            .take()
+            .map(|stderr| std::thread::spawn(move || std::io::read_to_string(stderr).unwrap_or_default()));
+        let orders = Self { child, stderr, address };
+        let limit = Duration::from_secs(20);
+        let ready = tokio::time::timeout(limit, async {
+            while load::get(address, "/readyz").await.is_none_or(|(status, _)| status != 200) {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        });
+        assert!(ready.await.is_ok(), "orders did not turn ready within {limit:?}");
+        orders
+    }
+
+    /// The address it serves on.
+    pub fn address(&self) -> std::net::SocketAddr {
+        self.address
+    }
+
+    /// Whether it still runs.
+    ///
+    /// # Panics
+    /// When its status cannot be read.
+    pub fn running(&mut self) -> bool {
+        self.child.try_wait().unwrap_or_else(|error| panic!("orders' status: {error}")).is_none()
+    }
+
+    /// Sends SIGTERM and waits up to 20 s for it to exit: its exit code and standard error.
+    ///
+    /// # Panics
+    /// When it is still running after 20 s.
+    pub fn stop(mut self) -> (Option<i32>, String) {
+        kill("TERM", self.child.id());
+        let until = Instant::now() + Duration::from_secs(20);
+        let status = loop {
+            if let Some(status) =
+                self.child.try_wait().unwrap_or_else(|error| panic!("orders' status: {error}"))
+            {
+                break status;
+            }
+            assert!(Instant::now() < until, "orders did not exit within 20 s of SIGTERM");
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        let stderr = self.stderr.take().map(|t| t.join().unwrap_or_default()).unwrap_or_default();
+        (status.code(), stderr)
+    }
+}
+
+impl Drop for Orders {
+    fn drop(&mut self) {
+        // A failed assertion must not leave it behind.
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
 
 /// Whether process `pid` has exited: gone, or a zombie nobody reaped yet (an upgraded service's

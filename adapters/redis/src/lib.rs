@@ -213,11 +213,16 @@ impl Component for RedisPool {
         Ok(())
     }
 
+    /// Healthy when a `PING` is answered within 500 ms (well inside a readiness probe's own
+    /// timeout). A server that is down or frozen makes the pool degraded, not unhealthy: the
+    /// pool reconnects by itself once it is back. Unhealthy when the pool is not running.
     async fn health(&self) -> Health {
+        const PING_WITHIN: Duration = Duration::from_millis(500);
         match self.pool() {
-            Ok(pool) => match Self::ping(&pool).await {
-                Ok(()) => Health::Healthy,
-                Err(error) => Health::Unhealthy(self.scrub(&error)),
+            Ok(pool) => match tokio::time::timeout(PING_WITHIN, Self::ping(&pool)).await {
+                Ok(Ok(())) => Health::Healthy,
+                Ok(Err(error)) => Health::Degraded(format!("Redis unreachable: {}", self.scrub(&error))),
+                Err(_) => Health::Degraded(format!("Redis did not answer within {PING_WITHIN:?}")),
             },
             Err(error) => Health::Unhealthy(error.to_string()),
         }

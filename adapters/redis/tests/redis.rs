@@ -155,27 +155,6 @@ async fn a_bad_url_fails_at_once_naming_the_component() {
     assert!(!text.contains("Sup3r-s3cret"), "{text}");
 }
 
-/// A private `redis-server` on `port`, killed when dropped.
-struct PrivateServer(std::process::Child);
-
-impl PrivateServer {
-    fn start(port: u16) -> Self {
-        let child = std::process::Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
-            .stdout(std::process::Stdio::null())
-            .spawn()
-            .expect("redis-server is installed (scripts/test installs it)");
-        Self(child)
-    }
-}
-
-impl Drop for PrivateServer {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_optional_cache_down_at_start_comes_up_in_the_background() {
     use lifecycle_core::testing::eventually;
@@ -199,7 +178,7 @@ async fn an_optional_cache_down_at_start_comes_up_in_the_background() {
     let readiness = run.handle().readiness().await;
     assert_eq!(readiness.status, ReadinessStatus::Degraded, "{readiness}");
 
-    let _server = PrivateServer::start(port);
+    let _server = lifecycle_tests::redis::RedisServer::start_on(port);
     let handle = run.handle().clone();
     eventually("the cache connects", Duration::from_secs(10), || cache.is_up()).await;
     assert_eq!(handle.readiness().await.status, ReadinessStatus::Ready);

@@ -117,10 +117,12 @@ async fn cache_put(cache: &Dep<RedisPool>, key: &str, order: &Order) {
             .await
             .map_err(|error| error.to_string())
     };
+    // Debug, not warn: while Redis is down every read would say so; its health check and
+    // `/readyz` already do, once.
     match tokio::time::timeout(CACHE_TIMEOUT, store).await {
         Ok(Ok(())) => {}
-        Ok(Err(error)) => tracing::warn!(%error, "cache write failed"),
-        Err(_) => tracing::warn!("cache write timed out"),
+        Ok(Err(error)) => tracing::debug!(%error, "cache write failed"),
+        Err(_) => tracing::debug!("cache write timed out"),
     }
 }
 

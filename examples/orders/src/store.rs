@@ -127,8 +127,13 @@ impl Store {
                 Ok(id)
             }
             Store::Sqlite(db) => {
+                // Without a conflict target: SQLite checks a target against the connection's
+                // schema when it compiles the statement, and a pooled connection opened before
+                // the migration added the index would refuse it.
+                const INSERT_SQLITE: &str = "INSERT OR IGNORE INTO orders (item, quantity, request_id) \
+                                             VALUES ($1, $2, $3) RETURNING id";
                 let pool = db.pool()?;
-                let inserted: Option<i64> = sqlx::query_scalar(INSERT)
+                let inserted: Option<i64> = sqlx::query_scalar(INSERT_SQLITE)
                     .bind(item)
                     .bind(quantity)
                     .bind(request)
