@@ -22,13 +22,9 @@ impl PrivatePostgres {
     /// When PostgreSQL's server binaries are missing (scripts/test installs them) or the cluster
     /// cannot be created or started.
     pub fn start() -> Self {
-        let bin = Command::new("pg_config")
-            .arg("--bindir")
-            .output()
-            .ok()
-            .filter(|out| out.status.success())
-            .map(|out| PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()))
-            .unwrap_or_else(|| panic!("pg_config not found: PostgreSQL's server is not installed"));
+        let bin = server_binaries().unwrap_or_else(|| {
+            panic!("PostgreSQL's server is not installed (no pg_config, no /usr/lib/postgresql)")
+        });
         let port = free_port();
         let dir = std::env::temp_dir().join(format!("lifecycle-pg-{}-{port}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("cannot create {}: {e}", dir.display()));
@@ -128,6 +124,28 @@ impl Drop for PrivatePostgres {
             .status();
         let _ = std::fs::remove_dir_all(&self.dir);
     }
+}
+
+/// Where `initdb` and `pg_ctl` are: `pg_config --bindir`, else Debian's newest version.
+fn server_binaries() -> Option<PathBuf> {
+    let from_pg_config = Command::new("pg_config")
+        .arg("--bindir")
+        .output()
+        .ok()
+        .filter(|out| out.status.success())
+        .map(|out| PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()))
+        .filter(|bin| bin.join("initdb").exists());
+    from_pg_config.or_else(|| {
+        let mut versions: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
+            .ok()?
+            .filter_map(|entry| entry.ok().map(|e| e.path().join("bin")))
+            .filter(|bin| bin.join("initdb").exists())
+            .collect();
+        versions.sort_by_key(|bin| {
+            bin.parent().and_then(|v| v.file_name()?.to_str()?.parse::<u32>().ok()).unwrap_or(0)
+        });
+        versions.pop()
+    })
 }
 
 fn is_root() -> bool {
