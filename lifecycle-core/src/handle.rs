@@ -1,6 +1,7 @@
 //! A cheap handle on a registry's run: phase, readiness, component states, health and shutdown.
 
 use std::fmt;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
@@ -31,6 +32,9 @@ struct Inner {
     path: String,
     /// Scopes that components of this run opened and that are still open.
     scopes: Mutex<Vec<OpenScope>>,
+    /// Whether a scope was ever opened: the stop of every component asks for its scopes, and
+    /// most runs have none.
+    any_scope: AtomicBool,
 }
 
 /// A scope still open, as its owner's run knows it.
@@ -52,10 +56,9 @@ impl LifecycleHandle {
         path: String,
     ) -> Self {
         let (phase, _) = watch::channel(Phase::Starting);
-        let scopes = Mutex::new(Vec::new());
-        Self {
-            inner: Arc::new(Inner { phase, shutdown, progress, components, health_timeout, path, scopes }),
-        }
+        let (scopes, any_scope) = (Mutex::new(Vec::new()), AtomicBool::new(false));
+        let inner = Inner { phase, shutdown, progress, components, health_timeout, path, scopes, any_scope };
+        Self { inner: Arc::new(inner) }
     }
 
     /// Where this run sits: empty for the service, `owner/scope` for a scope (nested scopes add
@@ -79,6 +82,7 @@ impl LifecycleHandle {
     }
 
     pub(crate) fn add_scope(&self, scope: OpenScope) {
+        self.inner.any_scope.store(true, Ordering::Release);
         lock(&self.inner.scopes).push(scope);
     }
 
@@ -88,6 +92,9 @@ impl LifecycleHandle {
 
     /// The open scopes of component `owner`.
     pub(crate) fn scopes_of(&self, owner: usize) -> Vec<OpenScope> {
+        if !self.inner.any_scope.load(Ordering::Acquire) {
+            return Vec::new();
+        }
         lock(&self.inner.scopes).iter().filter(|scope| scope.owner == owner).cloned().collect()
     }
 

@@ -168,6 +168,9 @@ pub(crate) async fn run(parts: Parts) -> Report {
         background_stop: CancellationToken::new(),
     };
     run.progress.run_started();
+    // A run dropped before it returned (a scope's task aborted with its owner) must not leave
+    // its components' tasks running, nor the scopes they opened.
+    let mut orphans = AbortOnDrop(run.contexts.iter().map(|ctx| ctx.tasks().clone()).collect());
 
     // Listen before the first start, so a signal during start cancels it.
     let listening = run.background_stop.clone();
@@ -257,6 +260,7 @@ pub(crate) async fn run(parts: Parts) -> Report {
     run.background.close();
     run.background.wait().await;
 
+    orphans.0.clear(); // returned normally: what is left is handled below
     let report = run.progress.report(reason, run.shutdown.forced_by(), deadline_exceeded);
     report.emit();
     // What the run gave up on must not outlive it: async tasks are aborted; a hook or a blocking
@@ -277,6 +281,18 @@ pub(crate) async fn run(parts: Parts) -> Report {
         watchdog.run_ended(report.exit_code, LeftBehind::new(std::mem::take(&mut run.abandoned), tasks));
     }
     report
+}
+
+/// Aborts the tasks it holds when dropped, unless emptied first.
+struct AbortOnDrop(Vec<crate::Tasks>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        for tasks in &self.0 {
+            tasks.close();
+            tasks.abort_all();
+        }
+    }
 }
 
 impl Run {
