@@ -11,8 +11,8 @@ use tokio::task::JoinSet;
 use crate::component::ErasedComponent;
 use crate::panic::CatchUnwind;
 use crate::progress::{ComponentStatus, Progress};
-use crate::scope::ScopeStatus;
-use crate::{ComponentId, Health, Phase, Readiness, Shutdown, lock};
+use crate::scope::{ScopeBuilder, ScopeStatus};
+use crate::{CancellationToken, ComponentId, Health, Phase, Readiness, Shutdown, Tasks, lock};
 
 /// Observes and steers one run from anywhere: an HTTP readiness endpoint, a signal handler of
 /// your own, a test. Cloning is cheap.
@@ -35,6 +35,9 @@ struct Inner {
     /// Whether a scope was ever opened: the stop of every component asks for its scopes, and
     /// most runs have none.
     any_scope: AtomicBool,
+    /// The run's root token and the task set of the scopes opened through the handle.
+    root: CancellationToken,
+    tasks: Tasks,
 }
 
 /// A scope still open, as its owner's run knows it.
@@ -54,11 +57,35 @@ impl LifecycleHandle {
         components: Vec<(ComponentId, Weak<dyn ErasedComponent>)>,
         health_timeout: Duration,
         path: String,
+        (root, tasks): (CancellationToken, Tasks),
     ) -> Self {
         let (phase, _) = watch::channel(Phase::Starting);
         let (scopes, any_scope) = (Mutex::new(Vec::new()), AtomicBool::new(false));
-        let inner = Inner { phase, shutdown, progress, components, health_timeout, path, scopes, any_scope };
+        let inner = Inner {
+            phase,
+            shutdown,
+            progress,
+            components,
+            health_timeout,
+            path,
+            scopes,
+            any_scope,
+            root,
+            tasks,
+        };
         Self { inner: Arc::new(inner) }
+    }
+
+    /// Components to start while the service runs, owned by the service itself rather than by
+    /// a component: see [`ScopeBuilder`]. Its path is `name`. The run stops such scopes after
+    /// the drain, before any component stops.
+    pub fn scope(&self, name: &str) -> ScopeBuilder {
+        ScopeBuilder::owned_by_run(self, name)
+    }
+
+    /// The run's root token, and the task set of the scopes opened through the handle.
+    pub(crate) fn run_owner(&self) -> (&CancellationToken, &Tasks) {
+        (&self.inner.root, &self.inner.tasks)
     }
 
     /// Where this run sits: empty for the service, `owner/scope` for a scope (nested scopes add

@@ -222,14 +222,18 @@ impl RegistryBuilder {
             failures,
             self.entries.iter().map(|e| e.component.up.clone()).collect(),
         ));
+        let root = self.parent.as_ref().map_or_else(CancellationToken::new, |(token, _)| token.child_token());
+        // The tasks of scopes opened through the handle, which no component owns.
+        let run_tasks =
+            Tasks::new(ComponentId::from("lifecycle"), false, shutdown.clone(), FailureLog::default(), None);
         let handle = LifecycleHandle::new(
             shutdown,
             progress,
             self.entries.iter().map(|e| (e.id.clone(), Arc::downgrade(&e.component.hooks))).collect(),
             self.config.health_timeout,
             self.parent.as_ref().map(|(_, path)| path.clone()).unwrap_or_default(),
+            (root.clone(), run_tasks),
         );
-        let root = self.parent.as_ref().map_or_else(CancellationToken::new, |(token, _)| token.child_token());
         let contexts = self
             .entries
             .iter()

@@ -17,7 +17,7 @@ use tokio_util::sync::CancellationToken;
 use crate::handle::OpenScope;
 use crate::{
     BuildError, Component, ComponentStatus, Context, LifecycleHandle, Phase, Registration, RegistryBuilder,
-    Report, Signals,
+    Report, Signals, Tasks,
 };
 
 /// Components to start as a scope of a component: from [`Context::scope`].
@@ -34,10 +34,25 @@ use crate::{
 /// ```
 #[must_use = "a scope does nothing until it is started"]
 pub struct ScopeBuilder {
-    owner: Context,
+    owner: Owner,
     path: String,
     builder: RegistryBuilder,
 }
+
+/// What owns a scope: a component, or the run itself (through its handle).
+struct Owner {
+    /// The owner's token: the scope's root is its child, and the scope stops when it is cancelled.
+    token: CancellationToken,
+    /// Where the scope's run is a task.
+    tasks: Tasks,
+    /// The owner's component index, or [`RUN_OWNER`].
+    index: usize,
+    /// The run the owner belongs to, which lists the scope while it is open.
+    run: LifecycleHandle,
+}
+
+/// The owner index of scopes opened through a run's handle.
+pub(crate) const RUN_OWNER: usize = usize::MAX;
 
 impl std::fmt::Debug for ScopeBuilder {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -47,12 +62,31 @@ impl std::fmt::Debug for ScopeBuilder {
 
 impl ScopeBuilder {
     pub(crate) fn new(owner: &Context, name: &str) -> Self {
-        let path = format!("{}/{name}", owner.path());
+        let owner_of = Owner {
+            token: owner.token().clone(),
+            tasks: owner.tasks().clone(),
+            index: owner.index(),
+            run: owner.lifecycle().clone(),
+        };
+        Self::with_owner(owner_of, format!("{}/{name}", owner.path()))
+    }
+
+    pub(crate) fn owned_by_run(run: &LifecycleHandle, name: &str) -> Self {
+        let (token, tasks) = run.run_owner();
+        let path = match run.path() {
+            "" => name.to_owned(),
+            prefix => format!("{prefix}/{name}"),
+        };
+        let owner = Owner { token: token.clone(), tasks: tasks.clone(), index: RUN_OWNER, run: run.clone() };
+        Self::with_owner(owner, path)
+    }
+
+    fn with_owner(owner: Owner, path: String) -> Self {
         let mut builder = RegistryBuilder::new();
         // The process's signals and watchdog are the service's; a scope ends with its owner.
         builder.signals(Signals::none()).watchdog(false).shutdown_deadline(Duration::from_secs(10));
-        builder.parent = Some((owner.token().clone(), path.clone()));
-        Self { owner: owner.clone(), path, builder }
+        builder.parent = Some((owner.token.clone(), path.clone()));
+        Self { owner, path, builder }
     }
 
     /// Adds a component to the scope.
@@ -91,25 +125,20 @@ impl ScopeBuilder {
     pub async fn start(self) -> Result<Scope, ScopeError> {
         static NEXT_ID: AtomicU64 = AtomicU64::new(0);
         let Self { owner, path, builder } = self;
-        if owner.token().is_cancelled() {
+        if owner.token.is_cancelled() || owner.run.shutdown().is_requested() && owner.index == RUN_OWNER {
             return Err(ScopeError::OwnerStopping { path });
         }
         let registry = builder.build().map_err(ScopeError::Build)?;
         let handle = registry.handle();
         let root = registry.root_token().clone();
         let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
-        let owner_run = owner.lifecycle().clone();
-        owner_run.add_scope(OpenScope {
-            owner: owner.index(),
-            id,
-            path: path.clone(),
-            handle: handle.clone(),
-        });
+        let owner_run = owner.run.clone();
+        owner_run.add_scope(OpenScope { owner: owner.index, id, path: path.clone(), handle: handle.clone() });
 
         let (report_sender, report) = oneshot::channel();
-        let (watch_owner, scope_shutdown) = (owner.token().clone(), handle.shutdown().clone());
+        let (watch_owner, scope_shutdown) = (owner.token.clone(), handle.shutdown().clone());
         let task_path = path.clone();
-        owner.tasks().spawn(format!("scope {}", path.rsplit('/').next().unwrap_or(&path)), async move {
+        owner.tasks.spawn(format!("scope {}", path.rsplit('/').next().unwrap_or(&path)), async move {
             let run = registry.run();
             tokio::pin!(run);
             let report = tokio::select! {

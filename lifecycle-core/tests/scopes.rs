@@ -274,3 +274,22 @@ async fn scopes_nest_and_their_paths_say_where_they_sit() {
     let report = within("the stop", Duration::from_secs(10), run.stop()).await;
     assert!(report.is_success(), "nested scopes stop with their owners:\n{report}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_scope_opened_through_the_handle_is_the_services_and_stops_before_any_component() {
+    let events = Events::default();
+    let mut b = builder();
+    b.add(Recorder::new("db", &[], &events));
+    let mut run = TestRun::start(b);
+    run.ready().await;
+    let mut batch = run.handle().scope("batch");
+    batch.add(Recorder::new("job", &[], &events));
+    let scope = batch.start().await.unwrap();
+    assert_eq!(scope.path(), "batch");
+    assert_eq!(run.handle().scopes()[0].path, "batch");
+    drop(scope); // still open: the run stops it
+    let report = within("the stop", Duration::from_secs(10), run.stop()).await;
+    assert!(report.is_success(), "{report}");
+    let events = events.lock().unwrap().clone();
+    assert_eq!(events, ["start db", "start batch/job", "stop batch/job", "stop db"]);
+}

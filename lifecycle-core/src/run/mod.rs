@@ -170,7 +170,13 @@ pub(crate) async fn run(parts: Parts) -> Report {
     run.progress.run_started();
     // A run dropped before it returned (a scope's task aborted with its owner) must not leave
     // its components' tasks running, nor the scopes they opened.
-    let mut orphans = AbortOnDrop(run.contexts.iter().map(|ctx| ctx.tasks().clone()).collect());
+    let mut orphans = AbortOnDrop(
+        run.contexts
+            .iter()
+            .map(|ctx| ctx.tasks().clone())
+            .chain([run.handle.run_owner().1.clone()])
+            .collect(),
+    );
 
     // Listen before the first start, so a signal during start cancels it.
     let listening = run.background_stop.clone();
@@ -251,6 +257,12 @@ pub(crate) async fn run(parts: Parts) -> Report {
     }
     if !forced {
         run.handle.set_phase(Phase::Stopping);
+        // Scopes opened through the handle belong to no component: they stop before any does.
+        let stopped = crate::scope::stop_scopes_of(&run.handle, crate::scope::RUN_OWNER);
+        match tokio::time::timeout_at(deadline, stopped).await {
+            Ok(lines) => lines.iter().for_each(|line| tracing::info!("{line}")),
+            Err(_) => tracing::warn!("scopes opened through the handle did not stop by the deadline"),
+        }
         deadline_exceeded = run.stop_all(&started, deadline).await;
     }
     run.root.cancel();
