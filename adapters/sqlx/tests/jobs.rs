@@ -155,3 +155,67 @@ async fn a_job_cut_short_by_the_stop_deadline_stays_claimable() {
         "a shutdown is not the job's failure: it stays claimable as it was"
     );
 }
+
+/// A worker with a restart policy, on a PostgreSQL server that stops for longer than its
+/// checkouts wait: the slots fail three times in a row, the worker is restarted by its policy
+/// (its start failing while the server is down, retried), and every job is done once the server
+/// is back, each exactly once. The server is the test's own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_with_a_restart_policy_is_restarted_through_a_database_outage() {
+    let postgres = lifecycle_tests::postgres::PrivatePostgres::start();
+    let url = postgres.url();
+    let setup = sqlx::PgPool::connect(&url).await.unwrap();
+    install(&setup).await.unwrap();
+    let (queue, runs) = (unique("queue"), unique("runs"));
+    sqlx::query(AssertSqlSafe(format!("CREATE TABLE {runs} (job_id BIGINT NOT NULL)")))
+        .execute(&setup)
+        .await
+        .unwrap();
+
+    let mut b = builder();
+    let db = b
+        .add(
+            PgPool::new("outage_pool", url.clone())
+                .max_connections(4)
+                .acquire_timeout(Duration::from_millis(200)),
+        )
+        .dep();
+    let policy = lifecycle_core::RestartPolicy::on_failure()
+        .backoff(Duration::from_millis(100), Duration::from_millis(500))
+        .max_restarts(100, Duration::from_secs(60));
+    b.add(
+        JobWorker::new("worker", db, &queue, Recorder { runs: runs.clone(), work: Duration::from_millis(1) })
+            .concurrency(2)
+            .poll_interval(Duration::from_millis(20))
+            .options(ComponentOptions::new().restart(policy)),
+    );
+    let mut run = TestRun::start(b);
+    run.ready().await;
+
+    setup.close().await;
+    postgres.stop_server("fast");
+    let handle = run.handle().clone();
+    testing::eventually("the worker is restarted by its policy", Duration::from_secs(20), || {
+        handle.components().iter().any(|c| c.name.as_str() == "worker" && c.restarts >= 1)
+    })
+    .await;
+    postgres.start_server();
+
+    let setup = sqlx::PgPool::connect(&url).await.unwrap();
+    let mut tx = setup.begin().await.unwrap();
+    for n in 0..50 {
+        enqueue(&mut *tx, &queue, &format!("job {n}")).await.unwrap();
+    }
+    tx.commit().await.unwrap();
+    testing::within("every job done", Duration::from_secs(20), async {
+        while counts(&setup, &runs, &queue).await.2 < 50 {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    assert_eq!(counts(&setup, &runs, &queue).await, (50, 50, 50), "each job run exactly once");
+    assert_eq!(run.handle().phase(), lifecycle_core::Phase::Ready, "the service never stopped");
+    let report = run.stop().await;
+    assert!(report.is_success(), "{report}");
+    assert!(report.component("worker").unwrap().restarts >= 1, "{report}");
+}
