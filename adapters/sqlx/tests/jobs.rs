@@ -67,19 +67,31 @@ fn registry(queue: &str, runs: &str, work: Duration, stop_timeout: Duration) -> 
     b.build().unwrap()
 }
 
-async fn setup(jobs: usize) -> (sqlx::PgPool, String, String) {
-    let setup = sqlx::PgPool::connect(&pg_url()).await.unwrap();
+/// On the server at `url`: the jobs table, a new queue and a table of runs. Returns a pool to
+/// look with, the queue and the runs table.
+async fn tables(url: &str) -> (sqlx::PgPool, String, String) {
+    let setup = sqlx::PgPool::connect(url).await.unwrap();
     install(&setup).await.unwrap();
     let (queue, runs) = (unique("queue"), unique("runs"));
     sqlx::query(AssertSqlSafe(format!("CREATE TABLE {runs} (job_id BIGINT NOT NULL)")))
         .execute(&setup)
         .await
         .unwrap();
+    (setup, queue, runs)
+}
+
+/// Enqueues `jobs` jobs on `queue` in one transaction.
+async fn enqueue_jobs(setup: &sqlx::PgPool, queue: &str, jobs: usize) {
     let mut tx = setup.begin().await.unwrap();
     for n in 0..jobs {
-        enqueue(&mut *tx, &queue, &format!("job {n}")).await.unwrap();
+        enqueue(&mut *tx, queue, &format!("job {n}")).await.unwrap();
     }
     tx.commit().await.unwrap();
+}
+
+async fn setup(jobs: usize) -> (sqlx::PgPool, String, String) {
+    let (setup, queue, runs) = tables(&pg_url()).await;
+    enqueue_jobs(&setup, &queue, jobs).await;
     (setup, queue, runs)
 }
 
@@ -164,13 +176,7 @@ async fn a_job_cut_short_by_the_stop_deadline_stays_claimable() {
 async fn a_worker_with_a_restart_policy_is_restarted_through_a_database_outage() {
     let postgres = lifecycle_tests::postgres::PrivatePostgres::start();
     let url = postgres.url();
-    let setup = sqlx::PgPool::connect(&url).await.unwrap();
-    install(&setup).await.unwrap();
-    let (queue, runs) = (unique("queue"), unique("runs"));
-    sqlx::query(AssertSqlSafe(format!("CREATE TABLE {runs} (job_id BIGINT NOT NULL)")))
-        .execute(&setup)
-        .await
-        .unwrap();
+    let (setup, queue, runs) = tables(&url).await;
 
     let mut b = builder();
     let db = b
@@ -202,11 +208,7 @@ async fn a_worker_with_a_restart_policy_is_restarted_through_a_database_outage()
     postgres.start_server();
 
     let setup = sqlx::PgPool::connect(&url).await.unwrap();
-    let mut tx = setup.begin().await.unwrap();
-    for n in 0..50 {
-        enqueue(&mut *tx, &queue, &format!("job {n}")).await.unwrap();
-    }
-    tx.commit().await.unwrap();
+    enqueue_jobs(&setup, &queue, 50).await;
     testing::within("every job done", Duration::from_secs(20), async {
         while counts(&setup, &runs, &queue).await.2 < 50 {
             tokio::time::sleep(Duration::from_millis(50)).await;
