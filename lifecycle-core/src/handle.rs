@@ -118,8 +118,13 @@ impl LifecycleHandle {
     }
 
     /// The open scopes of component `owner`.
+    /// Whether a scope was ever opened in this run.
+    pub(crate) fn has_scopes(&self) -> bool {
+        self.inner.any_scope.load(Ordering::Acquire)
+    }
+
     pub(crate) fn scopes_of(&self, owner: usize) -> Vec<OpenScope> {
-        if !self.inner.any_scope.load(Ordering::Acquire) {
+        if !self.has_scopes() {
             return Vec::new();
         }
         lock(&self.inner.scopes).iter().filter(|scope| scope.owner == owner).cloned().collect()

@@ -56,8 +56,9 @@ impl Run {
             for index in ready.drain(..) {
                 self.launch_start(index, &mut hooks);
             }
-            let next_retry = match mode {
-                StartMode::Boot if self.critical_member_waiting(members) => self.pending.next_due(),
+            // A scan of every member: only when something waits for a retry at all.
+            let next_retry = match (mode, self.pending.next_due()) {
+                (StartMode::Boot, Some(due)) if self.critical_member_waiting(members) => Some(due),
                 _ => None,
             };
             if hooks.is_idle() && next_retry.is_none() {

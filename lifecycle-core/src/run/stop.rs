@@ -195,8 +195,12 @@ impl Run {
         let hook_ctx = ctx.clone();
         hooks.launch(index, &ctx, limit, async move {
             // The scopes it opened stop before it does: they may use what it is about to release.
-            for line in crate::scope::stop_scopes_of(hook_ctx.lifecycle(), index).await {
-                hook_ctx.note(line);
+            // Boxed, and only when there are scopes: it would otherwise make every stop task
+            // larger, for something most components never have.
+            if hook_ctx.lifecycle().has_scopes() {
+                for line in Box::pin(crate::scope::stop_scopes_of(hook_ctx.lifecycle(), index)).await {
+                    hook_ctx.note(line);
+                }
             }
             if started == Started::Yes {
                 progress.enter(index, Stage::Stopping);
