@@ -17,6 +17,7 @@
 
 mod health;
 mod metrics;
+mod panic;
 mod server;
 
 pub use axum;

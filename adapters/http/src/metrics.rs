@@ -155,6 +155,9 @@ pub(crate) fn render(state: &MetricsState) -> Result<String, std::fmt::Error> {
         "Requests answered since the start",
         gauge(counters.completed.load(Ordering::Acquire)),
     );
+    let panicked = Counter::<u64>::default();
+    panicked.inc_by(counters.panicked.load(Ordering::Acquire));
+    http.register("requests_panicked", "Requests whose handler panicked, answered 500", panicked);
     http.register(
         "shutdown_drained_requests",
         "Requests finished during the stop",

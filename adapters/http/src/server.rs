@@ -12,12 +12,13 @@ use axum::middleware::Next;
 use axum::response::Response;
 use axum::routing::get;
 use hyper::body::Incoming;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::TokioIo;
 use hyper_util::server::conn::auto;
 use hyper_util::service::TowerToHyperService;
 use lifecycle_core::{BoxError, CancellationToken, Component, ComponentId, ComponentOptions, Context, Tasks};
 
 use crate::metrics::{MetricsState, metrics};
+use crate::panic::CatchPanic;
 use crate::{HealthPaths, health_router};
 
 /// How long before the stop deadline the server cuts what is left, so its note reaches the report.
@@ -43,6 +44,8 @@ pub(crate) struct Counters {
     pub(crate) drained: AtomicU64,
     pub(crate) cancelled: AtomicU64,
     pub(crate) cut: AtomicU64,
+    /// Requests whose handler panicked (answered 500).
+    pub(crate) panicked: AtomicU64,
 }
 
 /// State shared by the middleware, the connections and the stop.
@@ -106,6 +109,20 @@ impl Drop for Busy {
     fn drop(&mut self) {
         *self.0.last_active.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Instant::now();
         self.0.in_flight.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Spawns what hyper runs on its own (the streams of an HTTP/2 connection) into the server's
+/// task set, instead of on a plain `tokio::spawn` that no stop would wait for.
+#[derive(Clone)]
+struct TaskSetExecutor(Tasks);
+
+impl<F> hyper::rt::Executor<F> for TaskSetExecutor
+where
+    F: std::future::Future<Output = ()> + Send + 'static,
+{
+    fn execute(&self, future: F) {
+        self.0.spawn("http2 stream", future);
     }
 }
 
@@ -293,9 +310,15 @@ impl Component for HttpServer {
                 let service = TowerToHyperService::new(router.clone());
                 let activity = Arc::new(Activity::new());
                 let watched = Arc::clone(&activity);
+                let (component, counters) = (name.clone(), Arc::clone(&shared.counters));
                 let service = hyper::service::service_fn(move |request: hyper::Request<Incoming>| {
                     let busy = watched.begin(request.version());
-                    let response = hyper::service::Service::call(&service, request);
+                    let (method, path) = (request.method().clone(), request.uri().path().to_owned());
+                    let service = service.clone();
+                    // The call inside the future: a panic while routing is caught with the handler's.
+                    let response = async move { hyper::service::Service::call(&service, request).await };
+                    let response =
+                        CatchPanic::new(response, method, path, component.clone(), Arc::clone(&counters));
                     async move {
                         let response = response.await;
                         drop(busy);
@@ -303,8 +326,10 @@ impl Component for HttpServer {
                     }
                 });
                 let shared = Arc::clone(&shared);
+                let stream_tasks = tasks.clone();
                 tasks.spawn("connection", async move {
-                    let builder = auto::Builder::new(TokioExecutor::new());
+                    // HTTP/2 streams run as tasks of the server's set: the stop waits for them.
+                    let builder = auto::Builder::new(TaskSetExecutor(stream_tasks));
                     let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
                     tokio::pin!(connection);
                     tokio::select! {

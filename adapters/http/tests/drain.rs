@@ -1,6 +1,7 @@
 //! The HTTP server's drain over real sockets: requests in flight finish, draining responses say
 //! `Connection: close`, readiness drops first, tokens are cancelled at the soft deadline, what
-//! ignores them is cut at the hard deadline, and handler tasks are waited for.
+//! ignores them is cut at the hard deadline, and handler tasks are waited for. And a handler that
+//! panics answers 500 over every protocol, while its connection and the service carry on.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -66,8 +67,17 @@ impl Client {
 
     /// Status, `Connection` header and body, or the error.
     async fn get(&mut self, path: &str) -> Result<(u16, Option<String>, String), hyper::Error> {
+        self.send(path, false).await
+    }
+
+    /// [`get`](Client::get), asking the server to close the connection after it when `close`.
+    async fn send(&mut self, path: &str, close: bool) -> Result<(u16, Option<String>, String), hyper::Error> {
         self.sender.ready().await?;
-        let request = hyper::Request::get(path).header("host", "test").body(Empty::new()).unwrap();
+        let mut request = hyper::Request::get(path).header("host", "test");
+        if close {
+            request = request.header("connection", "close");
+        }
+        let request = request.body(Empty::new()).unwrap();
         let response = self.sender.send_request(request).await?;
         let status = response.status().as_u16();
         let connection = response.headers().get("connection").map(|v| v.to_str().unwrap().to_owned());
@@ -424,4 +434,55 @@ async fn readiness_and_metrics_list_the_components_of_open_scopes_under_their_pa
         1.0
     );
     assert!(served.run.stop().await.is_success());
+}
+
+/// A handler with a bug.
+async fn boom() -> &'static str {
+    panic!("handler bug")
+}
+
+/// An app with a route whose handler panics.
+fn panicking_app() -> Router {
+    Router::new().route("/", get(|| async { "hello" })).route("/boom", get(boom))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panicking_handler_answers_500_over_every_protocol_and_the_service_carries_on() {
+    let served = serve(builder(), panicking_app(), Duration::from_secs(5), None).await;
+
+    // HTTP/1.1 keep-alive: the same connection serves the next request.
+    let mut client = Client::connect(served.address).await;
+    let (status, _, body) = client.get("/boom").await.unwrap();
+    assert_eq!((status, body.as_str()), (500, "internal error\n"));
+    let (status, _, body) = client.get("/").await.unwrap();
+    assert_eq!((status, body.as_str()), (200, "hello"), "the keep-alive connection carries on");
+
+    // HTTP/1.1 with `Connection: close`.
+    let (status, connection, _) = Client::connect(served.address).await.send("/boom", true).await.unwrap();
+    assert_eq!((status, connection.as_deref()), (500, Some("close")));
+
+    // HTTP/2 (prior knowledge): the stream answers 500, the connection serves the next one.
+    let stream = tokio::net::TcpStream::connect(served.address).await.unwrap();
+    let (mut sender, connection) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(stream),
+    )
+    .await
+    .unwrap();
+    let driving = tokio::spawn(connection);
+    for (path, expected) in [("/boom", 500), ("/", 200)] {
+        let request = hyper::Request::get(format!("http://test{path}")).body(Empty::<Bytes>::new()).unwrap();
+        let response = sender.send_request(request).await.unwrap();
+        assert_eq!(response.status().as_u16(), expected, "{path} over HTTP/2");
+    }
+    drop(sender);
+    let _ = driving.await;
+
+    assert_eq!(served.run.handle().phase(), Phase::Ready, "the service carries on");
+    let (_, _, text) = get_once(served.address, "/metrics").await;
+    let scrape = prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_owned()))).unwrap();
+    assert_eq!(sample(&scrape, &text, "lifecycle_http_requests_panicked_total", None), 3.0);
+    let report = served.run.stop().await;
+    assert!(report.is_success(), "a handler's panic is not the server's failure:\n{report}");
+    assert!(report.components[0].failures.is_empty(), "{report}");
 }
