@@ -131,8 +131,9 @@ pub struct ComponentOptions {
     /// budget is spent.
     pub critical: bool,
     /// Whether a failed start or a failed task starts the component again, together with what
-    /// depends on it (default: never).
-    pub restart: RestartPolicy,
+    /// depends on it. `None` (the default) takes the registry's
+    /// [default](crate::RegistryBuilder::default_restart), itself never unless set.
+    pub restart: Option<RestartPolicy>,
     /// Whether the run ends by itself, with exit code 0, once this component is done: its start
     /// succeeded and every task it spawned ended without failing. With several such components,
     /// once all are done. For a migration runner, a batch job, a command-line tool.
@@ -152,7 +153,7 @@ impl ComponentOptions {
             start_timeout: None,
             stop_timeout: None,
             critical: true,
-            restart: RestartPolicy::never(),
+            restart: None,
             run_to_completion: false,
         }
     }
@@ -181,7 +182,7 @@ impl ComponentOptions {
     /// Sets the restart policy.
     #[must_use]
     pub const fn restart(mut self, policy: RestartPolicy) -> Self {
-        self.restart = policy;
+        self.restart = Some(policy);
         self
     }
 

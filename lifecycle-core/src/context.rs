@@ -86,6 +86,14 @@ impl Context {
         self.inner.index
     }
 
+    /// Whether the component has a restart policy (its own, or the registry's
+    /// [default](crate::RegistryBuilder::default_restart)): a failure of one of its tasks then
+    /// restarts it, rather than being final. A component may fail faster when it does (let it
+    /// crash), and retry in place when it does not.
+    pub fn restarts_on_failure(&self) -> bool {
+        self.inner.tasks.is_supervised()
+    }
+
     /// The component's name.
     pub fn name(&self) -> &ComponentId {
         &self.inner.id

@@ -176,6 +176,9 @@ pub struct MainOptions {
     pub current_thread: bool,
     /// `report = "always"`; by default the report is written only when the run failed.
     pub report_always: bool,
+    /// `restart = "on_failure"` (with `backoff`, `max_restarts`, `jitter`): the registry's
+    /// [default restart policy](crate::RegistryBuilder::default_restart).
+    pub default_restart: Option<crate::RestartPolicy>,
 }
 
 /// What the `setup` of `#[lifecycle_core::main]` may return.
@@ -281,6 +284,9 @@ where
                 return crate::EXIT_FAILURE;
             }
         };
+        if let Some(policy) = options.default_restart {
+            builder.default_restart(policy);
+        }
         if let Some(deadline) = options.shutdown_deadline {
             builder.shutdown_deadline(deadline);
         }

@@ -48,6 +48,8 @@ pub struct RegistryBuilder {
     on_ready: Vec<OnReady>,
     /// For a scope: its owner's token (the parent of its root) and where it sits.
     pub(crate) parent: Option<(CancellationToken, String)>,
+    /// The restart policy of components that set none and can take one.
+    default_restart: Option<RestartPolicy>,
 }
 
 struct Entry {
@@ -155,6 +157,14 @@ impl RegistryBuilder {
         self
     }
 
+    /// The restart policy of every component that sets none, where it fits: the component can
+    /// start twice, and so can everything that depends on it (a restart restarts them too).
+    /// The others keep no policy; a component opts out with `RestartPolicy::never()`.
+    pub fn default_restart(&mut self, policy: RestartPolicy) -> &mut Self {
+        self.default_restart = Some(policy);
+        self
+    }
+
     /// How long one health check may take (default 2 s).
     pub fn health_timeout(&mut self, timeout: Duration) -> &mut Self {
         self.config.health_timeout = timeout;
@@ -188,16 +198,18 @@ impl RegistryBuilder {
         if !errors.is_empty() {
             return Err(BuildError::from_list(errors));
         }
+        let restart = self.restart_policies(&graph);
 
         let shutdown = Shutdown::new();
         let options: Vec<Limits> = self
             .entries
             .iter()
-            .map(|e| Limits {
+            .enumerate()
+            .map(|(index, e)| Limits {
                 start_timeout: e.options.start_timeout.unwrap_or(self.config.default_start_timeout),
                 stop_timeout: e.options.stop_timeout.unwrap_or(self.config.default_stop_timeout),
                 critical: e.options.critical,
-                restart: e.options.restart,
+                restart: restart[index],
                 completes_run: e.options.run_to_completion,
             })
             .collect();
@@ -298,6 +310,13 @@ impl RegistryBuilder {
             config.watchdog_grace,
             "between 1 ns and 60 s",
         );
+        for (setting, value, expected) in self.default_restart.map(|p| p.problems(true)).unwrap_or_default() {
+            errors.push(BuildError::InvalidSetting {
+                setting: if setting == "restart" { "default_restart" } else { setting },
+                value,
+                expected,
+            });
+        }
         for entry in &self.entries {
             for (setting, value) in
                 [("start_timeout", entry.options.start_timeout), ("stop_timeout", entry.options.stop_timeout)]
@@ -311,7 +330,7 @@ impl RegistryBuilder {
                     });
                 }
             }
-            let restart = &entry.options.restart;
+            let Some(restart) = &entry.options.restart else { continue };
             for (setting, value, expected) in restart.problems(true) {
                 errors.push(BuildError::InvalidComponentSetting {
                     component: entry.id.clone(),
@@ -332,13 +351,43 @@ impl RegistryBuilder {
         errors
     }
 
+    /// Each component's policy: its own, else the default where it fits (the component and every
+    /// hard dependent of it, directly or not, can start twice), else never.
+    fn restart_policies(&self, graph: &Graph) -> Vec<RestartPolicy> {
+        let count = self.entries.len();
+        // Whether a component and all that would restart with it can start twice, dependents
+        // first: registration order is not dependency order, so repeat until nothing changes.
+        let mut fits: Vec<bool> = self.entries.iter().map(|e| e.restartable).collect();
+        let mut changed = true;
+        while changed {
+            changed = false;
+            for index in 0..count {
+                let blocked =
+                    graph.dependents(index).iter().any(|&d| !graph.is_optional(d, index) && !fits[d]);
+                if fits[index] && blocked {
+                    fits[index] = false;
+                    changed = true;
+                }
+            }
+        }
+        self.entries
+            .iter()
+            .enumerate()
+            .map(|(index, e)| match (e.options.restart, self.default_restart) {
+                (Some(own), _) => own,
+                (None, Some(default)) if fits[index] => default,
+                _ => RestartPolicy::never(),
+            })
+            .collect()
+    }
+
     /// A restart also restarts everything that depends on the component: each of those must be
     /// able to start twice.
     fn check_restarts(&self, graph: &Graph) -> Vec<BuildError> {
         let mut errors = Vec::new();
         let mut reported = vec![false; self.entries.len()];
         for (index, entry) in self.entries.iter().enumerate() {
-            if !entry.options.restart.restarts() {
+            if !entry.options.restart.is_some_and(|p| p.restarts()) {
                 continue;
             }
             let mut seen = vec![false; self.entries.len()];
@@ -427,7 +476,7 @@ impl<T> Registration<'_, T> {
 
     /// Overrides the restart policy.
     pub fn restart(self, policy: RestartPolicy) -> Self {
-        self.entry.options.restart = policy;
+        self.entry.options.restart = Some(policy);
         self
     }
 

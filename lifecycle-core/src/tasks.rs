@@ -281,6 +281,11 @@ impl Tasks {
         }
     }
 
+    /// Whether failures of these tasks go to a restart policy.
+    pub(crate) fn is_supervised(&self) -> bool {
+        self.shared.supervisor.is_some()
+    }
+
     /// The incarnation tasks spawned now belong to.
     pub(crate) fn incarnation(&self) -> u64 {
         self.shared.incarnation.load(Ordering::Acquire)

@@ -557,3 +557,62 @@ async fn a_component_waiting_for_its_backoff_holds_up_no_other_restart() {
     assert_eq!(report.exit_cause, ExitCause::ComponentFailed("slow".into()), "{report}");
     assert_eq!(report.component("quick").unwrap().restarts, 1);
 }
+
+/// Depends on `db` and cannot start twice.
+struct TakesItsListener;
+
+impl Component for TakesItsListener {
+    fn dependencies(&self) -> Vec<Dependency> {
+        vec![Dependency::on("db")]
+    }
+
+    fn restartable(&self) -> bool {
+        false
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_default_restart_policy_applies_where_it_fits() {
+    let events = Events::default();
+    let mut b = builder();
+    b.default_restart(quick(3));
+    let db = b.add(Flaky::new("db", &events)).dep();
+    b.add(TakesItsListener);
+    let worker = b.add(Flaky::new("worker", &events).on("db")).dep();
+    let opted_out =
+        b.add(Flaky::new("opted_out", &events).restart(RestartPolicy::never()).critical(false)).dep();
+    let mut run = TestRun::start(b);
+    run.ready().await;
+
+    // The worker took the default: restarted.
+    worker.fail.notify_one();
+    let handle = run.handle().clone();
+    eventually("the worker is restarted", Duration::from_secs(5), || {
+        handle.components().iter().any(|c| c.name.as_str() == "worker" && c.restarts == 1) && worker.is_up()
+    })
+    .await;
+    // The one that opted out stays down.
+    opted_out.fail.notify_one();
+    eventually("the opted-out one is down", Duration::from_secs(5), || {
+        handle.components().iter().any(|c| c.name.as_str() == "opted_out" && c.failures == 1)
+    })
+    .await;
+    assert_eq!(handle.components().iter().find(|c| c.name.as_str() == "opted_out").unwrap().restarts, 0);
+    // The database cannot take it (what depends on it cannot start twice): its failure stops the
+    // service, as without a policy.
+    db.fail.notify_one();
+    let report = within("the run ends", Duration::from_secs(5), run.finished()).await;
+    assert_eq!(report.exit_cause, ExitCause::ComponentFailed("db".into()), "{report}");
+    assert_eq!(report.component("db").unwrap().restarts, 0);
+}
+
+#[test]
+fn an_impossible_default_restart_policy_is_refused_naming_the_setting() {
+    let mut b = builder();
+    b.default_restart(RestartPolicy::always());
+    let error = b.build().unwrap_err().to_string();
+    assert!(
+        error.starts_with("setting `default_restart` is always, but must be `never` or `on_failure`"),
+        "{error}"
+    );
+}

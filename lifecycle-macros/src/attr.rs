@@ -114,7 +114,7 @@ impl ContainerAttrs {
         parsed
     }
 
-    fn parse_key(&mut self, meta: &ParseNestedMeta<'_>) -> syn::Result<()> {
+    pub(crate) fn parse_key(&mut self, meta: &ParseNestedMeta<'_>) -> syn::Result<()> {
         let key = key_name(meta);
         match key.as_str() {
             "name" => {

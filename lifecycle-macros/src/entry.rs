@@ -8,11 +8,23 @@ use syn::parse::Parser;
 use syn::spanned::Spanned;
 use syn::{ItemFn, LitBool, LitInt, LitStr, Path, ReturnType};
 
-use crate::attr::{Errors, choice};
+use crate::attr::{ContainerAttrs, Errors, choice};
 use crate::{crate_path, duration};
 
-const KEYS: &[&str] =
-    &["shutdown_deadline", "drain_delay", "signals", "flavor", "worker_threads", "report", "setup", "crate"];
+const KEYS: &[&str] = &[
+    "shutdown_deadline",
+    "drain_delay",
+    "signals",
+    "flavor",
+    "worker_threads",
+    "report",
+    "setup",
+    "restart",
+    "backoff",
+    "max_restarts",
+    "jitter",
+    "crate",
+];
 const SIGNALS: &[(&str, &str)] =
     &[("TERM", "Terminate"), ("INT", "Interrupt"), ("HUP", "Hangup"), ("QUIT", "Quit")];
 
@@ -27,6 +39,9 @@ struct Options {
     report_always: Option<(bool, Span)>,
     setup: Option<(Path, Span)>,
     krate: Option<(Path, Span)>,
+    /// `restart`, `backoff`, `max_restarts`, `jitter`: the registry's default restart policy,
+    /// written and checked as on a derived component.
+    restart: ContainerAttrs,
 }
 
 impl Options {
@@ -34,6 +49,7 @@ impl Options {
         let key = meta.path.get_ident().map(ToString::to_string).unwrap_or_default();
         let span = meta.path.span();
         let first = match key.as_str() {
+            "restart" | "backoff" | "max_restarts" | "jitter" => return self.restart.parse_key(meta),
             "shutdown_deadline" => self.shutdown_deadline.replace((duration(meta)?, span)).map(|(_, s)| s),
             "drain_delay" => self.drain_delay.replace((duration(meta)?, span)).map(|(_, s)| s),
             "signals" => self.signals.replace((signals(meta)?, span)).map(|(_, s)| s),
@@ -193,9 +209,14 @@ pub(crate) fn main(args: TokenStream, item: TokenStream) -> TokenStream {
             "`worker_threads` needs the multi-threaded runtime; `flavor = \"current_thread\"` runs on one thread",
         ));
     }
+    crate::valid::check_restart_keys(&options.restart, &mut errors);
     let errors = errors.into_compile_errors();
 
     let core = options.krate.map_or_else(crate_path::core, |(path, _)| path);
+    let default_restart = match crate::expand::restart_policy(&options.restart, &core) {
+        Some(policy) => quote!(::core::option::Option::Some(#policy)),
+        None => quote!(::core::option::Option::None),
+    };
     let some_duration = |value: Option<(u64, Span)>| match value {
         Some((nanos, _)) => quote!(::core::option::Option::Some(::core::time::Duration::from_nanos(#nanos))),
         None => quote!(::core::option::Option::None),
@@ -244,6 +265,7 @@ pub(crate) fn main(args: TokenStream, item: TokenStream) -> TokenStream {
                 worker_threads: #worker_threads,
                 current_thread: #current_thread,
                 report_always: #report_always,
+                default_restart: #default_restart,
             };
             // First thing: from here a signal is kept for the run, not fatal.
             let signals = #core::macro_support::catch_signals(&options);

@@ -166,7 +166,7 @@ fn options(input: &Input<'_>, core: &Path) -> Option<TokenStream> {
 
 /// `restart` with the keys that shape it. Without `on_failure` those keys were reported by `valid`
 /// and are left out.
-fn restart_policy(attrs: &ContainerAttrs, core: &Path) -> Option<TokenStream> {
+pub(crate) fn restart_policy(attrs: &ContainerAttrs, core: &Path) -> Option<TokenStream> {
     let duration = |nanos: u64| quote!(::core::time::Duration::from_nanos(#nanos));
     match attrs.restart.as_ref()?.value {
         Restart::Never => Some(quote!(#core::RestartPolicy::never())),

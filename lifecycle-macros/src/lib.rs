@@ -114,6 +114,10 @@ pub fn derive_component(input: TokenStream) -> TokenStream {
 ///     flavor = "multi_thread",   // the default; "current_thread" for one thread
 ///     worker_threads = 2,        // default: one per core (multi_thread only)
 ///     report = "always",         // default "on_failure"
+///     restart = "on_failure",    // the default restart policy, for every component that sets
+///     backoff = "100ms..30s",    // none and can restart with all that depends on it
+///     max_restarts = "5 per 1m", // (`RegistryBuilder::default_restart`); written as on a
+///     jitter = 0.2,              // derived component
 /// )]
 /// async fn main() -> RegistryBuilder {
 ///     RegistryBuilder::new()

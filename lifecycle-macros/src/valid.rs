@@ -4,7 +4,7 @@ use syn::spanned::Spanned;
 use syn::{GenericParam, Type};
 
 use crate::ast::Input;
-use crate::attr::{Errors, FieldRole, Restart};
+use crate::attr::{ContainerAttrs, Errors, FieldRole, Restart};
 
 pub(crate) fn check(input: &Input<'_>, errors: &mut Errors) {
     for param in &input.original.generics.params {
@@ -36,7 +36,7 @@ pub(crate) fn check(input: &Input<'_>, errors: &mut Errors) {
             ));
         }
     }
-    check_restart_keys(input, errors);
+    check_restart_keys(&input.attrs, errors);
     if let Some(depends_on) = &input.attrs.depends_on {
         for ty in &depends_on.value {
             check_not_self(input, ty, errors);
@@ -46,8 +46,7 @@ pub(crate) fn check(input: &Input<'_>, errors: &mut Errors) {
 
 /// `backoff`, `max_restarts` and `jitter` shape restarts: without `restart = "on_failure"` they
 /// would be ignored in silence.
-fn check_restart_keys(input: &Input<'_>, errors: &mut Errors) {
-    let attrs = &input.attrs;
+pub(crate) fn check_restart_keys(attrs: &ContainerAttrs, errors: &mut Errors) {
     let why = match &attrs.restart {
         Some(restart) if restart.value == Restart::OnFailure => return,
         Some(_) => "`restart = \"never\"` never restarts",

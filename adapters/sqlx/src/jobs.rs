@@ -151,10 +151,10 @@ impl<H: JobHandler> JobWorker<H> {
         self
     }
 
-    /// The component's timeouts, criticality and restart policy. With a restart policy, a slot
-    /// that meets [`ESCALATE_AFTER`] database errors in a row fails, and the worker is
-    /// restarted by the policy (with its backoff, and its budget); without one, slots keep
-    /// retrying in place.
+    /// The component's timeouts, criticality and restart policy. With a restart policy (its own
+    /// or the registry's default), a slot that meets [`ESCALATE_AFTER`] database errors in a row
+    /// fails, and the worker is restarted by the policy (with its backoff, and its budget);
+    /// without one, slots keep retrying in place.
     #[must_use]
     pub fn options(mut self, options: ComponentOptions) -> Self {
         self.options = options;
@@ -192,7 +192,7 @@ impl<H: JobHandler> Component for JobWorker<H> {
             }
             current.clone()
         };
-        let escalate_after = self.options.restart.restarts().then_some(ESCALATE_AFTER);
+        let escalate_after = ctx.restarts_on_failure().then_some(ESCALATE_AFTER);
         for _ in 0..self.concurrency {
             let slot = Slot {
                 component: self.name.clone(),
