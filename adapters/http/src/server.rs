@@ -12,7 +12,7 @@ use axum::middleware::Next;
 use axum::response::Response;
 use axum::routing::get;
 use hyper::body::Incoming;
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::service::TowerToHyperService;
 use lifecycle_core::{BoxError, CancellationToken, Component, ComponentId, ComponentOptions, Context, Tasks};
@@ -26,6 +26,15 @@ const MARGIN: Duration = Duration::from_millis(100);
 
 /// Default for [`HttpServer::idle_close_after`].
 const IDLE_CLOSE_AFTER: Duration = Duration::from_millis(500);
+
+/// Default for [`HttpServer::header_read_timeout`].
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Default for [`HttpServer::idle_timeout`].
+const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Descriptors kept for everything but client connections (pools, files, the listener).
+const DESCRIPTORS_KEPT: usize = 256;
 
 /// What a handler can reach through `Extension<RequestContext>`.
 #[derive(Clone, Debug)]
@@ -112,6 +121,19 @@ impl Drop for Busy {
     }
 }
 
+/// The default connection limit: the descriptor limit (`ulimit -n`, read from `/proc`) less
+/// what the rest of the process needs; 1,024 less that when the limit cannot be read.
+fn default_max_connections() -> usize {
+    let limit = std::fs::read_to_string("/proc/self/limits")
+        .ok()
+        .and_then(|limits| {
+            let line = limits.lines().find(|l| l.starts_with("Max open files"))?;
+            line.split_whitespace().nth(3)?.parse::<usize>().ok()
+        })
+        .unwrap_or(1_024);
+    limit.saturating_sub(DESCRIPTORS_KEPT).max(64)
+}
+
 /// Spawns what hyper runs on its own (the streams of an HTTP/2 connection) into the server's
 /// task set, instead of on a plain `tokio::spawn` that no stop would wait for.
 #[derive(Clone)]
@@ -156,6 +178,9 @@ pub struct HttpServer {
     router: Mutex<Option<Router>>,
     soft_deadline: Option<Duration>,
     idle_close_after: Duration,
+    header_read_timeout: Duration,
+    idle_timeout: Duration,
+    max_connections: usize,
     health: Option<HealthPaths>,
     metrics: Option<String>,
     options: ComponentOptions,
@@ -171,6 +196,9 @@ impl HttpServer {
             router: Mutex::new(Some(router)),
             soft_deadline: None,
             idle_close_after: IDLE_CLOSE_AFTER,
+            header_read_timeout: HEADER_READ_TIMEOUT,
+            idle_timeout: IDLE_TIMEOUT,
+            max_connections: default_max_connections(),
             health: None,
             metrics: None,
             options: ComponentOptions::new(),
@@ -195,6 +223,33 @@ impl HttpServer {
     #[must_use]
     pub fn idle_close_after(mut self, idle: Duration) -> Self {
         self.idle_close_after = idle;
+        self
+    }
+
+    /// How long an HTTP/1 client may take to send a request's headers (default 5 s); a slower
+    /// one is disconnected. Without a bound, one client sending its headers a byte at a time
+    /// holds a connection open, and every graceful stop waits for it until its deadline.
+    #[must_use]
+    pub fn header_read_timeout(mut self, timeout: Duration) -> Self {
+        self.header_read_timeout = timeout;
+        self
+    }
+
+    /// How long an HTTP/1 keep-alive connection may stay idle before the server closes it
+    /// (default 60 s), so idle sockets do not pile up.
+    #[must_use]
+    pub fn idle_timeout(mut self, idle: Duration) -> Self {
+        self.idle_timeout = idle;
+        self
+    }
+
+    /// The most client connections served at once (default: the process's descriptor limit
+    /// less 256 kept for everything else). Beyond it the server stops accepting, and new
+    /// connections wait in the listen backlog until one closes, instead of the process running
+    /// out of descriptors (which starves its database pool and its health endpoints too).
+    #[must_use]
+    pub fn max_connections(mut self, max: usize) -> Self {
+        self.max_connections = max.max(1);
         self
     }
 
@@ -290,10 +345,34 @@ impl Component for HttpServer {
         ));
         let (shared, tasks, token, name) =
             (Arc::clone(&self.shared), ctx.tasks().clone(), ctx.token().clone(), self.name.clone());
-        let idle_close_after = self.idle_close_after;
-        tracing::info!(component = %name, %address, "HTTP server listening");
+        let (idle_close_after, header_read_timeout, idle_timeout) =
+            (self.idle_close_after, self.header_read_timeout, self.idle_timeout);
+        let slots = Arc::new(tokio::sync::Semaphore::new(self.max_connections));
+        let max_connections = self.max_connections;
+        tracing::info!(component = %name, %address, max_connections, "HTTP server listening");
         ctx.tasks().spawn("accept", async move {
+            // Said once each time the limit is reached, not for every connection that waits.
+            let mut at_limit = false;
             loop {
+                // A free slot first: at the limit, new connections wait in the backlog.
+                let slot = match Arc::clone(&slots).try_acquire_owned() {
+                    Ok(slot) => {
+                        at_limit = false;
+                        slot
+                    }
+                    Err(_) => {
+                        if !std::mem::replace(&mut at_limit, true) {
+                            tracing::warn!(component = %name, max_connections, "connection limit reached; new connections wait until one closes");
+                        }
+                        tokio::select! {
+                            _ = token.cancelled() => break,
+                            slot = Arc::clone(&slots).acquire_owned() => match slot {
+                                Ok(slot) => slot,
+                                Err(_) => break,
+                            },
+                        }
+                    }
+                };
                 let (stream, _) = tokio::select! {
                     // The stop begins: stop accepting. Dropping the listener closes it.
                     _ = token.cancelled() => break,
@@ -328,13 +407,28 @@ impl Component for HttpServer {
                 let shared = Arc::clone(&shared);
                 let stream_tasks = tasks.clone();
                 tasks.spawn("connection", async move {
+                    let _slot = slot; // given back when the connection ends
                     // HTTP/2 streams run as tasks of the server's set: the stop waits for them.
-                    let builder = auto::Builder::new(TaskSetExecutor(stream_tasks));
+                    let mut builder = auto::Builder::new(TaskSetExecutor(stream_tasks));
+                    builder.http1().timer(TokioTimer::new()).header_read_timeout(header_read_timeout);
                     let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
                     tokio::pin!(connection);
-                    tokio::select! {
-                        _ = connection.as_mut() => return,
-                        _ = shared.closing.cancelled() => {}
+                    // Serving: closed when idle too long, until the stop begins.
+                    loop {
+                        let idle_at = activity.quiet_until(idle_timeout);
+                        let wake = idle_at.unwrap_or_else(|| Instant::now() + idle_timeout);
+                        tokio::select! {
+                            _ = connection.as_mut() => return,
+                            _ = shared.closing.cancelled() => break,
+                            _ = tokio::time::sleep_until(wake.into()) => {
+                                let idle = activity.quiet_until(idle_timeout).is_some_and(|at| at <= Instant::now());
+                                if idle && !activity.http2.load(Ordering::Acquire) {
+                                    connection.as_mut().graceful_shutdown();
+                                    let _ = connection.as_mut().await;
+                                    return;
+                                }
+                            }
+                        }
                     }
                     // HTTP/2 gets its GOAWAY at once: the client knows which streams were served.
                     // HTTP/1 has no such message, so it waits until quiet (see `idle_close_after`).

@@ -28,20 +28,32 @@ struct Served {
 }
 
 async fn serve(
-    mut builder: RegistryBuilder,
+    builder: RegistryBuilder,
     app: Router,
     stop_timeout: Duration,
     soft: Option<Duration>,
 ) -> Served {
+    serve_with(builder, app, |server| {
+        let server = server.options(ComponentOptions::new().stop_timeout(stop_timeout));
+        match soft {
+            Some(soft) => server.soft_deadline(soft),
+            None => server,
+        }
+    })
+    .await
+}
+
+/// Serves `app` with the server as `configure` sets it up.
+async fn serve_with(
+    mut builder: RegistryBuilder,
+    app: Router,
+    configure: impl FnOnce(HttpServer) -> HttpServer,
+) -> Served {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let address = listener.local_addr().unwrap();
-    let mut server = HttpServer::new("http", listener, app)
-        .with_health(HealthPaths::default())
-        .with_metrics("/metrics")
-        .options(ComponentOptions::new().stop_timeout(stop_timeout));
-    if let Some(soft) = soft {
-        server = server.soft_deadline(soft);
-    }
+    let server = configure(
+        HttpServer::new("http", listener, app).with_health(HealthPaths::default()).with_metrics("/metrics"),
+    );
     let server = builder.add(server).dep();
     let mut run = TestRun::start(builder);
     run.ready().await;
@@ -485,4 +497,75 @@ async fn a_panicking_handler_answers_500_over_every_protocol_and_the_service_car
     let report = served.run.stop().await;
     assert!(report.is_success(), "a handler's panic is not the server's failure:\n{report}");
     assert!(report.components[0].failures.is_empty(), "{report}");
+}
+
+/// Reads from `stream` until the server closes it; how long that took, at most `limit`.
+async fn closed_within(stream: &mut tokio::net::TcpStream, limit: Duration) -> Option<Duration> {
+    use tokio::io::AsyncReadExt;
+    let began = Instant::now();
+    let mut buffer = [0u8; 4096];
+    tokio::time::timeout(limit, async { while stream.read(&mut buffer).await.is_ok_and(|read| read > 0) {} })
+        .await
+        .ok()
+        .map(|()| began.elapsed())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_sending_its_headers_slowly_is_cut_and_cannot_hold_the_stop() {
+    use tokio::io::AsyncWriteExt;
+    let app = Router::new().route("/", get(|| async { "hello" }));
+    let served = serve_with(builder(), app, |server| {
+        server
+            .header_read_timeout(Duration::from_millis(300))
+            .options(ComponentOptions::new().stop_timeout(Duration::from_secs(20)))
+    })
+    .await;
+    // Half a request, then nothing: the server hangs up after the header timeout.
+    let mut slow = tokio::net::TcpStream::connect(served.address).await.unwrap();
+    slow.write_all(b"GET / HTTP/1.1\r\nhost: test\r\n").await.unwrap();
+    let closed = closed_within(&mut slow, Duration::from_secs(5)).await;
+    assert!(closed.is_some_and(|after| after < Duration::from_secs(2)), "closed after {closed:?}");
+
+    // Another one in the middle of its headers when the stop begins: the stop does not wait for it.
+    let mut slow = tokio::net::TcpStream::connect(served.address).await.unwrap();
+    slow.write_all(b"GET / HTTP/1.1\r\n").await.unwrap();
+    let began = Instant::now();
+    let report = served.run.stop().await;
+    assert!(began.elapsed() < Duration::from_secs(3), "the stop took {:?} (deadline 20 s)", began.elapsed());
+    assert!(report.is_success(), "{report}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_beyond_the_limit_wait_until_one_closes() {
+    let app = Router::new().route("/", get(|| async { "hello" }));
+    let served = serve_with(builder(), app, |server| server.max_connections(2)).await;
+    let mut first = Client::connect(served.address).await;
+    let mut second = Client::connect(served.address).await;
+    assert_eq!(first.get("/").await.unwrap().0, 200);
+    assert_eq!(second.get("/").await.unwrap().0, 200);
+    // The third is accepted by the kernel, not by the server: its request waits.
+    let mut third = Client::connect(served.address).await;
+    let waiting = tokio::spawn(async move { third.get("/").await.map(|(status, _, _)| status) });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!waiting.is_finished(), "served beyond the limit");
+    drop(first);
+    let status = tokio::time::timeout(Duration::from_secs(5), waiting).await.unwrap().unwrap().unwrap();
+    assert_eq!(status, 200, "served once a slot was free");
+    drop(second);
+    assert!(served.run.stop().await.is_success());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_keep_alive_connection_is_closed_after_the_idle_timeout() {
+    use tokio::io::AsyncWriteExt;
+    let app = Router::new().route("/", get(|| async { "hello" }));
+    let served = serve_with(builder(), app, |server| server.idle_timeout(Duration::from_millis(300))).await;
+    let mut stream = tokio::net::TcpStream::connect(served.address).await.unwrap();
+    stream.write_all(b"GET / HTTP/1.1\r\nhost: test\r\n\r\n").await.unwrap();
+    let closed = closed_within(&mut stream, Duration::from_secs(5)).await;
+    assert!(
+        closed.is_some_and(|after| after >= Duration::from_millis(250) && after < Duration::from_secs(2)),
+        "closed after {closed:?}"
+    );
+    assert!(served.run.stop().await.is_success());
 }
