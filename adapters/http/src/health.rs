@@ -5,7 +5,11 @@ use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::get;
-use lifecycle_core::{ComponentStatus, Health, LifecycleHandle, ScopeStatus};
+use std::sync::Arc;
+use std::time::Duration;
+
+use lifecycle_core::{ComponentStatus, Health, LifecycleHandle, Phase, ScopeStatus};
+use tokio::sync::Mutex;
 use tokio::time::Instant;
 
 /// Where the endpoints live.
@@ -27,15 +31,67 @@ impl Default for HealthPaths {
 }
 
 /// A router with the liveness and readiness endpoints of `handle`'s run; merge it into the app's.
+///
+/// Readiness runs every component's health check (a database query, a `PING`): at most once
+/// per [`READINESS_FRESH_FOR`] while the service is ready, however many probes come (they
+/// share the last answer, and one check runs at a time), so a flood of probes cannot take a
+/// pool's connections. A phase change (the drain) is answered at once.
 pub fn health_router(handle: LifecycleHandle, paths: &HealthPaths) -> Router {
-    Router::new().route(&paths.live, get(live)).route(&paths.ready, get(ready)).with_state(handle)
+    let state = Arc::new(ReadyState { handle, last: std::sync::Mutex::new(None), checking: Mutex::new(()) });
+    Router::new().route(&paths.live, get(live)).route(&paths.ready, get(ready)).with_state(state)
+}
+
+/// How long a readiness answer is reused while the service stays ready.
+pub const READINESS_FRESH_FOR: Duration = Duration::from_secs(1);
+
+/// The readiness endpoint's state: the run, and its last answer while ready.
+struct ReadyState {
+    handle: LifecycleHandle,
+    last: std::sync::Mutex<Option<(Instant, StatusCode, String)>>,
+    /// Held while the checks run, so that concurrent probes wait for one answer.
+    checking: Mutex<()>,
+}
+
+impl ReadyState {
+    /// The last answer, if it is fresh and the service is still ready.
+    fn fresh(&self) -> Option<(StatusCode, String)> {
+        if self.handle.phase() != Phase::Ready {
+            return None;
+        }
+        let last = self.last.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        last.as_ref()
+            .filter(|(at, _, _)| at.elapsed() < READINESS_FRESH_FOR)
+            .map(|(_, status, body)| (*status, body.clone()))
+    }
 }
 
 async fn live() -> &'static str {
     "live\n"
 }
 
-async fn ready(State(handle): State<LifecycleHandle>) -> impl IntoResponse {
+async fn ready(State(state): State<Arc<ReadyState>>) -> impl IntoResponse {
+    let (status, body) = match state.fresh() {
+        Some(answer) => answer,
+        None => {
+            let _checking = state.checking.lock().await;
+            match state.fresh() {
+                Some(answer) => answer,
+                None => {
+                    let answer = readiness_answer(&state.handle).await;
+                    if state.handle.phase() == Phase::Ready {
+                        let mut last = state.last.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                        *last = Some((Instant::now(), answer.0, answer.1.clone()));
+                    }
+                    answer
+                }
+            }
+        }
+    };
+    (status, [(header::CONTENT_TYPE, "application/json")], body)
+}
+
+/// The readiness status and its JSON body, from a fresh look at the run.
+async fn readiness_answer(handle: &LifecycleHandle) -> (StatusCode, String) {
     let readiness = handle.readiness().await;
     let now = Instant::now();
     let problems: Vec<String> = readiness
@@ -80,7 +136,7 @@ async fn ready(State(handle): State<LifecycleHandle>) -> impl IntoResponse {
         })
         .collect();
     // Scopes open now, nested ones too, each component under its full path.
-    let scopes: Vec<String> = open_scopes(&handle)
+    let scopes: Vec<String> = open_scopes(handle)
         .iter()
         .map(|scope| {
             let components: Vec<String> = scope
@@ -113,7 +169,7 @@ async fn ready(State(handle): State<LifecycleHandle>) -> impl IntoResponse {
         scopes.join(",")
     );
     let status = if readiness.is_ready() { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
-    (status, [(header::CONTENT_TYPE, "application/json")], body)
+    (status, body)
 }
 
 /// What a component is doing, or how it ended.

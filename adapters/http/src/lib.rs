@@ -21,5 +21,5 @@ mod panic;
 mod server;
 
 pub use axum;
-pub use health::{HealthPaths, health_router};
+pub use health::{HealthPaths, READINESS_FRESH_FOR, health_router};
 pub use server::{HttpServer, RequestContext};

@@ -150,11 +150,9 @@ pub(crate) fn render(state: &MetricsState) -> Result<String, std::fmt::Error> {
         "Requests being served",
         gauge(counters.in_flight.load(Ordering::Acquire)),
     );
-    http.register(
-        "requests_completed",
-        "Requests answered since the start",
-        gauge(counters.completed.load(Ordering::Acquire)),
-    );
+    let completed = Counter::<u64>::default();
+    completed.inc_by(counters.completed.load(Ordering::Acquire));
+    http.register("requests_completed", "Requests answered since the start", completed);
     let panicked = Counter::<u64>::default();
     panicked.inc_by(counters.panicked.load(Ordering::Acquire));
     http.register("requests_panicked", "Requests whose handler panicked, answered 500", panicked);

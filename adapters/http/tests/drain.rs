@@ -311,7 +311,7 @@ async fn metrics_are_valid_prometheus_text() {
     assert_eq!(value("lifecycle_phase", Some(("phase", "draining"))), 0.0);
     assert_eq!(value("lifecycle_component_state", Some(("state", "running"))), 1.0);
     assert!(value("lifecycle_component_start_seconds", Some(("component", "http"))) >= 0.0);
-    assert!(value("lifecycle_http_requests_completed", None) >= 1.0);
+    assert!(value("lifecycle_http_requests_completed_total", None) >= 1.0);
     assert_eq!(value("lifecycle_http_requests_in_flight", None), 1.0, "the scrape itself");
     let documented = scrape.docs.keys().filter(|name| name.starts_with("lifecycle_")).count();
     assert!(documented >= 8, "every metric has HELP text: {:?}", scrape.docs.keys());
@@ -568,4 +568,37 @@ async fn an_idle_keep_alive_connection_is_closed_after_the_idle_timeout() {
         "closed after {closed:?}"
     );
     assert!(served.run.stop().await.is_success());
+}
+
+/// Counts its health checks.
+struct Checked(Arc<std::sync::atomic::AtomicU64>);
+
+impl lifecycle_core::Component for Checked {
+    async fn health(&self) -> lifecycle_core::Health {
+        self.0.fetch_add(1, Ordering::SeqCst);
+        tokio::time::sleep(Duration::from_millis(50)).await; // a database round trip
+        lifecycle_core::Health::Healthy
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_readiness_probes_runs_the_health_checks_once_a_second_at_most() {
+    let checks = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let mut b = builder();
+    b.add(Checked(Arc::clone(&checks)));
+    // Long enough to ask during the drain, before the stop closes the listener.
+    b.drain_delay(Duration::from_millis(800));
+    let app = Router::new().route("/", get(|| async { "hello" }));
+    let served = serve(b, app, Duration::from_secs(5), None).await;
+    let probes: Vec<_> = (0..100).map(|_| tokio::spawn(get_once(served.address, "/readyz"))).collect();
+    for probe in probes {
+        assert_eq!(probe.await.unwrap().0, 200);
+    }
+    let ran = checks.load(Ordering::SeqCst);
+    assert!((1..=2).contains(&ran), "100 probes ran the checks {ran} times");
+    // The drain is answered at once, not from the last answer.
+    served.run.handle().shutdown().request("test over", 0);
+    served.run.handle().reached(Phase::Draining).await;
+    assert_eq!(get_once(served.address, "/readyz").await.0, 503);
+    assert!(served.run.finished().await.is_success());
 }
