@@ -253,7 +253,10 @@ impl HttpServer {
         self
     }
 
-    /// Also serves `/livez` and `/readyz` (see [`health_router`]) for this run.
+    /// Also serves `/livez` and `/readyz` (see [`health_router`]) for this run. To keep the
+    /// probes and the metrics off the public port, give them a server of their own on another
+    /// listener: `HttpServer::new("admin", admin_listener, Router::new()).with_health(..)
+    /// .with_metrics("/metrics")`.
     #[must_use]
     pub fn with_health(mut self, paths: HealthPaths) -> Self {
         self.health = Some(paths);

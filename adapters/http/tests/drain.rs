@@ -602,3 +602,25 @@ async fn a_flood_of_readiness_probes_runs_the_health_checks_once_a_second_at_mos
     assert_eq!(get_once(served.address, "/readyz").await.0, 503);
     assert!(served.run.finished().await.is_success());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_and_metrics_can_live_on_their_own_port() {
+    let public = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let admin = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let (public_address, admin_address) = (public.local_addr().unwrap(), admin.local_addr().unwrap());
+    let mut b = builder();
+    b.add(HttpServer::new("http", public, Router::new().route("/", get(|| async { "hello" }))));
+    // A second server with nothing but the probes and the metrics.
+    b.add(
+        HttpServer::new("admin", admin, Router::new())
+            .with_health(HealthPaths::default())
+            .with_metrics("/metrics"),
+    );
+    let mut run = TestRun::start(b);
+    run.ready().await;
+    assert_eq!(get_once(public_address, "/").await.0, 200);
+    assert_eq!(get_once(public_address, "/readyz").await.0, 404, "not on the public port");
+    assert_eq!(get_once(admin_address, "/readyz").await.0, 200);
+    assert_eq!(get_once(admin_address, "/metrics").await.0, 200);
+    assert!(run.stop().await.is_success());
+}
