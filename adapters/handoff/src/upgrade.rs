@@ -441,6 +441,15 @@ impl Component for Upgrade {
         Ok(())
     }
 
+    /// The service is leaving: no upgrade from here on, and this set's copies of the listening
+    /// sockets are closed now, so that once the servers close theirs, nothing keeps a socket
+    /// listening (and completing handshakes the kernel would later reset).
+    async fn drain(&self, _ctx: &Context) -> Result<(), BoxError> {
+        *lock(&self.shared.running) = None;
+        self.shared.listeners.release();
+        Ok(())
+    }
+
     async fn stop(&self, ctx: &Context) -> Result<(), BoxError> {
         let shared = &self.shared;
         *lock(&shared.running) = None;

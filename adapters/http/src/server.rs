@@ -377,8 +377,16 @@ impl Component for HttpServer {
                     }
                 };
                 let (stream, _) = tokio::select! {
-                    // The stop begins: stop accepting. Dropping the listener closes it.
-                    _ = token.cancelled() => break,
+                    // The stop begins: take what the kernel already accepted, then stop
+                    // accepting (dropping the listener closes it). A connection left in the
+                    // backlog would be reset when the socket closes, after its request was sent.
+                    _ = token.cancelled() => {
+                        let mut now = std::task::Context::from_waker(std::task::Waker::noop());
+                        match listener.poll_accept(&mut now) {
+                            std::task::Poll::Ready(Ok(accepted)) => accepted,
+                            _ => break,
+                        }
+                    }
                     accepted = listener.accept() => match accepted {
                         Ok(accepted) => accepted,
                         Err(error) => {
