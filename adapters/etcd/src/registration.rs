@@ -30,6 +30,9 @@ struct State {
     held: AtomicBool,
     lease: AtomicI64,
     revoked: AtomicBool,
+    /// Cancelled when the instance deregisters: the keep-alive ends then, and never registers
+    /// again (it would put a leaving instance back in every balancer).
+    deregistered: CancellationToken,
 }
 
 impl EtcdRegistration {
@@ -159,7 +162,12 @@ async fn keep_alive(
         };
         tokio::select! {
             _ = stop.cancelled() => return,
+            // The drain revoked the lease: that is why it is gone, not an outage.
+            _ = state.deregistered.cancelled() => return,
             result = kept => {
+                if state.deregistered.is_cancelled() {
+                    return;
+                }
                 state.held.store(false, Ordering::Release);
                 tracing::warn!(%key, error = ?result.err(), "etcd keep-alive ended; registering again");
             }
@@ -168,9 +176,15 @@ async fn keep_alive(
         loop {
             tokio::select! {
                 _ = stop.cancelled() => return,
+                _ = state.deregistered.cancelled() => return,
                 _ = tokio::time::sleep(backoff) => {}
             }
             match EtcdRegistration::register(&mut client, &key, &value, ttl).await {
+                // Deregistered while this registration was on its way: take it back.
+                Ok(lease) if state.deregistered.is_cancelled() => {
+                    let _ = client.lease_revoke(lease).await;
+                    return;
+                }
                 Ok(lease) => {
                     state.lease.store(lease, Ordering::Release);
                     state.held.store(true, Ordering::Release);
@@ -194,6 +208,7 @@ impl EtcdRegistration {
         if self.state.revoked.swap(true, Ordering::AcqRel) {
             return;
         }
+        self.state.deregistered.cancel();
         self.state.held.store(false, Ordering::Release);
         let lease = self.state.lease.load(Ordering::Acquire);
         let give_up = ctx.give_up_at(MARGIN, Duration::from_secs(5));

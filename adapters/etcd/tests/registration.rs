@@ -161,3 +161,29 @@ async fn a_successor_with_the_same_key_keeps_it_when_the_predecessor_revokes() {
         testing::within("the key's Delete", CHANGE_WITHIN, watcher.next_changes()).await.unwrap().unwrap();
     assert_eq!(changes, vec![Change::Delete { key: key.into() }]);
 }
+
+/// The drain revokes the lease; the keep-alive task, finding its lease gone on its next tick,
+/// must not register again (it did: the instance reappeared in etcd about a TTL after it left,
+/// and stayed there, and in the balancers, after the process exited).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_draining_instance_never_registers_again() {
+    let etcd = Etcd::start().await;
+    let prefix = "/services/drained";
+    let mut watcher = InstanceWatcher::new(&[etcd.url()], prefix).await.unwrap();
+    let mut b = builder();
+    // Longer than the keep-alive's tick (a third of the 2 s TTL): it ticks during the drain.
+    b.drain_delay(Duration::from_secs(3));
+    b.add(registration(&etcd, prefix));
+    let mut run = TestRun::start(b);
+    run.ready().await;
+    testing::within("the key's Put", CHANGE_WITHIN, watcher.next_changes()).await.unwrap().unwrap();
+    run.handle().shutdown().request("test over", 0);
+    let changes =
+        testing::within("the key's Delete", CHANGE_WITHIN, watcher.next_changes()).await.unwrap().unwrap();
+    assert_eq!(changes, vec![Change::Delete { key: format!("{prefix}/instance-1") }]);
+    // Through the rest of the drain and past the end of the run: nothing more.
+    let later = tokio::time::timeout(Duration::from_secs(4), watcher.next_changes()).await;
+    assert!(later.is_err(), "the key changed again after the deregistration: {later:?}");
+    let report = run.finished().await;
+    assert!(report.is_success(), "{report}");
+}
