@@ -211,16 +211,21 @@ pub fn run_setup<T, S: SetupOutput<T>>(setup_output: S) -> T {
 async fn until_second_signal<F: Future>(main: F, listener: &mut SignalListener) -> F::Output {
     let mut main = std::pin::pin!(main);
     let mut first = None;
+    let mut first_at = crate::signal::FirstSignal::default();
     let output = loop {
         tokio::select! {
             output = &mut main => break output,
             signal = listener.recv() => {
                 if first.is_some() {
+                    if first_at.echoed() {
+                        continue; // the same signal, delivered to the process and its group
+                    }
                     eprintln!("lifecycle: second {signal} before the run started; exiting");
                     std::process::exit(crate::ExitCause::Forced(signal).code());
                 }
                 eprintln!("lifecycle: {signal} received before the run started; it stops as soon as it begins");
                 first = Some(signal);
+                first_at.seen();
             }
         }
     };

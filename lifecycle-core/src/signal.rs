@@ -44,7 +44,8 @@ impl fmt::Display for Signal {
 }
 
 /// The set of signals the run listens to. The first starts a graceful shutdown; the second
-/// makes the run stop waiting and return at once, still with its report.
+/// makes the run stop waiting and return at once, still with its report. A signal within
+/// 100 ms of the first is that one delivered twice (to the process and its group), not a second.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Signals {
     signals: Vec<Signal>,
@@ -259,6 +260,28 @@ mod unix {
         fn drop(&mut self) {
             signal_hook::low_level::unregister(self.id);
         }
+    }
+}
+
+/// A signal within this long of the first is the same request delivered twice: coreutils'
+/// `timeout` signals the process and then its process group, and so do some shells and
+/// supervisors. Only a later one is a second signal, which forces the end.
+pub(crate) const SAME_DELIVERY: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// When the first signal came, to tell a second signal from the same one delivered twice.
+/// Real time: signals come from outside the runtime.
+#[derive(Default, Debug)]
+pub(crate) struct FirstSignal(Option<std::time::Instant>);
+
+impl FirstSignal {
+    /// The first signal came now.
+    pub(crate) fn seen(&mut self) {
+        self.0.get_or_insert_with(std::time::Instant::now);
+    }
+
+    /// Whether a signal now is the first one delivered again (within [`SAME_DELIVERY`]).
+    pub(crate) fn echoed(&self) -> bool {
+        self.0.is_some_and(|at| at.elapsed() < SAME_DELIVERY)
     }
 }
 

@@ -95,6 +95,8 @@ fn a_second_signal_before_the_run_starts_ends_the_process_at_once() {
     let service = lifecycle_tests::Service::spawn(BINARY, &["slow"]).unwrap();
     service.wait_for_line("building", std::time::Duration::from_secs(10)).unwrap();
     service.signal("TERM").unwrap();
+    // Later than a second delivery of the same signal (to the process group) would come.
+    std::thread::sleep(std::time::Duration::from_millis(200));
     service.signal("TERM").unwrap();
     let (status, stderr, lived) = service.wait(std::time::Duration::from_secs(20)).unwrap();
     assert_eq!(status.code(), Some(128 + 15), "{stderr}");

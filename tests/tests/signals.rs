@@ -43,6 +43,8 @@ fn second_signal_ends_the_wait_at_once_with_the_report() {
     service.signal("TERM").unwrap();
     // The first stop is in flight, so the report has something to show as abandoned.
     service.wait_for_line("stopping worker", Duration::from_secs(5)).unwrap();
+    // Later than a second delivery of the same signal (to the process group) would come.
+    std::thread::sleep(Duration::from_millis(200));
     service.signal("TERM").unwrap();
     let (status, stderr, lived) = service.wait(Duration::from_secs(10)).unwrap();
     assert_eq!(status.code(), Some(128 + 15), "{stderr}");
@@ -165,4 +167,22 @@ fn drain_delay_keeps_the_process_up_before_stopping() {
         shutdown.ends_with("ms") && shutdown.trim_end_matches("ms").parse::<f64>().unwrap() >= 700.0,
         "{summary}"
     );
+}
+
+#[test]
+fn the_same_signal_delivered_twice_at_once_is_one_request() {
+    // coreutils' `timeout` signals the process and then its group: two SIGTERMs a moment apart.
+    // The worker's stop takes a second: forced, it would be abandoned.
+    let service = start(&["--slow-stop", "1000"]);
+    let pid = service.pid();
+    let both = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!("kill -TERM {pid} && kill -TERM {pid}"))
+        .status()
+        .unwrap();
+    assert!(both.success());
+    let (status, stderr, _) = service.wait(Duration::from_secs(20)).unwrap();
+    assert_eq!(status.code(), Some(0), "{stderr}");
+    assert!(!stderr.contains("forced"), "{stderr}");
+    assert!(row(&stderr, "worker").starts_with("worker stopped"), "{stderr}");
 }

@@ -189,9 +189,13 @@ pub(crate) async fn run(parts: Parts) -> Report {
     };
     if let Some(listener) = listener {
         let shutdown = run.shutdown.clone();
+        let mut first = crate::signal::FirstSignal::default();
         run.background.spawn(crate::signal::listen(listener, listening.clone(), move |signal| {
             if shutdown.trigger(ShutdownReason::Signal(signal)) {
+                first.seen();
                 tracing::info!(%signal, "signal received; shutting down");
+            } else if first.echoed() {
+                tracing::info!(%signal, "the same signal delivered twice (to the process and its group); not a second one");
             } else {
                 tracing::warn!(%signal, "second signal; ending without waiting for the rest");
                 shutdown.force(signal);
