@@ -9,6 +9,8 @@ use std::time::Duration;
 pub(crate) struct Config {
     pub(crate) listen: SocketAddr,
     pub(crate) database_url: String,
+    /// Whether `database_url` is PostgreSQL's (else SQLite's).
+    pub(crate) postgres: bool,
     pub(crate) redis_url: Option<String>,
     pub(crate) etcd_endpoints: Vec<String>,
     pub(crate) drain_delay: Duration,
@@ -62,12 +64,17 @@ impl Config {
                         Some(args.next().ok_or_else(|| format!("--redis-url needs a value\n{USAGE}"))?);
                     continue;
                 }
-                "--help" | "-h" => return Err(USAGE.into()),
+                "--help" | "-h" => {
+                    println!("{USAGE}");
+                    std::process::exit(0);
+                }
                 other => return Err(format!("unknown argument `{other}`\n{USAGE}")),
             };
             *slot = args.next().ok_or_else(|| format!("{flag} needs a value\n{USAGE}"))?;
         }
+        let postgres = database_kind(&database_url)?;
         Ok(Self {
+            postgres,
             listen: listen
                 .parse()
                 .map_err(|e| format!("listen address `{listen}` (LISTEN_ADDR or --listen): {e}"))?,
@@ -92,10 +99,54 @@ impl Config {
     }
 }
 
+/// The longest duration a setting takes: beyond it, a typo (`1e20`) rather than a wish.
+const LONGEST_SECONDS: f64 = 3_600.0;
+
 fn seconds(text: &str, what: &str) -> Result<Duration, String> {
     text.parse::<f64>()
         .ok()
-        .filter(|s| s.is_finite() && *s >= 0.0)
+        .filter(|s| s.is_finite() && (0.0..=LONGEST_SECONDS).contains(s))
         .map(Duration::from_secs_f64)
-        .ok_or_else(|| format!("{what} is `{text}`: expected a number of seconds"))
+        .ok_or_else(|| format!("{what} is `{text}`: expected a number of seconds from 0 to {LONGEST_SECONDS}"))
+}
+
+/// Whether the database URL is PostgreSQL's (true) or SQLite's (false); anything else is an
+/// error naming the setting, rather than a SQLite file named after the typo.
+fn database_kind(url: &str) -> Result<bool, String> {
+    let scheme = url.split_once(':').map(|(scheme, _)| scheme.to_ascii_lowercase()).unwrap_or_default();
+    match scheme.as_str() {
+        "postgres" | "postgresql" => Ok(true),
+        "sqlite" => Ok(false),
+        _ => Err(format!(
+            "database URL (DATABASE_URL or --database-url) has no known scheme: expected postgres://… or \
+             sqlite://…, as in sqlite://orders.db (`{}`)",
+            lifecycle_core::redact_url(url)
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn database_urls_are_known_by_their_scheme_or_refused() {
+        assert_eq!(database_kind("postgres://u@h/db"), Ok(true));
+        assert_eq!(database_kind("PostgreSQL://u@h/db"), Ok(true));
+        assert_eq!(database_kind("sqlite://orders.db"), Ok(false));
+        assert_eq!(database_kind("sqlite::memory:"), Ok(false));
+        let error = database_kind("orders").unwrap_err();
+        assert!(error.starts_with("database URL (DATABASE_URL or --database-url) has no known scheme"), "{error}");
+        let error = database_kind("mysql://u:secret@h/db").unwrap_err();
+        assert!(!error.contains("secret"), "{error}");
+    }
+
+    #[test]
+    fn durations_are_bounded_and_name_their_setting() {
+        assert_eq!(seconds("2.5", "drain delay"), Ok(Duration::from_millis(2_500)));
+        for bad in ["1e20", "-1", "NaN", "inf", "soon", "3601"] {
+            let error = seconds(bad, "drain delay (DRAIN_DELAY)").unwrap_err();
+            assert!(error.starts_with("drain delay (DRAIN_DELAY) is"), "{error}");
+        }
+    }
 }

@@ -203,7 +203,7 @@ async fn main(listeners: Listeners) -> Result<RegistryBuilder, String> {
     // READY=1, WATCHDOG=1, STOPPING=1 for a `Type=notify` unit, in the right order across an
     // upgrade; nothing outside systemd.
     builder.add(upgrade.systemd_notify());
-    let store = if config.database_url.starts_with("postgres") {
+    let store = if config.postgres {
         Store::Postgres(
             builder
                 .add(
