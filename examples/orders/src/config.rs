@@ -107,7 +107,9 @@ fn seconds(text: &str, what: &str) -> Result<Duration, String> {
         .ok()
         .filter(|s| s.is_finite() && (0.0..=LONGEST_SECONDS).contains(s))
         .map(Duration::from_secs_f64)
-        .ok_or_else(|| format!("{what} is `{text}`: expected a number of seconds from 0 to {LONGEST_SECONDS}"))
+        .ok_or_else(|| {
+            format!("{what} is `{text}`: expected a number of seconds from 0 to {LONGEST_SECONDS}")
+        })
 }
 
 /// Whether the database URL is PostgreSQL's (true) or SQLite's (false); anything else is an
@@ -136,7 +138,10 @@ mod tests {
         assert_eq!(database_kind("sqlite://orders.db"), Ok(false));
         assert_eq!(database_kind("sqlite::memory:"), Ok(false));
         let error = database_kind("orders").unwrap_err();
-        assert!(error.starts_with("database URL (DATABASE_URL or --database-url) has no known scheme"), "{error}");
+        assert!(
+            error.starts_with("database URL (DATABASE_URL or --database-url) has no known scheme"),
+            "{error}"
+        );
         let error = database_kind("mysql://u:secret@h/db").unwrap_err();
         assert!(!error.contains("secret"), "{error}");
     }
