@@ -31,8 +31,9 @@ pub struct Tally {
     pub failures: BTreeMap<&'static str, u64>,
     /// What the successful requests returned (order ids).
     pub acknowledged: Vec<i64>,
-    /// Requests hyper cancelled before sending them because the connection had closed: never
-    /// seen by a server, so not failures; sent again.
+    /// Requests hyper cancelled before sending them because the connection had closed, and
+    /// HTTP/2 streams the server refused: never processed by a server, so not failures; sent
+    /// again.
     pub unsent: u64,
 }
 
@@ -169,10 +170,11 @@ pub async fn client(
             },
             Ok((status, _)) if status >= 500 => count("5xx"),
             Ok(_) => count("unexpected status"),
-            // hyper guarantees a cancelled request was never sent (the connection closed first):
-            // no server saw it, so it is sent again on a new connection, as hyper-util's pooled
-            // client does, and counted apart.
-            Err(error) if error.downcast_ref::<hyper::Error>().is_some_and(hyper::Error::is_canceled) => {
+            // hyper guarantees a cancelled request was never sent (the connection closed first),
+            // and HTTP/2 guarantees a stream the server refused was not processed (RFC 9113,
+            // 8.7): no server acted on it, so it is sent again on a new connection, as
+            // hyper-util's pooled client and browsers do, and counted apart.
+            Err(error) if never_processed(error.as_ref()) => {
                 tally.lock().unwrap_or_else(PoisonError::into_inner).unsent += 1;
                 sender = None;
             }
@@ -182,6 +184,24 @@ pub async fn client(
             }
         }
     }
+}
+
+/// Whether a failed request is one the server never processed: cancelled before it was sent, or
+/// an HTTP/2 stream the server refused.
+fn never_processed(error: &(dyn std::error::Error + 'static)) -> bool {
+    if error.downcast_ref::<hyper::Error>().is_some_and(hyper::Error::is_canceled) {
+        return true;
+    }
+    let mut source = Some(error);
+    while let Some(current) = source {
+        if let Some(h2) = current.downcast_ref::<h2::Error>() {
+            // Only a refusal: a connection closed with streams open also reads as a GOAWAY's
+            // error, and those streams may have been processed.
+            return h2.is_remote() && h2.reason() == Some(h2::Reason::REFUSED_STREAM);
+        }
+        source = current.source();
+    }
+    false
 }
 
 /// `clients` clients of [`client`] running until [`Clients::stop`].

@@ -348,6 +348,7 @@ impl Component for HttpServer {
         ));
         let (shared, tasks, token, name) =
             (Arc::clone(&self.shared), ctx.tasks().clone(), ctx.token().clone(), self.name.clone());
+        let shutdown = ctx.shutdown().clone();
         let (idle_close_after, header_read_timeout, idle_timeout) =
             (self.idle_close_after, self.header_read_timeout, self.idle_timeout);
         let slots = Arc::new(tokio::sync::Semaphore::new(self.max_connections));
@@ -381,6 +382,11 @@ impl Component for HttpServer {
                     // accepting (dropping the listener closes it). A connection left in the
                     // backlog would be reset when the socket closes, after its request was sent.
                     _ = token.cancelled() => {
+                        // After a hand-over the successor accepts on this very socket: what is
+                        // queued is its to take, not ours to serve while stopping.
+                        if shutdown.is_handed_over() {
+                            break;
+                        }
                         let mut now = std::task::Context::from_waker(std::task::Waker::noop());
                         match listener.poll_accept(&mut now) {
                             std::task::Poll::Ready(Ok(accepted)) => accepted,
