@@ -35,6 +35,8 @@ pub struct Tally {
     /// HTTP/2 streams the server refused: never processed by a server, so not failures; sent
     /// again.
     pub unsent: u64,
+    /// What the first few failed requests said, for the failure message.
+    pub errors: Vec<String>,
 }
 
 impl Tally {
@@ -43,10 +45,11 @@ impl Tally {
     pub fn assert_no_failures(&self, what: &str, log: &str) {
         assert!(
             self.failures.is_empty(),
-            "{what}: failed requests by kind: {:?} ({} ok, {} unsent and sent again)\n{log}",
+            "{what}: failed requests by kind: {:?} ({} ok, {} unsent and sent again); first errors: {:?}\n{log}",
             self.failures,
             self.ok,
-            self.unsent
+            self.unsent,
+            self.errors
         );
         assert!(self.ok > 100, "{what}: only {} requests succeeded\n{log}", self.ok);
     }
@@ -142,6 +145,15 @@ pub async fn client(
     let count = |kind: &'static str| {
         *tally.lock().unwrap_or_else(PoisonError::into_inner).failures.entry(kind).or_default() += 1;
     };
+    // Kept whole (with its causes), the first few: a kind alone does not say what happened.
+    let failed = |error: &(dyn std::error::Error + 'static)| {
+        let kind = classify(error);
+        let mut tally = tally.lock().unwrap_or_else(PoisonError::into_inner);
+        *tally.failures.entry(kind).or_default() += 1;
+        if tally.errors.len() < 5 {
+            tally.errors.push(format!("{kind}: {error:?}"));
+        }
+    };
     let mut sender: Option<Box<dyn Sender>> = None;
     let mut i = 0;
     while sending.load(Ordering::Acquire) {
@@ -150,7 +162,7 @@ pub async fn client(
             match connect(address, mode).await {
                 Ok(new) => sender = Some(new),
                 Err(error) => {
-                    count(classify(error.as_ref()));
+                    failed(error.as_ref());
                     continue;
                 }
             }
@@ -179,7 +191,7 @@ pub async fn client(
                 sender = None;
             }
             Err(error) => {
-                count(classify(error.as_ref()));
+                failed(error.as_ref());
                 sender = None;
             }
         }
