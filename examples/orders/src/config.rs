@@ -13,6 +13,8 @@ pub(crate) struct Config {
     pub(crate) postgres: bool,
     pub(crate) redis_url: Option<String>,
     pub(crate) etcd_endpoints: Vec<String>,
+    /// The address other machines reach this instance at, and its key in etcd.
+    pub(crate) advertise: String,
     pub(crate) drain_delay: Duration,
     pub(crate) shutdown_deadline: Duration,
     /// Where the serving process writes its id (rewritten by each upgrade).
@@ -26,7 +28,9 @@ pub(crate) struct Config {
 const USAGE: &str = "usage: orders [--listen ADDR] [--database-url URL] [--redis-url URL] [--drain-delay SECONDS] \
                      [--shutdown-deadline SECONDS] [--pid-file PATH]\n\
                      environment: LISTEN_ADDR, DATABASE_URL (default sqlite://orders.db), REDIS_URL (no cache when unset), \
-                     ETCD_ENDPOINTS (comma-separated; registers under /services/orders when set), DRAIN_DELAY, SHUTDOWN_DEADLINE, \
+                     ETCD_ENDPOINTS (comma-separated; registers under /services/orders when set), ADVERTISE_ADDR (the \
+                     address registered; default the listen address, or this host's name and port when listening on \
+                     every interface), DRAIN_DELAY, SHUTDOWN_DEADLINE, \
                      PID_FILE, LISTEN_REUSEPORT=1 (bind with SO_REUSEPORT), \
                      DATABASE_WARM_CONNECTIONS (PostgreSQL connections opened before ready, default 16 of 20)\n\
                      SIGUSR2 or SIGHUP: zero-downtime upgrade to the binary now on disk";
@@ -73,11 +77,15 @@ impl Config {
             *slot = args.next().ok_or_else(|| format!("{flag} needs a value\n{USAGE}"))?;
         }
         let postgres = database_kind(&database_url)?;
+        let listen: SocketAddr = listen
+            .parse()
+            .map_err(|e| format!("listen address `{listen}` (LISTEN_ADDR or --listen): {e}"))?;
+        let hostname = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+        let advertise = advertised(listen, std::env::var("ADVERTISE_ADDR").ok(), hostname.trim())?;
         Ok(Self {
             postgres,
-            listen: listen
-                .parse()
-                .map_err(|e| format!("listen address `{listen}` (LISTEN_ADDR or --listen): {e}"))?,
+            advertise,
+            listen,
             database_url,
             redis_url,
             etcd_endpoints: std::env::var("ETCD_ENDPOINTS")
@@ -97,6 +105,25 @@ impl Config {
             warm_connections,
         })
     }
+}
+
+/// The address to advertise: `ADVERTISE_ADDR` when set; else the listen address when it names
+/// one; else (listening on every interface: `0.0.0.0:8080`, the same on every host) this host's
+/// name with the port, so that two instances never share one key nor advertise `0.0.0.0`.
+fn advertised(listen: SocketAddr, configured: Option<String>, hostname: &str) -> Result<String, String> {
+    if let Some(address) = configured.filter(|a| !a.trim().is_empty()) {
+        return Ok(address.trim().to_owned());
+    }
+    if !listen.ip().is_unspecified() {
+        return Ok(listen.to_string());
+    }
+    if hostname.is_empty() {
+        return Err(format!(
+            "listening on {listen} (every interface) with no host name: set ADVERTISE_ADDR to the address \
+             others reach this instance at"
+        ));
+    }
+    Ok(format!("{hostname}:{}", listen.port()))
 }
 
 /// The longest duration a setting takes: beyond it, a typo (`1e20`) rather than a wish.
@@ -144,6 +171,16 @@ mod tests {
         );
         let error = database_kind("mysql://u:secret@h/db").unwrap_err();
         assert!(!error.contains("secret"), "{error}");
+    }
+
+    #[test]
+    fn the_advertised_address_is_never_every_interface() {
+        let any: SocketAddr = "0.0.0.0:8080".parse().unwrap();
+        let one: SocketAddr = "10.0.0.7:8080".parse().unwrap();
+        assert_eq!(advertised(any, None, "web-3"), Ok("web-3:8080".to_owned()));
+        assert_eq!(advertised(one, None, "web-3"), Ok("10.0.0.7:8080".to_owned()));
+        assert_eq!(advertised(any, Some("192.0.2.1:80".into()), "web-3"), Ok("192.0.2.1:80".to_owned()));
+        assert!(advertised(any, None, "").unwrap_err().contains("set ADVERTISE_ADDR"));
     }
 
     #[test]

@@ -268,9 +268,10 @@ async fn main(listeners: Listeners) -> Result<RegistryBuilder, String> {
         http.depends_on(cache.dependency().optional());
     }
     if !config.etcd_endpoints.is_empty() {
-        // The key is the address: an upgraded process registering the same address takes the
-        // key over with its own lease, so the old one's revoke cannot delete it.
-        let address = config.listen.to_string();
+        // The key is the advertised address: an upgraded process registering the same address
+        // takes the key over with its own lease, so the old one's revoke cannot delete it; and
+        // two hosts listening on 0.0.0.0:8080 advertise (and own) different keys.
+        let address = config.advertise.clone();
         builder.add(
             lifecycle_etcd::EtcdRegistration::new(
                 config.etcd_endpoints.clone(),
