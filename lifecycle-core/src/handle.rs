@@ -48,6 +48,8 @@ pub(crate) struct OpenScope {
     pub(crate) id: u64,
     pub(crate) path: String,
     pub(crate) handle: LifecycleHandle,
+    /// Cancelled when the scope's task has ended, however it ended (aborted with its owner too).
+    pub(crate) ended: CancellationToken,
 }
 
 impl LifecycleHandle {

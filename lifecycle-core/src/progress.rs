@@ -42,6 +42,9 @@ pub struct ComponentStatus {
     pub last_failure: Option<FailureRecord>,
 }
 
+/// How many notes a component keeps, the most recent.
+const NOTES_KEPT: usize = 32;
+
 pub(crate) struct Progress {
     names: Vec<ComponentId>,
     critical: Vec<bool>,
@@ -196,8 +199,15 @@ impl Progress {
         entry.stage = None;
     }
 
+    /// Adds a line to component `index`'s notes; the oldest go once there are
+    /// [`NOTES_KEPT`] (a component that restarts adds its stop's notes each time).
     pub(crate) fn note(&self, index: usize, note: String) {
-        lock(&self.state).entries[index].notes.push(note);
+        let mut state = lock(&self.state);
+        let notes = &mut state.entries[index].notes;
+        if notes.len() >= NOTES_KEPT {
+            notes.remove(0);
+        }
+        notes.push(note);
     }
 
     /// The stage component `index` is in and since when.

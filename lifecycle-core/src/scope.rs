@@ -133,7 +133,16 @@ impl ScopeBuilder {
         let root = registry.root_token().clone();
         let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
         let owner_run = owner.run.clone();
-        owner_run.add_scope(OpenScope { owner: owner.index, id, path: path.clone(), handle: handle.clone() });
+        let ended = CancellationToken::new();
+        owner_run.add_scope(OpenScope {
+            owner: owner.index,
+            id,
+            path: path.clone(),
+            handle: handle.clone(),
+            ended: ended.clone(),
+        });
+        // Off the list when the task ends, however it ends: aborted with its owner too.
+        let listed = Listed { run: owner_run, id, ended };
 
         let (report_sender, report) = oneshot::channel();
         let (watch_owner, scope_shutdown) = (owner.token.clone(), handle.shutdown().clone());
@@ -149,7 +158,7 @@ impl ScopeBuilder {
                     run.await
                 }
             };
-            owner_run.remove_scope(id);
+            drop(listed);
             match report_sender.send(report) {
                 Ok(()) => Ok(()),
                 // Nobody holds the scope to hear of it: its failure is the owner's task's.
@@ -179,6 +188,21 @@ impl ScopeBuilder {
             });
         }
         Ok(scope)
+    }
+}
+
+/// A scope's place in its owner's run: taken off the list, and its end announced, when the
+/// scope's task ends or is dropped.
+struct Listed {
+    run: LifecycleHandle,
+    id: u64,
+    ended: CancellationToken,
+}
+
+impl Drop for Listed {
+    fn drop(&mut self) {
+        self.run.remove_scope(self.id);
+        self.ended.cancel();
     }
 }
 
@@ -309,7 +333,8 @@ pub(crate) async fn stop_scopes_of(run: &LifecycleHandle, owner: usize) -> Vec<S
     let mut lines = Vec::new();
     let (mut unlisted, mut unlisted_failed) = (0, 0);
     for scope in &open {
-        scope.handle.reached(Phase::Stopped).await;
+        // Its task's end, not its phase: a task aborted mid-stop never reaches `Stopped`.
+        scope.ended.cancelled().await;
         let components = scope.handle.components();
         let failed = components.iter().any(|c| c.outcome.as_ref().is_some_and(crate::Outcome::is_failure));
         if lines.len() < LISTED {

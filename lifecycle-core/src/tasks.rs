@@ -234,6 +234,13 @@ impl Shared {
 
     fn fail(&self, task: &str, incarnation: u64, failure: Failure) {
         let record = FailureRecord { stage: Stage::Running, task: Some(task.to_owned()), failure };
+        // A task of a start already replaced (a blocking one outlives its stop): kept in the
+        // record, but it is not the failure of the component's current start.
+        if incarnation != self.incarnation.load(Ordering::Acquire) {
+            tracing::warn!(component = %self.component, failure = %record, "a task of an earlier start failed");
+            self.failures.record_recovered(record);
+            return;
+        }
         if let Some((index, supervisor)) = &self.supervisor {
             tracing::warn!(component = %self.component, failure = %record, "task failed; restarting the component by its policy");
             self.failures.record(record);

@@ -65,6 +65,11 @@ impl Flaky {
         self
     }
 
+    fn on_optionally(mut self, dependency: &'static str) -> Self {
+        self.dependencies.push(Dependency::on(dependency).optional());
+        self
+    }
+
     fn restart(mut self, policy: RestartPolicy) -> Self {
         self.options = self.options.restart(policy);
         self
@@ -615,4 +620,29 @@ fn an_impossible_default_restart_policy_is_refused_naming_the_setting() {
         error.starts_with("setting `default_restart` is always, but must be `never` or `on_failure`"),
         "{error}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_whose_start_is_retried_brings_back_every_dependent() {
+    // x restarts; its first start again fails and is retried. o2 depends on q (hard) and on x
+    // (optionally): it must come back once x and q are.
+    let events = Events::default();
+    let mut b = builder();
+    let x = b.add(Flaky::new("x", &events).restart(quick(5))).dep();
+    b.add(Flaky::new("q", &events).on("x"));
+    b.add(Flaky::new("o2", &events).on("q").on_optionally("x"));
+    let mut run = TestRun::start(b);
+    run.ready().await;
+    x.failing_starts.store(1, Ordering::SeqCst);
+    x.fail.notify_one();
+    let handle = run.handle().clone();
+    // Two restarts of x: after its task failed, and after its first start again failed.
+    eventually("every component is back", Duration::from_secs(5), || {
+        let statuses = handle.components();
+        statuses[0].restarts == 2 && statuses.iter().all(|c| c.stage == Some(Stage::Running))
+    })
+    .await;
+    assert_eq!(handle.readiness_by_stage().status, ReadinessStatus::Ready);
+    let report = run.stop().await;
+    assert!(report.is_success(), "{report}");
 }

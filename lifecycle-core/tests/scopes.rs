@@ -293,3 +293,91 @@ async fn a_scope_opened_through_the_handle_is_the_services_and_stops_before_any_
     let events = events.lock().unwrap().clone();
     assert_eq!(events, ["start db", "start batch/job", "stop batch/job", "stop db"]);
 }
+
+/// A scope component whose stop never ends.
+struct HungStop;
+
+impl Component for HungStop {
+    fn name(&self) -> ComponentId {
+        "hung".into()
+    }
+
+    fn options(&self) -> ComponentOptions {
+        ComponentOptions::new().stop_timeout(Duration::from_secs(3600))
+    }
+
+    async fn stop(&self, _ctx: &Context) -> Result<(), BoxError> {
+        std::future::pending().await
+    }
+}
+
+/// Opens a scope with a hung stop at its first start; its task fails when told to.
+struct RestartingOwner {
+    fail: Arc<tokio::sync::Notify>,
+    starts: Arc<std::sync::atomic::AtomicU32>,
+    stops: Arc<std::sync::atomic::AtomicU32>,
+}
+
+impl Component for RestartingOwner {
+    fn name(&self) -> ComponentId {
+        "owner".into()
+    }
+
+    fn options(&self) -> ComponentOptions {
+        let policy = lifecycle_core::RestartPolicy::on_failure()
+            .backoff(Duration::from_millis(10), Duration::from_millis(10))
+            .max_restarts(3, Duration::from_secs(60));
+        ComponentOptions::new().restart(policy).stop_timeout(Duration::from_millis(200))
+    }
+
+    async fn start(&self, ctx: &Context) -> Result<(), BoxError> {
+        if self.starts.fetch_add(1, std::sync::atomic::Ordering::SeqCst) == 0 {
+            let mut scope = ctx.scope("s");
+            scope.add(HungStop);
+            drop(scope.start().await?);
+        }
+        let (fail, token) = (Arc::clone(&self.fail), ctx.token().clone());
+        ctx.tasks().spawn("work", async move {
+            tokio::select! {
+                () = token.cancelled() => Ok(()),
+                () = fail.notified() => Err(std::io::Error::other("connection reset")),
+            }
+        });
+        Ok(())
+    }
+
+    async fn stop(&self, _ctx: &Context) -> Result<(), BoxError> {
+        self.stops.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Ok(())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_scope_aborted_with_its_restarting_owner_leaves_no_trace() {
+    let fail = Arc::new(tokio::sync::Notify::new());
+    let starts = Arc::new(std::sync::atomic::AtomicU32::new(0));
+    let stops = Arc::new(std::sync::atomic::AtomicU32::new(0));
+    let mut b = builder();
+    b.add(RestartingOwner {
+        fail: Arc::clone(&fail),
+        starts: Arc::clone(&starts),
+        stops: Arc::clone(&stops),
+    });
+    let mut run = TestRun::start(b);
+    run.ready().await;
+    fail.notify_one();
+    let handle = run.handle().clone();
+    // The restart's stop gives up on the hung scope at the owner's stop timeout; the new start
+    // aborts what is left of the old one, the scope's task with it.
+    eventually("the owner is back", Duration::from_secs(5), || {
+        starts.load(std::sync::atomic::Ordering::SeqCst) == 2 && handle.phase() == Phase::Ready
+    })
+    .await;
+    eventually("the aborted scope is off the list", Duration::from_secs(5), || handle.scopes().is_empty())
+        .await;
+    let report = within("the stop", Duration::from_secs(5), run.stop()).await;
+    // The restart's stop was given up on while the scope hung (before the owner's own hook);
+    // the final stop ran the owner's hook, no longer held by the scope.
+    assert_eq!(stops.load(std::sync::atomic::Ordering::SeqCst), 1, "{report}");
+    assert!(matches!(report.component("owner").unwrap().outcome, Outcome::Stopped), "{report}");
+}

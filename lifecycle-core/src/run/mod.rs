@@ -121,8 +121,6 @@ struct Run {
     budgets: Vec<RestartBudget>,
     /// Components waiting for their backoff to start again.
     pending: supervise::Pending,
-    /// Components whose optional dependents were let go while they wait to start again.
-    released_optional: Vec<bool>,
     troubles: tokio::sync::mpsc::UnboundedReceiver<Trouble>,
     /// Components that run to completion and are done, of those that have their tasks' end
     /// watched (by component index and incarnation).
@@ -160,7 +158,6 @@ pub(crate) async fn run(parts: Parts) -> Report {
         launched: vec![false; count],
         budgets,
         pending: supervise::Pending::new(count),
-        released_optional: vec![false; count],
         troubles,
         completion: supervise::Completion::new(&limits_completing),
         root,
@@ -267,7 +264,7 @@ pub(crate) async fn run(parts: Parts) -> Report {
             Ok(lines) => lines.iter().for_each(|line| tracing::info!("{line}")),
             Err(_) => tracing::warn!("scopes opened through the handle did not stop by the deadline"),
         }
-        deadline_exceeded = run.stop_all(&started, deadline).await;
+        deadline_exceeded = run.stop_all(&started, deadline, false).await;
     }
     run.root.cancel();
     run.handle.set_phase(Phase::Stopped);

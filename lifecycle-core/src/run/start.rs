@@ -45,6 +45,9 @@ impl Run {
         let mut hooks = HookSet::new(count, Stage::Starting);
         let mut failure = None;
         let mut ready: Vec<usize> = (0..count).filter(|&i| members[i] && waiting_on[i] == 0).collect();
+        // Members whose optional dependents were let go while they wait to start again; local,
+        // as `waiting_on` is counted afresh by every call.
+        let mut released_optional = vec![false; count];
         // One waiter for the whole start, rather than one registered and dropped per hook.
         let shutdown = self.shutdown.clone();
         let mut requested = std::pin::pin!(shutdown.requested());
@@ -79,7 +82,7 @@ impl Run {
                 if let Some(at) = self.retry_later(index) {
                     self.pending.add(at, index);
                     // Those that depend on it optionally start without it; the others wait.
-                    if !std::mem::replace(&mut self.released_optional[index], true) {
+                    if !std::mem::replace(&mut released_optional[index], true) {
                         self.release(index, members, Edges::Optional, &mut waiting_on, &mut ready);
                     }
                     continue;
@@ -100,8 +103,7 @@ impl Run {
                 }
             }
             // A non-critical failure releases its dependents too: they were told it may be absent.
-            let edges =
-                if std::mem::take(&mut self.released_optional[index]) { Edges::Hard } else { Edges::All };
+            let edges = if released_optional[index] { Edges::Hard } else { Edges::All };
             self.release(index, members, edges, &mut waiting_on, &mut ready);
         }
 

@@ -97,7 +97,14 @@ impl Run {
 
     /// Stops every component the start touched, each once all its dependents are done, within
     /// its share of the time left. Returns whether the global deadline cut anything short.
-    pub(super) async fn stop_all(&mut self, started: &[Started], deadline: Instant) -> bool {
+    /// With `for_restart`, each component that stopped is marked as restarting at once, so that
+    /// readiness never reads it as down for good in the middle of a restart.
+    pub(super) async fn stop_all(
+        &mut self,
+        started: &[Started],
+        deadline: Instant,
+        for_restart: bool,
+    ) -> bool {
         let count = self.components.len();
         let below = self.reserve_below.clone();
         let touched = |i: usize| started[i] != Started::No;
@@ -160,6 +167,9 @@ impl Run {
                 tracing::info!(component = %name, "stopped");
             }
             self.progress.finish(index, outcome);
+            if for_restart {
+                self.progress.restarting(index, None);
+            }
             self.release_dependencies(index, started, &mut dependents_left, &mut ready);
         }
         self.abandoned.extend(hooks.into_abandoned(&self.names));

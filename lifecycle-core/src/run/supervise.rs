@@ -212,7 +212,7 @@ impl Run {
         let started: Vec<Started> =
             members.iter().map(|&member| if member { Started::Yes } else { Started::No }).collect();
         let deadline = Instant::now() + self.config.shutdown_deadline;
-        if self.drain_all(&started, deadline).await || self.stop_all(&started, deadline).await {
+        if self.drain_all(&started, deadline).await || self.stop_all(&started, deadline, true).await {
             tracing::warn!(component = %self.names[index], "a stop for the restart was cut short");
         }
         for member in (0..members.len()).filter(|&i| members[i]) {
@@ -245,6 +245,20 @@ impl Run {
     async fn bring_back(&mut self, index: usize) {
         // Already back with another (or never stopped), or the service is stopping.
         if matches!(self.started[index], Started::Yes | Started::Cancelled) || self.shutdown.is_requested() {
+            return;
+        }
+        // A hard dependency still down (restarting itself): wait for it; its own return
+        // brings this one back with it.
+        let waits = self.graph.dependencies(index).iter().any(|&d| {
+            !self.graph.is_optional(index, d)
+                && self.started[d] != Started::Yes
+                && !(self.started[d] == Started::Failed
+                    && !self.pending.contains(d)
+                    && !self.limits[d].critical)
+        });
+        if waits {
+            self.started[index] = Started::Restarting;
+            self.progress.restarting(index, None);
             return;
         }
         let members = self.waiting_on(index);
