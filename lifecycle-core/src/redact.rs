@@ -8,6 +8,8 @@
 /// assert_eq!(redact_url("postgres://app:s3cret@db:5432/orders"), "postgres://app:***@db:5432/orders");
 /// assert_eq!(redact_url("postgres://db/orders?user=app&password=s3cret"), "postgres://db/orders?user=app&password=***");
 /// assert_eq!(redact_url("sqlite://orders.db"), "sqlite://orders.db");
+/// // Generated passwords with `/`, `?`, `#` or `@` unencoded are hidden too.
+/// assert_eq!(redact_url("postgres://app:p/a?s#s@w@db/orders"), "postgres://app:***@db/orders");
 /// ```
 pub fn redact_url(url: &str) -> String {
     let mut redacted = url.to_owned();
@@ -18,13 +20,16 @@ pub fn redact_url(url: &str) -> String {
 }
 
 /// The password written in `url`, if any.
+///
+/// The user info ends at the last `@`, not at the first `/`, `?` or `#`: generated passwords
+/// often hold those unencoded (`app:pa/ss#w?rd@db`), and a parser that stops at them finds no
+/// password and leaves it in clear. An `@` in the path or query with user info before it hides
+/// more than the password: the safe side.
 fn password_in(url: &str) -> Option<&str> {
     let after_scheme = url.find("://").map_or(0, |i| i + 3);
     let rest = &url[after_scheme..];
-    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-    let authority = &rest[..authority_end];
-    if let Some(at) = authority.rfind('@') {
-        if let Some((_, password)) = authority[..at].split_once(':') {
+    if let Some(at) = rest.rfind('@') {
+        if let Some((_, password)) = rest[..at].split_once(':') {
             if !password.is_empty() {
                 return Some(password);
             }
