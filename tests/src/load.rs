@@ -182,10 +182,11 @@ pub async fn client(
             },
             Ok((status, _)) if status >= 500 => count("5xx"),
             Ok(_) => count("unexpected status"),
-            // hyper guarantees a cancelled request was never sent (the connection closed first),
-            // and HTTP/2 guarantees a stream the server refused was not processed (RFC 9113,
-            // 8.7): no server acted on it, so it is sent again on a new connection, as
-            // hyper-util's pooled client and browsers do, and counted apart.
+            // hyper guarantees a cancelled request, or one its closed connection handed back
+            // (`ChannelClosed`), was never sent, and HTTP/2 guarantees a stream the server
+            // refused was not processed (RFC 9113, 8.7): no server acted on it, so it is sent
+            // again on a new connection, as hyper-util's pooled client and browsers do, and
+            // counted apart.
             Err(error) if never_processed(error.as_ref()) => {
                 tally.lock().unwrap_or_else(PoisonError::into_inner).unsent += 1;
                 sender = None;
@@ -198,10 +199,12 @@ pub async fn client(
     }
 }
 
-/// Whether a failed request is one the server never processed: cancelled before it was sent, or
-/// an HTTP/2 stream the server refused.
+/// Whether a failed request is one the server never processed: cancelled or refused by a closed
+/// connection before it was sent, or an HTTP/2 stream the server refused.
 fn never_processed(error: &(dyn std::error::Error + 'static)) -> bool {
-    if error.downcast_ref::<hyper::Error>().is_some_and(hyper::Error::is_canceled) {
+    // Cancelled, or handed back because the connection was already closed (`ChannelClosed`):
+    // hyper never wrote it to the socket.
+    if error.downcast_ref::<hyper::Error>().is_some_and(|e| e.is_canceled() || e.is_closed()) {
         return true;
     }
     let mut source = Some(error);

@@ -193,7 +193,7 @@ async fn failed_upgrades_leave_the_old_process_serving() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn two_triggers_start_one_upgrade_and_a_successor_waits_for_its_predecessor() {
+async fn two_triggers_start_one_upgrade_and_a_successor_defers_one_until_its_predecessor_is_gone() {
     let service = Service::spawn(FIXTURE, &[]).unwrap();
     let (address, pid) = ready(&service);
     // SIGUSR2 and SIGHUP at once (one shell, microseconds apart, both before the 10 ms upgrade
@@ -216,7 +216,8 @@ async fn two_triggers_start_one_upgrade_and_a_successor_waits_for_its_predecesso
     );
 
     // A request the successor holds for 1.5 s keeps it draining after it hands over in turn:
-    // its own successor refuses to upgrade until it is gone.
+    // its own successor defers an upgrade it is asked for until it is gone, then carries it out
+    // (a deploy script signals the process the PID file names, and must not be ignored).
     let slow = tokio::spawn(get(address, "/slow"));
     stderr_contains(&service, &format!("slow request received by {successor}"), Duration::from_secs(5)).await;
     let third = upgrade_without_waiting(&service, successor).await;
@@ -227,10 +228,14 @@ async fn two_triggers_start_one_upgrade_and_a_successor_waits_for_its_predecesso
         Duration::from_secs(5),
     )
     .await;
+    stderr_contains(&service, "upgrade deferred until then", Duration::from_secs(5)).await;
     assert_eq!(slow.await.unwrap(), (200, "slow".to_owned()), "the old process finished its request");
     wait_exited(successor, Duration::from_secs(10)).await;
     stderr_contains(&service, "previous generation exited; upgrades allowed", Duration::from_secs(5)).await;
-    let fourth = upgrade(&service, third).await;
+    // No second signal: the deferred upgrade runs on its own.
+    let (_, fourth) = ready(&service);
+    assert_ne!(fourth, third, "a new process took over");
+    wait_exited(third, Duration::from_secs(10)).await;
     stop(service, fourth).await;
 }
 

@@ -51,7 +51,9 @@ pub enum UpgradeState {
 ///
 /// On SIGUSR2 or SIGHUP (see [`signals`](Self::signals)), or [`UpgradeHandle::upgrade`]:
 ///
-/// 1. refuses unless this process is ready, no upgrade runs and its own predecessor is gone;
+/// 1. refuses unless this process is ready, no upgrade runs and its own predecessor is gone (a
+///    signal that comes while the predecessor still drains is kept, and carried out once it
+///    has exited; `UpgradeHandle::upgrade` answers at once);
 /// 2. tells systemd `RELOADING=1`, starts the binary as it now is on disk, with the same
 ///    arguments, every listener of the [`Listeners`] set from descriptor 4 on (names in
 ///    `LIFECYCLE_UPGRADE_FDNAMES`) and a readiness channel on descriptor 3;
@@ -176,6 +178,18 @@ impl UpgradeHandle {
     /// Where this process stands.
     pub fn state(&self) -> UpgradeState {
         *lock(&self.shared.state)
+    }
+
+    /// Waits until this process no longer waits for its predecessor to exit; false when
+    /// `stop` came first.
+    async fn predecessor_gone(&self, stop: &lifecycle_core::CancellationToken) -> bool {
+        while matches!(self.state(), UpgradeState::PredecessorRunning { .. }) {
+            tokio::select! {
+                _ = stop.cancelled() => return false,
+                _ = tokio::time::sleep(Duration::from_millis(50)) => {}
+            }
+        }
+        true
     }
 
     /// Upgrades now. Returns the successor's process id once it is ready and this process
@@ -432,7 +446,18 @@ impl Component for Upgrade {
                         _ = token.cancelled() => return,
                     }
                     tracing::info!(component = %name, signal = ?kind, "upgrade requested");
-                    if let Err(error) = handle.upgrade().await {
+                    let mut result = handle.upgrade().await;
+                    // A trigger while the previous generation still drains is kept and carried
+                    // out once it has exited: a deploy script signalling the process the PID
+                    // file names must not be ignored (triggers meanwhile make one upgrade).
+                    while let Err(error @ UpgradeError::PredecessorRunning { .. }) = &result {
+                        tracing::info!(component = %name, %error, "upgrade deferred until then");
+                        if !handle.predecessor_gone(&token).await {
+                            return;
+                        }
+                        result = handle.upgrade().await;
+                    }
+                    if let Err(error) = result {
                         tracing::warn!(component = %name, %error, "upgrade not done");
                     }
                 }
