@@ -35,8 +35,9 @@ impl<F: Future> Future for CatchUnwind<F> {
     }
 }
 
-/// The text a panic was raised with, or a placeholder for a non-string payload.
-pub(crate) fn panic_message(payload: &(dyn Any + Send)) -> String {
+/// The text a panic was raised with (from `catch_unwind`'s payload), or a placeholder for a
+/// non-string payload: for adapters that catch panics of their own (a request handler's).
+pub fn panic_message(payload: &(dyn Any + Send)) -> String {
     if let Some(text) = payload.downcast_ref::<&'static str>() {
         (*text).to_owned()
     } else if let Some(text) = payload.downcast_ref::<String>() {

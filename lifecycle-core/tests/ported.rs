@@ -930,10 +930,12 @@ fn a_service_in_its_own_thread_is_stopped_from_another() {
     let registry = b.build().unwrap();
     let handle = registry.handle();
     let thread = std::thread::spawn(move || tokio::runtime::Runtime::new().unwrap().block_on(registry.run()));
-    while !handle.is_ready() {
+    // Ready, and counting for a while: three ticks, within a bound.
+    let until = std::time::Instant::now() + Duration::from_secs(10);
+    while !(handle.is_ready() && lines(&log).len() >= 3) {
+        assert!(std::time::Instant::now() < until, "the counter never counted three");
         std::thread::sleep(ms(10));
     }
-    std::thread::sleep(ms(450));
     assert!(handle.shutdown().request("stopped from another thread", 0));
     let report = thread.join().unwrap();
     assert!(report.is_success(), "{report}");

@@ -50,11 +50,7 @@ where
         match catch_unwind(AssertUnwindSafe(|| inner.poll(cx))) {
             Ok(poll) => poll,
             Err(payload) => {
-                let panic = payload
-                    .downcast_ref::<&str>()
-                    .map(|s| (*s).to_owned())
-                    .or_else(|| payload.downcast_ref::<String>().cloned())
-                    .unwrap_or_else(|| "panic with a non-string payload".to_owned());
+                let panic = lifecycle_core::panic_message(payload.as_ref());
                 let (method, path) = self.route.take().unwrap_or((Method::GET, String::new()));
                 self.counters.panicked.fetch_add(1, Ordering::AcqRel);
                 tracing::error!(component = %self.component, %method, %path, %panic, "request handler panicked; answered 500");
