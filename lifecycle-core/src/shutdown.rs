@@ -113,6 +113,8 @@ struct Inner {
     reason: Mutex<Option<(ShutdownReason, Instant)>>,
     forced: CancellationToken,
     forced_by: Mutex<Option<Signal>>,
+    /// Set by a hand-over, even one that lost the race to another shutdown request.
+    successor: std::sync::atomic::AtomicBool,
 }
 
 impl Shutdown {
@@ -123,6 +125,7 @@ impl Shutdown {
                 reason: Mutex::new(None),
                 forced: CancellationToken::new(),
                 forced_by: Mutex::new(None),
+                successor: std::sync::atomic::AtomicBool::new(false),
             }),
         }
     }
@@ -149,12 +152,20 @@ impl Shutdown {
     /// ready. Exit code 0; no drain delay, since nothing needs to notice the change: the
     /// successor accepts on the same sockets. Returns false when a shutdown was already requested.
     pub fn hand_over(&self, successor: u32) -> bool {
+        self.inner.successor.store(true, std::sync::atomic::Ordering::Release);
         self.trigger(ShutdownReason::HandedOver { successor })
     }
 
     /// Whether this process is stopping because a successor took over.
     pub fn is_handed_over(&self) -> bool {
         matches!(self.reason(), Some(ShutdownReason::HandedOver { .. }))
+    }
+
+    /// Whether a successor took over this process's listening sockets, whatever the reason this
+    /// process stops (a shutdown request may have come first): those sockets, and the
+    /// connections queued on them, are the successor's now.
+    pub fn has_successor(&self) -> bool {
+        self.inner.successor.load(std::sync::atomic::Ordering::Acquire)
     }
 
     /// Records `reason` and starts the shutdown, unless one already started.
@@ -216,5 +227,20 @@ impl Shutdown {
 impl fmt::Debug for Shutdown {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Shutdown").field("reason", &self.reason()).field("forced", &self.forced_by()).finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_hand_over_that_loses_the_race_to_a_request_still_leaves_the_sockets_to_the_successor() {
+        let shutdown = Shutdown::new();
+        assert!(!shutdown.has_successor());
+        assert!(shutdown.request("SIGTERM", 0));
+        assert!(!shutdown.hand_over(42));
+        assert!(!shutdown.is_handed_over(), "the first reason stands");
+        assert!(shutdown.has_successor());
     }
 }

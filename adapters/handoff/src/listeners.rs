@@ -129,6 +129,13 @@ impl Listeners {
             Some(inherited) => inherited,
             None => (bind_tcp(name, address, reuse_port)?, Origin::Bound),
         };
+        // A predecessor that began to stop as it handed over may have told the socket to ignore
+        // new connections (the HTTP server does at stop): they are ours to serve now. Without a
+        // filter, detaching fails, and that is fine.
+        #[cfg(any(target_os = "linux", target_os = "android"))]
+        if origin != Origin::Bound {
+            let _ = socket.detach_filter();
+        }
         self.keep(name, &socket, origin)?;
         let listener: std::net::TcpListener = socket.into();
         listener.set_nonblocking(true).map_err(|error| unusable(name, error))?;

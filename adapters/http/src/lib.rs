@@ -15,6 +15,7 @@
 //! # Ok(()) }
 //! ```
 
+mod backlog;
 mod health;
 mod metrics;
 mod panic;

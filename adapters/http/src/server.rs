@@ -17,6 +17,7 @@ use hyper_util::server::conn::auto;
 use hyper_util::service::TowerToHyperService;
 use lifecycle_core::{BoxError, CancellationToken, Component, ComponentId, ComponentOptions, Context, Tasks};
 
+use crate::backlog;
 use crate::metrics::{MetricsState, metrics};
 use crate::panic::CatchPanic;
 use crate::{HealthPaths, health_router};
@@ -166,7 +167,10 @@ impl Drop for InFlight {
 /// 1. **drain** (the service just turned unready): keep serving and accepting, and answer
 ///    HTTP/1.1 requests with `Connection: close`, so clients move to another instance while the
 ///    drain delay passes;
-/// 2. **stop**: stop accepting, shut each connection down gracefully (HTTP/2 `GOAWAY` at once;
+/// 2. **stop**: stop accepting without resetting a connection the kernel already accepted (new
+///    connection attempts are ignored, so their clients are refused when they try again or
+///    find a successor; those already queued are served for 100 ms more, then the socket
+///    closes; after a hand-over the successor takes the queue), shut each connection down gracefully (HTTP/2 `GOAWAY` at once;
 ///    HTTP/1 closes after its next response, or once quiet for [`HttpServer::idle_close_after`]),
 ///    let requests finish; at the soft deadline cancel each
 ///    request's [`RequestContext::cancel`] token; at the hard deadline (just before the stop
@@ -357,6 +361,8 @@ impl Component for HttpServer {
         ctx.tasks().spawn("accept", async move {
             // Said once each time the limit is reached, not for every connection that waits.
             let mut at_limit = false;
+            // Once the stop began: when the socket closes.
+            let mut closes_at = None;
             loop {
                 // A free slot first: at the limit, new connections wait in the backlog.
                 let slot = match Arc::clone(&slots).try_acquire_owned() {
@@ -377,31 +383,39 @@ impl Component for HttpServer {
                         }
                     }
                 };
-                let (stream, _) = tokio::select! {
-                    // The stop begins: take what the kernel already accepted, then stop
-                    // accepting (dropping the listener closes it). A connection left in the
-                    // backlog would be reset when the socket closes, after its request was sent.
-                    _ = token.cancelled() => {
-                        // After a hand-over the successor accepts on this very socket: what is
-                        // queued is its to take, not ours to serve while stopping.
-                        if shutdown.is_handed_over() {
-                            break;
-                        }
-                        let mut now = std::task::Context::from_waker(std::task::Waker::noop());
-                        match listener.poll_accept(&mut now) {
-                            std::task::Poll::Ready(Ok(accepted)) => accepted,
-                            _ => break,
-                        }
-                    }
-                    accepted = listener.accept() => match accepted {
-                        Ok(accepted) => accepted,
-                        Err(error) => {
-                            // Out of descriptors, or the peer gave up before we accepted: keep going.
-                            tracing::warn!(component = %name, %error, "accept failed");
-                            tokio::time::sleep(Duration::from_millis(10)).await;
+                let accepted = match closes_at {
+                    None => tokio::select! {
+                        _ = token.cancelled() => {
+                            // After a hand-over the successor accepts on this very socket: what
+                            // is queued is its to take, and the socket must stay open to it.
+                            if shutdown.has_successor() {
+                                break;
+                            }
+                            // The stop begins: new connections are turned away, and those the
+                            // kernel already accepted are served before the socket closes (a
+                            // connection left in the queue would be reset after its request
+                            // was sent).
+                            if let Err(error) = backlog::turn_away_new_connections(&listener) {
+                                tracing::warn!(component = %name, %error, "cannot turn new connections away; some queued ones may be reset at close");
+                            }
+                            closes_at = Some(tokio::time::Instant::now() + backlog::HANDSHAKE_GRACE);
                             continue;
                         }
+                        accepted = listener.accept() => accepted,
                     },
+                    Some(at) => tokio::select! {
+                        () = tokio::time::sleep_until(at) => break,
+                        accepted = listener.accept() => accepted,
+                    },
+                };
+                let (stream, _) = match accepted {
+                    Ok(accepted) => accepted,
+                    Err(error) => {
+                        // Out of descriptors, or the peer gave up before we accepted: keep going.
+                        tracing::warn!(component = %name, %error, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                        continue;
+                    }
                 };
                 let service = TowerToHyperService::new(router.clone());
                 let activity = Arc::new(Activity::new());
