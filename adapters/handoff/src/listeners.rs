@@ -13,7 +13,7 @@ use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 use crate::HandoffError;
 use crate::inherit::{self, Source};
 
-/// Pending connections a new listener queues, like most servers.
+/// Pending connections a new Unix listener queues, like most servers.
 const BACKLOG: i32 = 1024;
 
 /// Where a listener's socket came from.
@@ -103,7 +103,13 @@ impl Listeners {
 
     /// The TCP listener `name` on `address`: the inherited socket of that name when there is
     /// one on the same address (or `address` has port 0), else a new socket bound there.
-    /// Non-blocking, ready for `tokio::net::TcpListener::from_std`.
+    /// Non-blocking, for `tokio::net::TcpListener::from_std`.
+    ///
+    /// A socket bound here does not listen yet: until whatever serves it starts, a connection
+    /// is refused at once rather than queued unanswered while the service starts (or fails to
+    /// start). `lifecycle_http::HttpServer` starts listening at its start; to accept on it
+    /// yourself, first call `socket2::SockRef::from(&listener).listen(1024)`. An inherited
+    /// socket already listens.
     pub fn tcp(&self, name: &str, address: SocketAddr) -> Result<std::net::TcpListener, HandoffError> {
         self.claim_tcp(name, address, false)
     }
@@ -324,7 +330,7 @@ fn bind_tcp(name: &str, address: SocketAddr, reuse_port: bool) -> Result<Socket,
         socket.set_reuse_port(true).map_err(failed)?;
     }
     socket.bind(&address.into()).map_err(failed)?;
-    socket.listen(BACKLOG).map_err(failed)?;
+    // Not listening yet: see `Listeners::tcp`.
     Ok(socket)
 }
 
@@ -390,8 +396,12 @@ mod tests {
         let copies = listeners.for_successor().unwrap();
         assert_eq!(copies.iter().map(|(name, _)| name.as_str()).collect::<Vec<_>>(), ["http", "admin"]);
 
-        // A connection made now is accepted through the copy: it is the same socket.
+        // Not listening until its server starts: a client is refused, not queued unanswered.
         let address = tcp.local_addr().unwrap();
+        let refused = std::net::TcpStream::connect(address).unwrap_err();
+        assert_eq!(refused.kind(), io::ErrorKind::ConnectionRefused);
+        // Once it listens, a connection made now is accepted through the copy: it is the same socket.
+        socket2::SockRef::from(&tcp).listen(16).unwrap();
         let _client = std::net::TcpStream::connect(address).unwrap();
         let copy: std::net::TcpListener = Socket::from(copies.into_iter().next().unwrap().1).into();
         copy.set_nonblocking(false).unwrap();

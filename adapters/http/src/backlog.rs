@@ -1,4 +1,8 @@
-//! Closing a listening socket without resetting a connection the kernel already accepted.
+//! The listening socket's queue: empty before the server can serve, and empty when it closes.
+//!
+//! A socket bound by this process (rather than inherited) starts listening only when the server
+//! starts, so a client that comes while the service starts, or fails to start, is refused at
+//! once instead of waiting in the queue until the process exits.
 //!
 //! The kernel completes TCP handshakes on its own and queues the connections until the server
 //! accepts them. Closing the socket resets every connection still queued, and its client, which
@@ -11,6 +15,21 @@
 //! accepting for [`HANDSHAKE_GRACE`] before it closes the socket.
 
 use std::time::Duration;
+
+/// Pending connections the kernel queues on a socket the server starts listening on.
+const BACKLOG: i32 = 1024;
+
+/// Starts listening on `listener` unless it already does (an inherited or socket-activated
+/// socket keeps the queue length it was given).
+pub(crate) fn listen(listener: &std::net::TcpListener) -> std::io::Result<()> {
+    let socket = socket2::SockRef::from(listener);
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    if socket.is_listener()? {
+        return Ok(());
+    }
+    // Elsewhere, listening again only sets the queue length.
+    socket.listen(BACKLOG)
+}
 
 /// How long a stopping server keeps accepting after it turned new connections away: the round
 /// trip in which a handshake the kernel answered just before can still complete.

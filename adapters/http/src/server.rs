@@ -162,7 +162,10 @@ impl Drop for InFlight {
 /// An axum router served on a listener, as a component.
 ///
 /// The listener is given, not bound here: bound by the application, by socket activation, or
-/// inherited during an upgrade. Shutdown, in the order the run calls it:
+/// inherited during an upgrade. One that is bound but not listening yet (as
+/// `lifecycle_handoff::Listeners` binds them) starts listening when the server starts, so a
+/// client that comes while the service starts, or fails to start, is refused at once instead of
+/// waiting unanswered. Shutdown, in the order the run calls it:
 ///
 /// 1. **drain** (the service just turned unready): keep serving and accepting, and answer
 ///    HTTP/1.1 requests with `Connection: close`, so clients move to another instance while the
@@ -334,6 +337,7 @@ impl Component for HttpServer {
     async fn start(&self, ctx: &Context) -> Result<(), BoxError> {
         let listener = Self::take(&self.listener)
             .ok_or_else(|| format!("component `{}` was already started: its listener is gone", self.name))?;
+        backlog::listen(&listener)?;
         listener.set_nonblocking(true)?;
         let address = listener.local_addr()?;
         let listener = tokio::net::TcpListener::from_std(listener)?;
