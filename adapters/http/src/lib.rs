@@ -20,6 +20,7 @@ mod health;
 mod metrics;
 mod panic;
 mod server;
+pub mod websocket;
 
 pub use axum;
 pub use health::{HealthPaths, READINESS_FRESH_FOR, health_router};

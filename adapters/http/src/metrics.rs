@@ -140,37 +140,32 @@ pub(crate) fn render(state: &MetricsState) -> Result<String, std::fmt::Error> {
 
     let http = registry.sub_registry_with_prefix("http");
     let counters = &state.counters;
-    let gauge = |value: u64| {
+    let gauges = [
+        ("requests_in_flight", "Requests being served", &counters.in_flight),
+        ("websockets_open", "WebSockets open", &counters.websockets_open),
+        ("shutdown_drained_requests", "Requests finished during the stop", &counters.drained),
+        ("shutdown_cancelled_requests", "Requests cancelled at the soft deadline", &counters.cancelled),
+        ("shutdown_cut_requests", "Requests cut at the hard deadline", &counters.cut),
+    ];
+    for (name, help, value) in gauges {
         let gauge = Gauge::<i64>::default();
-        gauge.set(i64::try_from(value).unwrap_or(i64::MAX));
-        gauge
-    };
-    http.register(
-        "requests_in_flight",
-        "Requests being served",
-        gauge(counters.in_flight.load(Ordering::Acquire)),
-    );
-    let completed = Counter::<u64>::default();
-    completed.inc_by(counters.completed.load(Ordering::Acquire));
-    http.register("requests_completed", "Requests answered since the start", completed);
-    let panicked = Counter::<u64>::default();
-    panicked.inc_by(counters.panicked.load(Ordering::Acquire));
-    http.register("requests_panicked", "Requests whose handler panicked, answered 500", panicked);
-    http.register(
-        "shutdown_drained_requests",
-        "Requests finished during the stop",
-        gauge(counters.drained.load(Ordering::Acquire)),
-    );
-    http.register(
-        "shutdown_cancelled_requests",
-        "Requests cancelled at the soft deadline",
-        gauge(counters.cancelled.load(Ordering::Acquire)),
-    );
-    http.register(
-        "shutdown_cut_requests",
-        "Requests cut at the hard deadline",
-        gauge(counters.cut.load(Ordering::Acquire)),
-    );
+        gauge.set(i64::try_from(value.load(Ordering::Acquire)).unwrap_or(i64::MAX));
+        http.register(name, help, gauge);
+    }
+    let totals = [
+        ("requests_completed", "Requests answered since the start", &counters.completed),
+        ("requests_panicked", "Requests whose handler panicked, answered 500", &counters.panicked),
+        (
+            "websockets_going_away",
+            "WebSockets closed with 1001 (going away) because the server stopped",
+            &counters.websockets_going_away,
+        ),
+    ];
+    for (name, help, value) in totals {
+        let counter = Counter::<u64>::default();
+        counter.inc_by(value.load(Ordering::Acquire));
+        http.register(name, help, counter);
+    }
 
     let mut text = String::new();
     prometheus_client::encoding::text::encode(&mut text, &registry)?;

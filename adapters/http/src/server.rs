@@ -20,6 +20,7 @@ use lifecycle_core::{BoxError, CancellationToken, Component, ComponentId, Compon
 use crate::backlog;
 use crate::metrics::{MetricsState, metrics};
 use crate::panic::CatchPanic;
+use crate::websocket::Sockets;
 use crate::{HealthPaths, health_router};
 
 /// How long before the stop deadline the server cuts what is left, so its note reaches the report.
@@ -42,8 +43,13 @@ const DESCRIPTORS_KEPT: usize = 256;
 pub struct RequestContext {
     /// Cancelled at the server's soft deadline during shutdown: a long handler should finish early.
     pub cancel: CancellationToken,
+    /// Cancelled when the server stops (or drains, with [`HttpServer::go_away_at_drain`]): a
+    /// long-lived response (server-sent events, a long poll) should end now, cleanly, so its
+    /// client reconnects elsewhere. WebSockets are closed with 1001 at the same moment.
+    pub going_away: CancellationToken,
     /// The server's task set: tasks a handler spawns here are waited for at stop.
     pub tasks: Tasks,
+    pub(crate) sockets: Sockets,
 }
 
 /// Request counts, for the report's note and for `/metrics`.
@@ -56,6 +62,11 @@ pub(crate) struct Counters {
     pub(crate) cut: AtomicU64,
     /// Requests whose handler panicked (answered 500).
     pub(crate) panicked: AtomicU64,
+    pub(crate) websockets_open: AtomicU64,
+    /// WebSockets closed with 1001 because the server stopped.
+    pub(crate) websockets_going_away: AtomicU64,
+    /// WebSockets dropped at the hard deadline.
+    pub(crate) websockets_cut: AtomicU64,
 }
 
 /// State shared by the middleware, the connections and the stop.
@@ -69,9 +80,28 @@ struct Shared {
     /// Cancelled at stop: each connection shuts down gracefully (HTTP/2 GOAWAY, HTTP/1 close
     /// after the response in flight).
     closing: CancellationToken,
+    /// Cancelled at stop, or at drain with `go_away_at_drain`: long-lived responses end, and
+    /// WebSockets are closed with 1001.
+    going_away: CancellationToken,
     /// Cancelled at the hard deadline: connections still open are dropped.
     cut: CancellationToken,
     cut_connections: AtomicU64,
+}
+
+/// A connection's place under [`HttpServer::max_connections`]: an upgrade (a WebSocket) takes it
+/// over, since the socket stays open after the HTTP connection is done.
+#[derive(Clone, Debug)]
+pub(crate) struct ConnectionSlot(Arc<Mutex<Option<tokio::sync::OwnedSemaphorePermit>>>);
+
+impl ConnectionSlot {
+    fn new(permit: tokio::sync::OwnedSemaphorePermit) -> Self {
+        Self(Arc::new(Mutex::new(Some(permit))))
+    }
+
+    /// The permit, for whoever keeps the connection's socket open from now on.
+    pub(crate) fn take(&self) -> Option<tokio::sync::OwnedSemaphorePermit> {
+        self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take()
+    }
 }
 
 /// How often a closing HTTP/1 connection with a request in flight looks again.
@@ -185,6 +215,7 @@ pub struct HttpServer {
     router: Mutex<Option<Router>>,
     soft_deadline: Option<Duration>,
     idle_close_after: Duration,
+    go_away_at_drain: bool,
     header_read_timeout: Duration,
     idle_timeout: Duration,
     max_connections: usize,
@@ -203,6 +234,7 @@ impl HttpServer {
             router: Mutex::new(Some(router)),
             soft_deadline: None,
             idle_close_after: IDLE_CLOSE_AFTER,
+            go_away_at_drain: false,
             header_read_timeout: HEADER_READ_TIMEOUT,
             idle_timeout: IDLE_TIMEOUT,
             max_connections: default_max_connections(),
@@ -230,6 +262,17 @@ impl HttpServer {
     #[must_use]
     pub fn idle_close_after(mut self, idle: Duration) -> Self {
         self.idle_close_after = idle;
+        self
+    }
+
+    /// Tells long-lived connections to go away (WebSockets closed with 1001, and
+    /// [`RequestContext::going_away`] cancelled) when the drain begins rather than when the stop
+    /// does. With a load balancer in front, clients then reconnect through it to another
+    /// instance during the drain delay; without one (the default), they stay until the stop,
+    /// since they would only find this instance again.
+    #[must_use]
+    pub fn go_away_at_drain(mut self) -> Self {
+        self.go_away_at_drain = true;
         self
     }
 
@@ -310,10 +353,23 @@ async fn track(
     shared.counters.in_flight.fetch_add(1, Ordering::AcqRel);
     let counted = InFlight(Arc::clone(&shared));
     let http1 = request.version() <= Version::HTTP_11;
-    request.extensions_mut().insert(RequestContext { cancel: shared.requests.child_token(), tasks });
+    let sockets = Sockets {
+        tasks: tasks.clone(),
+        going_away: shared.going_away.clone(),
+        cut: shared.cut.clone(),
+        counters: Arc::clone(&shared.counters),
+    };
+    request.extensions_mut().insert(RequestContext {
+        cancel: shared.requests.child_token(),
+        going_away: shared.going_away.clone(),
+        tasks,
+        sockets,
+    });
     let mut response = next.run(request).await;
     // HTTP/2 has no `Connection` header: a GOAWAY does that job at stop.
-    if http1 && shared.draining.load(Ordering::Acquire) {
+    // A protocol switch (a WebSocket) keeps its `Connection: upgrade`.
+    let switching = response.status() == axum::http::StatusCode::SWITCHING_PROTOCOLS;
+    if http1 && !switching && shared.draining.load(Ordering::Acquire) {
         response.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
     }
     drop(counted);
@@ -390,6 +446,10 @@ impl Component for HttpServer {
                 let accepted = match closes_at {
                     None => tokio::select! {
                         _ = token.cancelled() => {
+                            // The stop begins here, before the stop hook runs: WebSockets hear
+                            // "going away" before the router (and the state their handlers
+                            // feed on) is dropped with this loop.
+                            shared.going_away.cancel();
                             // After a hand-over the successor accepts on this very socket: what
                             // is queued is its to take, and the socket must stay open to it.
                             if shutdown.has_successor() {
@@ -425,8 +485,12 @@ impl Component for HttpServer {
                 let activity = Arc::new(Activity::new());
                 let watched = Arc::clone(&activity);
                 let (component, counters) = (name.clone(), Arc::clone(&shared.counters));
-                let service = hyper::service::service_fn(move |request: hyper::Request<Incoming>| {
+                // Given back when the connection ends, or kept by the WebSocket it turns into.
+                let slot = ConnectionSlot::new(slot);
+                let upgrade_slot = slot.clone();
+                let service = hyper::service::service_fn(move |mut request: hyper::Request<Incoming>| {
                     let busy = watched.begin(request.version());
+                    request.extensions_mut().insert(upgrade_slot.clone());
                     let (method, path) = (request.method().clone(), request.uri().path().to_owned());
                     let service = service.clone();
                     // The call inside the future: a panic while routing is caught with the handler's.
@@ -442,7 +506,7 @@ impl Component for HttpServer {
                 let shared = Arc::clone(&shared);
                 let stream_tasks = tasks.clone();
                 tasks.spawn("connection", async move {
-                    let _slot = slot; // given back when the connection ends
+                    let _slot = slot;
                     // HTTP/2 streams run as tasks of the server's set: the stop waits for them.
                     let mut builder = auto::Builder::new(TaskSetExecutor(stream_tasks));
                     builder.http1().timer(TokioTimer::new()).header_read_timeout(header_read_timeout);
@@ -497,6 +561,9 @@ impl Component for HttpServer {
 
     async fn drain(&self, _ctx: &Context) -> Result<(), BoxError> {
         self.shared.draining.store(true, Ordering::Release);
+        if self.go_away_at_drain {
+            self.shared.going_away.cancel();
+        }
         Ok(())
     }
 
@@ -505,6 +572,7 @@ impl Component for HttpServer {
         let completed_before = self.completed();
         let shared = &self.shared;
         shared.draining.store(true, Ordering::Release);
+        shared.going_away.cancel();
         shared.closing.cancel();
         let tasks = ctx.tasks();
         tasks.close();
@@ -533,6 +601,13 @@ impl Component for HttpServer {
              connections at the hard deadline",
             shared.cut_connections.load(Ordering::Acquire)
         ));
+        let (going_away, sockets_cut) = (
+            counters.websockets_going_away.load(Ordering::Acquire),
+            counters.websockets_cut.load(Ordering::Acquire),
+        );
+        if going_away + sockets_cut > 0 {
+            ctx.note(format!("closed {going_away} WebSockets with 1001 (going away), cut {sockets_cut} at the hard deadline"));
+        }
         Ok(())
     }
 }

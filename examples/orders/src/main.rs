@@ -7,6 +7,7 @@
 //! ```text
 //! curl -s -XPOST localhost:8080/api/orders -H 'content-type: application/json' -d '{"item":"tea","quantity":2}'
 //! curl -s localhost:8080/api/orders/1
+//! websocat ws://localhost:8080/api/orders/feed   # each new order, as it is created
 //! curl -s localhost:8080/readyz
 //! curl -s localhost:8080/metrics
 //! ```
@@ -25,6 +26,7 @@ use lifecycle_core::{
     RestartPolicy,
 };
 use lifecycle_handoff::{Listeners, Upgrade};
+use lifecycle_http::websocket::{Message, WebSocket, WebSocketUpgrade};
 use lifecycle_http::{HealthPaths, HttpServer};
 use lifecycle_redis::{RedisPool, redis};
 use lifecycle_sqlx::jobs::JobWorker;
@@ -36,6 +38,8 @@ use store::{Order, ProcessOrder, Store};
 struct App {
     store: Store,
     cache: Option<Dep<RedisPool>>,
+    /// New orders, for the WebSocket feed.
+    created: tokio::sync::broadcast::Sender<String>,
 }
 
 #[derive(Deserialize)]
@@ -62,7 +66,32 @@ async fn create_order(
         ));
     }
     let id = app.store.create(&order.item, order.quantity).await.map_err(internal)?;
+    // Nobody listening is fine.
+    let _ = app
+        .created
+        .send(serde_json::json!({ "id": id, "item": order.item, "quantity": order.quantity }).to_string());
     Ok((StatusCode::CREATED, Json(serde_json::json!({ "id": id }))))
+}
+
+/// `GET /api/orders/feed` (WebSocket): each new order as JSON text, as it is created. At a stop
+/// or an upgrade the server closes it with 1001 (going away), and the client reconnects (to the
+/// new process, after an upgrade).
+async fn order_feed(State(app): State<App>, upgrade: WebSocketUpgrade) -> axum::response::Response {
+    let mut created = app.created.subscribe();
+    upgrade.on_upgrade(|mut socket: WebSocket| async move {
+        loop {
+            tokio::select! {
+                order = created.recv() => match order {
+                    Ok(order) => if socket.send(Message::Text(order.into())).await.is_err() { break },
+                    // A client too slow to keep up misses some; the feed goes on.
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => break,
+                },
+                // The client closed, or the server is going away.
+                message = socket.recv() => if message.is_none() { break },
+            }
+        }
+    })
 }
 
 async fn get_order(State(app): State<App>, Path(id): Path<i64>) -> Reply<Json<Order>> {
@@ -253,8 +282,9 @@ async fn main(listeners: Listeners) -> Result<RegistryBuilder, String> {
 
     let app = Router::new()
         .route("/api/orders", post(create_order))
+        .route("/api/orders/feed", get(order_feed))
         .route("/api/orders/{id}", get(get_order))
-        .with_state(App { store, cache: cache.clone() });
+        .with_state(App { store, cache: cache.clone(), created: tokio::sync::broadcast::channel(256).0 });
     let stop_timeout = config.shutdown_deadline.mul_f64(0.8);
     let http = builder
         .add(
