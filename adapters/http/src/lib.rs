@@ -15,6 +15,7 @@
 //! # Ok(()) }
 //! ```
 
+mod accept;
 mod backlog;
 mod health;
 mod metrics;

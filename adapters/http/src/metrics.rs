@@ -142,6 +142,7 @@ pub(crate) fn render(state: &MetricsState) -> Result<String, std::fmt::Error> {
     let counters = &state.counters;
     let gauges = [
         ("requests_in_flight", "Requests being served", &counters.in_flight),
+        ("connections_open", "Client connections open, WebSockets included", &counters.connections_open),
         ("websockets_open", "WebSockets open", &counters.websockets_open),
         ("shutdown_drained_requests", "Requests finished during the stop", &counters.drained),
         ("shutdown_cancelled_requests", "Requests cancelled at the soft deadline", &counters.cancelled),
@@ -155,6 +156,11 @@ pub(crate) fn render(state: &MetricsState) -> Result<String, std::fmt::Error> {
     let totals = [
         ("requests_completed", "Requests answered since the start", &counters.completed),
         ("requests_panicked", "Requests whose handler panicked, answered 500", &counters.panicked),
+        (
+            "connection_limit_reached",
+            "Times the connection limit was reached (new connections then wait in the listen queue)",
+            &counters.limit_reached,
+        ),
         (
             "websockets_going_away",
             "WebSockets closed with 1001 (going away) because the server stopped",

@@ -17,6 +17,7 @@ use hyper_util::server::conn::auto;
 use hyper_util::service::TowerToHyperService;
 use lifecycle_core::{BoxError, CancellationToken, Component, ComponentId, ComponentOptions, Context, Tasks};
 
+use crate::accept::AcceptErrors;
 use crate::backlog;
 use crate::metrics::{MetricsState, metrics};
 use crate::panic::CatchPanic;
@@ -63,6 +64,10 @@ pub(crate) struct Counters {
     /// Requests whose handler panicked (answered 500).
     pub(crate) panicked: AtomicU64,
     pub(crate) websockets_open: AtomicU64,
+    /// Client connections open (WebSockets included).
+    pub(crate) connections_open: AtomicU64,
+    /// Times the connection limit was reached (new connections then wait).
+    pub(crate) limit_reached: AtomicU64,
     /// WebSockets closed with 1001 because the server stopped.
     pub(crate) websockets_going_away: AtomicU64,
     /// WebSockets dropped at the hard deadline.
@@ -91,15 +96,29 @@ struct Shared {
 /// A connection's place under [`HttpServer::max_connections`]: an upgrade (a WebSocket) takes it
 /// over, since the socket stays open after the HTTP connection is done.
 #[derive(Clone, Debug)]
-pub(crate) struct ConnectionSlot(Arc<Mutex<Option<tokio::sync::OwnedSemaphorePermit>>>);
+pub(crate) struct ConnectionSlot(Arc<Mutex<Option<Place>>>);
+
+/// A place under the limit, counted open until dropped.
+#[derive(Debug)]
+pub(crate) struct Place {
+    _permit: tokio::sync::OwnedSemaphorePermit,
+    counters: Arc<Counters>,
+}
+
+impl Drop for Place {
+    fn drop(&mut self) {
+        self.counters.connections_open.fetch_sub(1, Ordering::AcqRel);
+    }
+}
 
 impl ConnectionSlot {
-    fn new(permit: tokio::sync::OwnedSemaphorePermit) -> Self {
-        Self(Arc::new(Mutex::new(Some(permit))))
+    fn new(permit: tokio::sync::OwnedSemaphorePermit, counters: &Arc<Counters>) -> Self {
+        counters.connections_open.fetch_add(1, Ordering::AcqRel);
+        Self(Arc::new(Mutex::new(Some(Place { _permit: permit, counters: Arc::clone(counters) }))))
     }
 
-    /// The permit, for whoever keeps the connection's socket open from now on.
-    pub(crate) fn take(&self) -> Option<tokio::sync::OwnedSemaphorePermit> {
+    /// The place, for whoever keeps the connection's socket open from now on.
+    pub(crate) fn take(&self) -> Option<Place> {
         self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take()
     }
 }
@@ -296,10 +315,11 @@ impl HttpServer {
     /// The most client connections served at once (default: the process's descriptor limit
     /// less 256 kept for everything else). Beyond it the server stops accepting, and new
     /// connections wait in the listen backlog until one closes, instead of the process running
-    /// out of descriptors (which starves its database pool and its health endpoints too).
+    /// out of descriptors (which starves its database pool and its health endpoints too). An
+    /// open WebSocket keeps its connection's place. 0 fails the start, naming the setting.
     #[must_use]
     pub fn max_connections(mut self, max: usize) -> Self {
-        self.max_connections = max.max(1);
+        self.max_connections = max;
         self
     }
 
@@ -336,6 +356,30 @@ impl HttpServer {
     /// Requests answered since the start.
     pub fn completed(&self) -> u64 {
         self.shared.counters.completed.load(Ordering::Acquire)
+    }
+
+    /// Every setting that cannot work, named, with why.
+    fn unworkable_settings(&self) -> Vec<String> {
+        let mut problems = Vec::new();
+        if self.max_connections == 0 {
+            problems.push("`max_connections` is 0: no client could ever be served".to_owned());
+        }
+        for (setting, value) in
+            [("header_read_timeout", self.header_read_timeout), ("idle_timeout", self.idle_timeout)]
+        {
+            if value.is_zero() {
+                problems.push(format!("`{setting}` is 0: every connection would be closed at once"));
+            }
+        }
+        if let (Some(soft), Some(stop)) = (self.soft_deadline, self.options.stop_timeout) {
+            if soft >= stop {
+                problems.push(format!(
+                    "`soft_deadline` ({soft:?}) is not shorter than the stop timeout ({stop:?}): requests would be cut \
+                     without ever being told to finish"
+                ));
+            }
+        }
+        problems
     }
 
     fn take<T>(slot: &Mutex<Option<T>>) -> Option<T> {
@@ -391,6 +435,10 @@ impl Component for HttpServer {
     }
 
     async fn start(&self, ctx: &Context) -> Result<(), BoxError> {
+        let unworkable = self.unworkable_settings();
+        if !unworkable.is_empty() {
+            return Err(format!("component `{}`: {}", self.name, unworkable.join("; ")).into());
+        }
         let listener = Self::take(&self.listener)
             .ok_or_else(|| format!("component `{}` was already started: its listener is gone", self.name))?;
         backlog::listen(&listener)?;
@@ -423,6 +471,7 @@ impl Component for HttpServer {
             let mut at_limit = false;
             // Once the stop began: when the socket closes.
             let mut closes_at = None;
+            let mut accept_errors = AcceptErrors::default();
             loop {
                 // A free slot first: at the limit, new connections wait in the backlog.
                 let slot = match Arc::clone(&slots).try_acquire_owned() {
@@ -432,6 +481,7 @@ impl Component for HttpServer {
                     }
                     Err(_) => {
                         if !std::mem::replace(&mut at_limit, true) {
+                            shared.counters.limit_reached.fetch_add(1, Ordering::AcqRel);
                             tracing::warn!(component = %name, max_connections, "connection limit reached; new connections wait until one closes");
                         }
                         tokio::select! {
@@ -473,11 +523,12 @@ impl Component for HttpServer {
                     },
                 };
                 let (stream, _) = match accepted {
-                    Ok(accepted) => accepted,
+                    Ok(accepted) => {
+                        accept_errors.succeeded(&name);
+                        accepted
+                    }
                     Err(error) => {
-                        // Out of descriptors, or the peer gave up before we accepted: keep going.
-                        tracing::warn!(component = %name, %error, "accept failed");
-                        tokio::time::sleep(Duration::from_millis(10)).await;
+                        tokio::time::sleep(accept_errors.failed(&name, &error)).await;
                         continue;
                     }
                 };
@@ -486,7 +537,7 @@ impl Component for HttpServer {
                 let watched = Arc::clone(&activity);
                 let (component, counters) = (name.clone(), Arc::clone(&shared.counters));
                 // Given back when the connection ends, or kept by the WebSocket it turns into.
-                let slot = ConnectionSlot::new(slot);
+                let slot = ConnectionSlot::new(slot, &counters);
                 let upgrade_slot = slot.clone();
                 let service = hyper::service::service_fn(move |mut request: hyper::Request<Incoming>| {
                     let busy = watched.begin(request.version());
