@@ -97,7 +97,7 @@ impl fmt::Display for FailureRecord {
             None => write!(f, "{} hook ", HookName(self.stage))?,
         }
         match &self.failure {
-            Failure::Error(_) => write!(f, "failed: {}", Chain(&self.failure))?,
+            Failure::Error(_) => write!(f, "failed: {}", ErrorChain(&self.failure))?,
             other => write!(f, "{other}")?,
         }
         write!(f, " ({})", self.stage)
@@ -227,10 +227,19 @@ impl FailureLog {
     }
 }
 
-/// An error with its causes: `connection refused: os error 111`.
-pub(crate) struct Chain<'a>(pub(crate) &'a dyn Error);
+/// Displays an error followed by its causes (its `source()` chain), for a log line or a
+/// message: `cannot connect: connection refused (os error 111)`. Errors keep their causes out
+/// of their own `Display`; this puts them back in one line.
+#[derive(Clone, Copy)]
+pub struct ErrorChain<'a>(pub &'a dyn Error);
 
-impl fmt::Display for Chain<'_> {
+impl fmt::Debug for ErrorChain<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
+    }
+}
+
+impl fmt::Display for ErrorChain<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}", self.0)?;
         let mut source = self.0.source();

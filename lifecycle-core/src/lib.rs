@@ -147,7 +147,7 @@ pub use context::Context;
 pub use dependency::{Dep, Dependency};
 pub use error::{BuildError, DependencyError};
 pub use exit::{EXIT_DEADLINE, EXIT_FAILURE, ExitCause};
-pub use failure::{Failure, FailureRecord, Failures, SharedError, Stage};
+pub use failure::{ErrorChain, Failure, FailureRecord, Failures, SharedError, Stage};
 pub use handle::LifecycleHandle;
 pub use panic::panic_message;
 pub use phase::Phase;

@@ -7,7 +7,7 @@ use tokio::time::Instant;
 use tokio_util::sync::{CancellationToken, WaitForCancellationFuture};
 
 use crate::exit::{EXIT_FAILURE, is_valid_code};
-use crate::failure::{Chain, Failure};
+use crate::failure::{ErrorChain, Failure};
 use crate::signal::Signal;
 use crate::{ComponentId, lock};
 
@@ -77,12 +77,12 @@ impl fmt::Display for ShutdownReason {
             ShutdownReason::ComponentFailed { component, task, failure } => {
                 write!(f, "component `{component}` failed while running: task `{task}` ")?;
                 match failure {
-                    Failure::Error(_) => write!(f, "failed: {}", Chain(failure)),
+                    Failure::Error(_) => write!(f, "failed: {}", ErrorChain(failure)),
                     other => write!(f, "{other}"),
                 }
             }
             ShutdownReason::StartFailed { component, failure } => {
-                write!(f, "component `{component}` failed to start: {}", Chain(failure))
+                write!(f, "component `{component}` failed to start: {}", ErrorChain(failure))
             }
             ShutdownReason::HandedOver { successor } => write!(f, "handed over to process {successor}"),
             ShutdownReason::Completed { components } => {

@@ -14,6 +14,13 @@
 //! builder.add(HttpServer::new("http", listener, app).with_health(HealthPaths::default()).with_metrics("/metrics"));
 //! # Ok(()) }
 //! ```
+//!
+//! With the feature `tls` (off by default), `HttpServer::with_tls` serves HTTPS, HTTP/2 and
+//! HTTP/1.1 negotiated over ALPN, with rustls and its ring provider. The certificate and key come
+//! from PEM files, checked when read (`TlsConfig::from_pem_files`), and are reloaded without a
+//! restart: on `TlsConfig::reload` (say on `SIGHUP`), or when the files change
+//! (`TlsConfig::watch`). A reload that fails keeps the previous certificate, and connections
+//! already open keep theirs.
 
 mod accept;
 mod backlog;
@@ -21,8 +28,12 @@ mod health;
 mod metrics;
 mod panic;
 mod server;
+#[cfg(feature = "tls")]
+mod tls;
 pub mod websocket;
 
 pub use axum;
 pub use health::{HealthPaths, READINESS_FRESH_FOR, health_router};
 pub use server::{HttpServer, RequestContext};
+#[cfg(feature = "tls")]
+pub use tls::{TlsConfig, TlsError, TlsFile};

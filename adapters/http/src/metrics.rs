@@ -153,7 +153,8 @@ pub(crate) fn render(state: &MetricsState) -> Result<String, std::fmt::Error> {
         gauge.set(i64::try_from(value.load(Ordering::Acquire)).unwrap_or(i64::MAX));
         http.register(name, help, gauge);
     }
-    let totals = [
+    #[cfg_attr(not(feature = "tls"), allow(unused_mut))]
+    let mut totals = vec![
         ("requests_completed", "Requests answered since the start", &counters.completed),
         ("requests_panicked", "Requests whose handler panicked, answered 500", &counters.panicked),
         (
@@ -167,6 +168,12 @@ pub(crate) fn render(state: &MetricsState) -> Result<String, std::fmt::Error> {
             &counters.websockets_going_away,
         ),
     ];
+    #[cfg(feature = "tls")]
+    totals.push((
+        "tls_handshakes_failed",
+        "TLS handshakes that failed or timed out",
+        &counters.tls_handshakes_failed,
+    ));
     for (name, help, value) in totals {
         let counter = Counter::<u64>::default();
         counter.inc_by(value.load(Ordering::Acquire));

@@ -21,6 +21,8 @@ use crate::accept::AcceptErrors;
 use crate::backlog;
 use crate::metrics::{MetricsState, metrics};
 use crate::panic::CatchPanic;
+#[cfg(feature = "tls")]
+use crate::tls::TlsConfig;
 use crate::websocket::Sockets;
 use crate::{HealthPaths, health_router};
 
@@ -72,6 +74,9 @@ pub(crate) struct Counters {
     pub(crate) websockets_going_away: AtomicU64,
     /// WebSockets dropped at the hard deadline.
     pub(crate) websockets_cut: AtomicU64,
+    /// TLS handshakes that failed or timed out (not those the stop gave up on).
+    #[cfg(feature = "tls")]
+    pub(crate) tls_handshakes_failed: AtomicU64,
 }
 
 /// State shared by the middleware, the connections and the stop.
@@ -198,6 +203,143 @@ where
     }
 }
 
+/// The server's settings a connection needs.
+#[derive(Clone, Copy)]
+struct Settings {
+    idle_close_after: Duration,
+    header_read_timeout: Duration,
+    idle_timeout: Duration,
+}
+
+/// One accepted connection, before it is served.
+struct Connection {
+    router: Router,
+    /// Its place under the connection limit, for a WebSocket to take over.
+    slot: ConnectionSlot,
+    component: ComponentId,
+    shared: Arc<Shared>,
+    /// The server's task set, for the streams of an HTTP/2 connection.
+    tasks: Tasks,
+    settings: Settings,
+}
+
+impl Connection {
+    /// The TLS handshake, bounded like the headers of a request: the stream, or `None` when the
+    /// handshake failed (logged and counted) or the stop gave up on it.
+    #[cfg(feature = "tls")]
+    async fn tls_handshake(
+        &self,
+        acceptor: &tokio_rustls::TlsAcceptor,
+        stream: tokio::net::TcpStream,
+    ) -> Option<tokio_rustls::server::TlsStream<tokio::net::TcpStream>> {
+        let (component, shared, settings) = (&self.component, &self.shared, self.settings);
+        let peer = stream.peer_addr().ok();
+        // At stop, a connection still in its handshake has sent no request: it gets the time an
+        // idle HTTP/1 connection gets, and no more than the soft deadline.
+        let stop_gives_up = async {
+            shared.closing.cancelled().await;
+            tokio::select! {
+                () = tokio::time::sleep(settings.idle_close_after) => {}
+                () = shared.requests.cancelled() => {}
+            }
+        };
+        tokio::select! {
+            handshake = tokio::time::timeout(settings.header_read_timeout, acceptor.accept(stream)) => {
+                match handshake {
+                    Ok(Ok(stream)) => return Some(stream),
+                    Ok(Err(error)) => {
+                        tracing::debug!(component = %component, ?peer, %error, "TLS handshake failed");
+                    }
+                    Err(_) => {
+                        let timeout = settings.header_read_timeout;
+                        tracing::debug!(component = %component, ?peer, ?timeout, "TLS handshake timed out");
+                    }
+                }
+                shared.counters.tls_handshakes_failed.fetch_add(1, Ordering::AcqRel);
+                None
+            }
+            () = stop_gives_up => {
+                tracing::debug!(component = %component, ?peer, "TLS handshake abandoned at stop");
+                None
+            }
+        }
+    }
+
+    /// Serves the connection, plain or TLS, until the client closes it, it stays idle too long,
+    /// or the stop closes it.
+    async fn serve<I>(self, io: I)
+    where
+        I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+    {
+        let Self { router, slot, component, shared, tasks, settings } = self;
+        let Settings { idle_close_after, header_read_timeout, idle_timeout } = settings;
+        let service = TowerToHyperService::new(router);
+        let activity = Arc::new(Activity::new());
+        let watched = Arc::clone(&activity);
+        let counters = Arc::clone(&shared.counters);
+        let service = hyper::service::service_fn(move |mut request: hyper::Request<Incoming>| {
+            let busy = watched.begin(request.version());
+            request.extensions_mut().insert(slot.clone());
+            let (method, path) = (request.method().clone(), request.uri().path().to_owned());
+            let service = service.clone();
+            // The call inside the future: a panic while routing is caught with the handler's.
+            let response = async move { hyper::service::Service::call(&service, request).await };
+            let response = CatchPanic::new(response, method, path, component.clone(), Arc::clone(&counters));
+            async move {
+                let response = response.await;
+                drop(busy);
+                response
+            }
+        });
+        // HTTP/2 streams run as tasks of the server's set: the stop waits for them.
+        let mut builder = auto::Builder::new(TaskSetExecutor(tasks));
+        builder.http1().timer(TokioTimer::new()).header_read_timeout(header_read_timeout);
+        let connection = builder.serve_connection_with_upgrades(io, service);
+        tokio::pin!(connection);
+        // Serving: closed when idle too long, until the stop begins.
+        loop {
+            let idle_at = activity.quiet_until(idle_timeout);
+            let wake = idle_at.unwrap_or_else(|| Instant::now() + idle_timeout);
+            tokio::select! {
+                _ = connection.as_mut() => return,
+                _ = shared.closing.cancelled() => break,
+                _ = tokio::time::sleep_until(wake.into()) => {
+                    let idle = activity.quiet_until(idle_timeout).is_some_and(|at| at <= Instant::now());
+                    if idle && !activity.http2.load(Ordering::Acquire) {
+                        connection.as_mut().graceful_shutdown();
+                        let _ = connection.as_mut().await;
+                        return;
+                    }
+                }
+            }
+        }
+        // HTTP/2 gets its GOAWAY at once: the client knows which streams were served.
+        // HTTP/1 has no such message, so it waits until quiet (see `idle_close_after`).
+        if !activity.http2.load(Ordering::Acquire) {
+            loop {
+                let quiet_until = activity.quiet_until(idle_close_after);
+                if quiet_until.is_some_and(|at| at <= Instant::now()) {
+                    break;
+                }
+                let wake = quiet_until.unwrap_or_else(|| Instant::now() + BUSY_POLL);
+                tokio::select! {
+                    _ = connection.as_mut() => return,
+                    // The soft deadline: no more waiting for anyone.
+                    _ = shared.requests.cancelled() => break,
+                    _ = tokio::time::sleep_until(wake.into()) => {}
+                }
+            }
+        }
+        connection.as_mut().graceful_shutdown();
+        tokio::select! {
+            _ = connection.as_mut() => {}
+            _ = shared.cut.cancelled() => {
+                shared.cut_connections.fetch_add(1, Ordering::AcqRel);
+            }
+        }
+    }
+}
+
 /// Counts a request out when its response is ready or it is dropped.
 struct InFlight(Arc<Shared>);
 
@@ -241,6 +383,8 @@ pub struct HttpServer {
     health: Option<HealthPaths>,
     metrics: Option<String>,
     options: ComponentOptions,
+    #[cfg(feature = "tls")]
+    tls: Option<TlsConfig>,
     shared: Arc<Shared>,
 }
 
@@ -260,6 +404,8 @@ impl HttpServer {
             health: None,
             metrics: None,
             options: ComponentOptions::new(),
+            #[cfg(feature = "tls")]
+            tls: None,
             shared: Arc::default(),
         }
     }
@@ -338,6 +484,23 @@ impl HttpServer {
     #[must_use]
     pub fn with_metrics(mut self, path: impl Into<String>) -> Self {
         self.metrics = Some(path.into());
+        self
+    }
+
+    /// Serves HTTPS instead of plain HTTP (feature `tls`): HTTP/2 and HTTP/1.1 over TLS, with
+    /// `config`'s certificate, which it reloads without a restart (see [`TlsConfig`]).
+    ///
+    /// Each connection's handshake runs in the connection's own task, so a slow client holds up
+    /// no other, and is bounded by [`header_read_timeout`](HttpServer::header_read_timeout); one
+    /// that fails is logged at debug level and counted (`/metrics`:
+    /// `lifecycle_http_tls_handshakes_failed_total`), never a failure of the server. At stop, a
+    /// handshake still under way gets as long as an idle connection
+    /// ([`idle_close_after`](HttpServer::idle_close_after)); the connections it completes are
+    /// served and drained like any other.
+    #[cfg(feature = "tls")]
+    #[must_use]
+    pub fn with_tls(mut self, config: TlsConfig) -> Self {
+        self.tls = Some(config);
         self
     }
 
@@ -461,11 +624,21 @@ impl Component for HttpServer {
         let (shared, tasks, token, name) =
             (Arc::clone(&self.shared), ctx.tasks().clone(), ctx.token().clone(), self.name.clone());
         let shutdown = ctx.shutdown().clone();
-        let (idle_close_after, header_read_timeout, idle_timeout) =
-            (self.idle_close_after, self.header_read_timeout, self.idle_timeout);
+        let settings = Settings {
+            idle_close_after: self.idle_close_after,
+            header_read_timeout: self.header_read_timeout,
+            idle_timeout: self.idle_timeout,
+        };
         let slots = Arc::new(tokio::sync::Semaphore::new(self.max_connections));
         let max_connections = self.max_connections;
         tracing::info!(component = %name, %address, max_connections, "HTTP server listening");
+        #[cfg(feature = "tls")]
+        let tls = self.tls.as_ref().map(|config| {
+            if let Some(interval) = config.watch_interval() {
+                ctx.tasks().spawn("tls watch", config.clone().watch_files(interval, ctx.token().clone()));
+            }
+            config.acceptor()
+        });
         ctx.tasks().spawn("accept", async move {
             // Said once each time the limit is reached, not for every connection that waits.
             let mut at_limit = false;
@@ -532,78 +705,28 @@ impl Component for HttpServer {
                         continue;
                     }
                 };
-                let service = TowerToHyperService::new(router.clone());
-                let activity = Arc::new(Activity::new());
-                let watched = Arc::clone(&activity);
-                let (component, counters) = (name.clone(), Arc::clone(&shared.counters));
                 // Given back when the connection ends, or kept by the WebSocket it turns into.
-                let slot = ConnectionSlot::new(slot, &counters);
-                let upgrade_slot = slot.clone();
-                let service = hyper::service::service_fn(move |mut request: hyper::Request<Incoming>| {
-                    let busy = watched.begin(request.version());
-                    request.extensions_mut().insert(upgrade_slot.clone());
-                    let (method, path) = (request.method().clone(), request.uri().path().to_owned());
-                    let service = service.clone();
-                    // The call inside the future: a panic while routing is caught with the handler's.
-                    let response = async move { hyper::service::Service::call(&service, request).await };
-                    let response =
-                        CatchPanic::new(response, method, path, component.clone(), Arc::clone(&counters));
-                    async move {
-                        let response = response.await;
-                        drop(busy);
-                        response
-                    }
-                });
-                let shared = Arc::clone(&shared);
-                let stream_tasks = tasks.clone();
+                let slot = ConnectionSlot::new(slot, &shared.counters);
+                let connection = Connection {
+                    router: router.clone(),
+                    slot: slot.clone(),
+                    component: name.clone(),
+                    shared: Arc::clone(&shared),
+                    tasks: tasks.clone(),
+                    settings,
+                };
+                #[cfg(feature = "tls")]
+                let tls = tls.clone();
                 tasks.spawn("connection", async move {
                     let _slot = slot;
-                    // HTTP/2 streams run as tasks of the server's set: the stop waits for them.
-                    let mut builder = auto::Builder::new(TaskSetExecutor(stream_tasks));
-                    builder.http1().timer(TokioTimer::new()).header_read_timeout(header_read_timeout);
-                    let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
-                    tokio::pin!(connection);
-                    // Serving: closed when idle too long, until the stop begins.
-                    loop {
-                        let idle_at = activity.quiet_until(idle_timeout);
-                        let wake = idle_at.unwrap_or_else(|| Instant::now() + idle_timeout);
-                        tokio::select! {
-                            _ = connection.as_mut() => return,
-                            _ = shared.closing.cancelled() => break,
-                            _ = tokio::time::sleep_until(wake.into()) => {
-                                let idle = activity.quiet_until(idle_timeout).is_some_and(|at| at <= Instant::now());
-                                if idle && !activity.http2.load(Ordering::Acquire) {
-                                    connection.as_mut().graceful_shutdown();
-                                    let _ = connection.as_mut().await;
-                                    return;
-                                }
-                            }
+                    #[cfg(feature = "tls")]
+                    if let Some(acceptor) = tls {
+                        if let Some(stream) = connection.tls_handshake(&acceptor, stream).await {
+                            connection.serve(TokioIo::new(stream)).await;
                         }
+                        return;
                     }
-                    // HTTP/2 gets its GOAWAY at once: the client knows which streams were served.
-                    // HTTP/1 has no such message, so it waits until quiet (see `idle_close_after`).
-                    if !activity.http2.load(Ordering::Acquire) {
-                        loop {
-                            let quiet_until = activity.quiet_until(idle_close_after);
-                            if quiet_until.is_some_and(|at| at <= Instant::now()) {
-                                break;
-                            }
-                            let wake = quiet_until.unwrap_or_else(|| Instant::now() + BUSY_POLL);
-                            tokio::select! {
-                                _ = connection.as_mut() => return,
-                                // The soft deadline: no more waiting for anyone.
-                                _ = shared.requests.cancelled() => break,
-                                _ = tokio::time::sleep_until(wake.into()) => {}
-                            }
-                        }
-                    }
-                    connection.as_mut().graceful_shutdown();
-                    tokio::select! {
-                        _ = connection.as_mut() => {}
-                        _ = shared.cut.cancelled() => {
-                            shared.cut_connections.fetch_add(1, Ordering::AcqRel);
-                        }
-                    }
+                    connection.serve(TokioIo::new(stream)).await;
                 });
             }
         });
