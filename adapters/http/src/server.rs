@@ -9,7 +9,7 @@ use axum::Router;
 use axum::extract::{Request, State};
 use axum::http::{HeaderValue, Version, header};
 use axum::middleware::Next;
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
@@ -65,6 +65,8 @@ pub(crate) struct Counters {
     pub(crate) cut: AtomicU64,
     /// Requests whose handler panicked (answered 500).
     pub(crate) panicked: AtomicU64,
+    /// Requests cut at the request timeout (answered 503).
+    pub(crate) timed_out: AtomicU64,
     pub(crate) websockets_open: AtomicU64,
     /// Client connections open (WebSockets included).
     pub(crate) connections_open: AtomicU64,
@@ -377,6 +379,7 @@ pub struct HttpServer {
     soft_deadline: Option<Duration>,
     idle_close_after: Duration,
     go_away_at_drain: bool,
+    request_timeout: Option<Duration>,
     header_read_timeout: Duration,
     idle_timeout: Duration,
     max_connections: usize,
@@ -398,6 +401,7 @@ impl HttpServer {
             soft_deadline: None,
             idle_close_after: IDLE_CLOSE_AFTER,
             go_away_at_drain: false,
+            request_timeout: None,
             header_read_timeout: HEADER_READ_TIMEOUT,
             idle_timeout: IDLE_TIMEOUT,
             max_connections: default_max_connections(),
@@ -438,6 +442,16 @@ impl HttpServer {
     #[must_use]
     pub fn go_away_at_drain(mut self) -> Self {
         self.go_away_at_drain = true;
+        self
+    }
+
+    /// The longest a handler may take (default: no limit). A request still running at the limit
+    /// is answered `503 Service Unavailable` ("request timed out") and its handler dropped, which
+    /// cancels what it awaits; `/metrics` counts them (`requests_timed_out_total`). A stuck
+    /// dependency then costs its callers a bounded wait, not a connection each until the stop.
+    #[must_use]
+    pub fn request_timeout(mut self, limit: Duration) -> Self {
+        self.request_timeout = Some(limit);
         self
     }
 
@@ -534,6 +548,9 @@ impl HttpServer {
                 problems.push(format!("`{setting}` is 0: every connection would be closed at once"));
             }
         }
+        if self.request_timeout.is_some_and(|limit| limit.is_zero()) {
+            problems.push("`request_timeout` is 0: every request would time out".to_owned());
+        }
         if let (Some(soft), Some(stop)) = (self.soft_deadline, self.options.stop_timeout) {
             if soft >= stop {
                 problems.push(format!(
@@ -553,7 +570,7 @@ impl HttpServer {
 /// The middleware every request goes through: counting, its token, `Connection: close` while
 /// draining.
 async fn track(
-    State((shared, tasks)): State<(Arc<Shared>, Tasks)>,
+    State((shared, tasks, request_timeout)): State<(Arc<Shared>, Tasks, Option<Duration>)>,
     mut request: Request,
     next: Next,
 ) -> Response {
@@ -572,7 +589,17 @@ async fn track(
         tasks,
         sockets,
     });
-    let mut response = next.run(request).await;
+    let mut response = match request_timeout {
+        None => next.run(request).await,
+        // The handler is dropped at the limit, which cancels whatever it awaits.
+        Some(limit) => match tokio::time::timeout(limit, next.run(request)).await {
+            Ok(response) => response,
+            Err(_) => {
+                shared.counters.timed_out.fetch_add(1, Ordering::AcqRel);
+                (axum::http::StatusCode::SERVICE_UNAVAILABLE, "request timed out\n").into_response()
+            }
+        },
+    };
     // HTTP/2 has no `Connection` header: a GOAWAY does that job at stop.
     // A protocol switch (a WebSocket) keeps its `Connection: upgrade`.
     let switching = response.status() == axum::http::StatusCode::SWITCHING_PROTOCOLS;
@@ -618,7 +645,7 @@ impl Component for HttpServer {
             router = router.merge(Router::new().route(path, get(metrics)).with_state(Arc::new(state)));
         }
         let router = router.layer(axum::middleware::from_fn_with_state(
-            (Arc::clone(&self.shared), ctx.tasks().clone()),
+            (Arc::clone(&self.shared), ctx.tasks().clone(), self.request_timeout),
             track,
         ));
         let (shared, tasks, token, name) =

@@ -624,3 +624,43 @@ async fn health_and_metrics_can_live_on_their_own_port() {
     assert_eq!(get_once(admin_address, "/metrics").await.0, 200);
     assert!(run.stop().await.is_success());
 }
+
+/// Sets its flag when dropped.
+struct Dropped(Arc<AtomicBool>);
+
+impl Drop for Dropped {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Release);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_past_the_request_timeout_answers_503_and_its_handler_is_cancelled() {
+    let cancelled = Arc::new(AtomicBool::new(false));
+    let flag = Arc::clone(&cancelled);
+    let app = Router::new().route("/", get(|| async { "hello" })).route(
+        "/stuck",
+        get(move || {
+            let guard = Dropped(Arc::clone(&flag));
+            async move {
+                std::future::pending::<()>().await;
+                drop(guard);
+                "never"
+            }
+        }),
+    );
+    let served =
+        serve_with(builder(), app, |server| server.request_timeout(Duration::from_millis(200))).await;
+    let mut client = Client::connect(served.address).await;
+    let began = Instant::now();
+    let (status, _, body) = client.get("/stuck").await.unwrap();
+    assert_eq!((status, body.as_str()), (503, "request timed out\n"));
+    assert!(began.elapsed() < Duration::from_secs(2), "{:?}", began.elapsed());
+    assert!(cancelled.load(Ordering::Acquire), "the handler was dropped");
+    let (status, _, body) = client.get("/").await.unwrap();
+    assert_eq!((status, body.as_str()), (200, "hello"), "the connection carries on");
+    let (_, _, text) = get_once(served.address, "/metrics").await;
+    let scrape = prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_owned()))).unwrap();
+    assert_eq!(sample(&scrape, &text, "lifecycle_http_requests_timed_out_total", None), 1.0);
+    testing::assert_clean(&served.run.stop().await);
+}

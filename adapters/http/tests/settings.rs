@@ -17,6 +17,7 @@ async fn unworkable_settings_fail_the_start_naming_each() {
         HttpServer::new("http", listener, Router::new())
             .max_connections(0)
             .header_read_timeout(Duration::ZERO)
+            .request_timeout(Duration::ZERO)
             .soft_deadline(Duration::from_secs(5))
             .options(ComponentOptions::new().stop_timeout(Duration::from_secs(5))),
     );
@@ -30,6 +31,7 @@ async fn unworkable_settings_fail_the_start_naming_each() {
         "component `http`",
         "`max_connections` is 0",
         "`header_read_timeout` is 0",
+        "`request_timeout` is 0: every request would time out",
         "`soft_deadline` (5s) is not shorter than the stop timeout (5s)",
     ] {
         assert!(text.contains(expected), "{expected:?} in {text}");
