@@ -149,7 +149,7 @@ pub use error::{BuildError, DependencyError};
 pub use exit::{EXIT_DEADLINE, EXIT_FAILURE, ExitCause};
 pub use failure::{ErrorChain, Failure, FailureRecord, Failures, SharedError, Stage};
 pub use handle::LifecycleHandle;
-pub use panic::panic_message;
+pub use panic::{CatchUnwind, panic_message};
 pub use phase::Phase;
 pub use progress::ComponentStatus;
 pub use readiness::{Problem, Readiness, ReadinessStatus};

@@ -7,15 +7,19 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 
 pin_project_lite::pin_project! {
-    /// A future that turns a panic while polling `inner` into an `Err` with the panic's message.
-    pub(crate) struct CatchUnwind<F> {
+    /// A future that turns a panic while polling `inner` into an `Err` with the panic's message
+    /// (see [`panic_message`]), so one request's or one job's panic stays its own. After a
+    /// panic the inner future is only dropped, never polled again.
+    #[derive(Debug)]
+    pub struct CatchUnwind<F> {
         #[pin]
         inner: F,
     }
 }
 
 impl<F> CatchUnwind<F> {
-    pub(crate) fn new(inner: F) -> Self {
+    /// Wraps `inner`.
+    pub fn new(inner: F) -> Self {
         Self { inner }
     }
 }

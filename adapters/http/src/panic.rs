@@ -5,59 +5,36 @@
 
 use std::convert::Infallible;
 use std::future::Future;
-use std::panic::{AssertUnwindSafe, catch_unwind};
-use std::pin::Pin;
-use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::task::{Context, Poll};
 
 use axum::body::Body;
-use axum::http::{Method, Response, StatusCode};
-use lifecycle_core::ComponentId;
+use axum::http::{Method, Response, StatusCode, Uri};
+use lifecycle_core::{CatchUnwind, ComponentId};
 
 use crate::server::Counters;
 
-/// A request's response future, with a panic while polling it turned into a 500.
-pub(crate) struct CatchPanic<F> {
-    inner: Pin<Box<F>>,
-    /// Which request it is, for the one log line a panic gets.
-    route: Option<(Method, String)>,
-    component: ComponentId,
-    counters: Arc<Counters>,
-}
-
-impl<F> CatchPanic<F> {
-    pub(crate) fn new(
-        inner: F,
-        method: Method,
-        path: String,
-        component: ComponentId,
-        counters: Arc<Counters>,
-    ) -> Self {
-        Self { inner: Box::pin(inner), route: Some((method, path)), component, counters }
-    }
-}
-
-impl<F> Future for CatchPanic<F>
+/// Awaits a request's response, turning a panic while polling it into a 500 (logged once, with
+/// the route, and counted). The route is kept as the request's own method and URI (clones of
+/// shared buffers), so a request that does not panic pays no allocation for it.
+pub(crate) async fn catch_panic<F>(
+    response: F,
+    method: Method,
+    uri: Uri,
+    component: &ComponentId,
+    counters: &Counters,
+) -> Result<Response<Body>, Infallible>
 where
     F: Future<Output = Result<Response<Body>, Infallible>>,
 {
-    type Output = Result<Response<Body>, Infallible>;
-
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let inner = self.inner.as_mut();
-        // Unwind safety: after a panic the handler's future is dropped, never polled again.
-        match catch_unwind(AssertUnwindSafe(|| inner.poll(cx))) {
-            Ok(poll) => poll,
-            Err(payload) => {
-                let panic = lifecycle_core::panic_message(payload.as_ref());
-                let (method, path) = self.route.take().unwrap_or((Method::GET, String::new()));
-                self.counters.panicked.fetch_add(1, Ordering::AcqRel);
-                tracing::error!(component = %self.component, %method, %path, %panic, "request handler panicked; answered 500");
-                let mut response = Response::new(Body::from("internal error\n"));
-                *response.status_mut() = StatusCode::INTERNAL_SERVER_ERROR;
-                Poll::Ready(Ok(response))
-            }
+    match CatchUnwind::new(response).await {
+        Ok(response) => response,
+        Err(panic) => {
+            counters.panicked.fetch_add(1, Ordering::AcqRel);
+            let path = uri.path();
+            tracing::error!(component = %component, %method, %path, %panic, "request handler panicked; answered 500");
+            let mut response = Response::new(Body::from("internal error\n"));
+            *response.status_mut() = StatusCode::INTERNAL_SERVER_ERROR;
+            Ok(response)
         }
     }
 }

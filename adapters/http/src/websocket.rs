@@ -152,13 +152,9 @@ impl<S: Send + Sync> FromRequestParts<S> for WebSocketUpgrade {
         let key = headers.get(header::SEC_WEBSOCKET_KEY).ok_or(WebSocketRejection::NoKey)?;
         let accept = HeaderValue::from_str(&derive_accept_key(key.as_bytes()))
             .map_err(|_| WebSocketRejection::NoKey)?;
-        let sockets = parts
-            .extensions
-            .get::<RequestContext>()
-            .map(|ctx| ctx.sockets.clone())
-            .ok_or(WebSocketRejection::NotUpgradable)?;
+        let ctx = parts.extensions.get::<RequestContext>().ok_or(WebSocketRejection::NotUpgradable)?;
+        let (sockets, slot) = (ctx.sockets().clone(), ctx.slot().cloned());
         let on_upgrade = parts.extensions.remove::<OnUpgrade>().ok_or(WebSocketRejection::NotUpgradable)?;
-        let slot = parts.extensions.get::<ConnectionSlot>().cloned();
         Ok(Self { on_upgrade, accept, sockets, slot })
     }
 }

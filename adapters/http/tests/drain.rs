@@ -199,7 +199,7 @@ async fn the_soft_deadline_cancels_request_tokens() {
             let notify = Arc::clone(&notify);
             async move {
                 notify.notify_one();
-                request.cancel.cancelled().await;
+                request.cancelled().await;
                 (axum::http::StatusCode::SERVICE_UNAVAILABLE, "partial report, cut short by the shutdown")
             }
         }),
@@ -260,7 +260,7 @@ async fn tasks_spawned_by_handlers_are_waited_for() {
         axum::routing::post(move |Extension(request): Extension<RequestContext>| {
             let flag = Arc::clone(&flag);
             async move {
-                request.tasks.spawn("send_confirmation", async move {
+                request.tasks().spawn("send_confirmation", async move {
                     tokio::time::sleep(Duration::from_millis(300)).await;
                     flag.store(true, Ordering::SeqCst);
                 });

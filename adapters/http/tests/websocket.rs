@@ -59,7 +59,7 @@ fn app() -> Router {
     Router::new().route("/echo", get(echo)).route("/feed", get(feed)).route("/once", get(once)).route(
         "/going-away",
         get(|axum::Extension(ctx): axum::Extension<RequestContext>| async move {
-            ctx.going_away.cancelled().await;
+            ctx.going_away().await;
             "going away"
         }),
     )

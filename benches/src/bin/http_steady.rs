@@ -1,0 +1,199 @@
+//! Steady-state cost of the lifecycle HTTP server's protections (panic isolation on every
+//! request, connection limit, header-read and idle timeouts, request timeout, request tracking)
+//! against plain axum `serve`, on the same tiny handler, in the same process: throughput and
+//! p50/p99 latency measured by `wrk` (an external load generator), and the server's own CPU
+//! time per request (its worker thread's, from `/proc`), which moves far less than throughput
+//! on a shared machine. The three servers take turns round after round so drift on the machine
+//! spreads over all of them.
+//!
+//! `cargo run --release -p lifecycle-benches --bin http_steady [-- --quick]` (needs `wrk`)
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use axum::Router;
+use axum::routing::get;
+use lifecycle_benches::median;
+use lifecycle_core::{Registry, Signals};
+use lifecycle_http::HttpServer;
+
+/// Connections `wrk` keeps busy, on one thread (the machine has two cores: one for the server,
+/// one for `wrk`).
+const CONNECTIONS: &str = "32";
+
+fn app() -> Router {
+    Router::new().route("/", get(|| async { "ok" }))
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Server {
+    /// `axum::serve` on a tokio listener, nothing else.
+    Axum,
+    /// `HttpServer` with its defaults: panic isolation, limits, header-read and idle timeouts.
+    Lifecycle,
+    /// The same, with a request timeout too.
+    LifecycleWithRequestTimeout,
+}
+
+impl Server {
+    fn name(self) -> &'static str {
+        match self {
+            Self::Axum => "plain axum `serve`",
+            Self::Lifecycle => "lifecycle `HttpServer`, defaults",
+            Self::LifecycleWithRequestTimeout => "lifecycle `HttpServer`, defaults + request timeout",
+        }
+    }
+}
+
+/// Starts `server` on its own runtime thread; returns its address and what stops it.
+fn start(server: Server) -> (SocketAddr, tokio::runtime::Runtime, tokio_util::sync::CancellationToken) {
+    let thread = thread_name(server);
+    // One worker: the server on one core, `wrk` on the other, rather than three threads
+    // fighting over two cores (which moved results by 10% between runs).
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .thread_name(thread)
+        .enable_all()
+        .build()
+        .unwrap_or_else(|error| panic!("runtime: {error}"));
+    let stop = tokio_util::sync::CancellationToken::new();
+    let listener = match std::net::TcpListener::bind("127.0.0.1:0") {
+        Ok(listener) => listener,
+        Err(error) => panic!("bind: {error}"),
+    };
+    let address = listener.local_addr().unwrap_or_else(|error| panic!("address: {error}"));
+    let stopping = stop.clone();
+    match server {
+        Server::Axum => {
+            let _ = listener.set_nonblocking(true);
+            runtime.spawn(async move {
+                let listener = tokio::net::TcpListener::from_std(listener).unwrap_or_else(|e| panic!("{e}"));
+                let _ = axum::serve(listener, app()).with_graceful_shutdown(stopping.cancelled_owned()).await;
+            });
+        }
+        Server::Lifecycle | Server::LifecycleWithRequestTimeout => {
+            let mut builder = Registry::builder();
+            builder.signals(Signals::none());
+            let mut http = HttpServer::new("http", listener, app());
+            if server == Server::LifecycleWithRequestTimeout {
+                http = http.request_timeout(Duration::from_secs(30));
+            }
+            builder.add(http);
+            let registry = builder.build().unwrap_or_else(|error| panic!("{error}"));
+            let handle = registry.handle();
+            runtime.spawn(registry.run());
+            let shutdown = handle.shutdown().clone();
+            runtime.spawn(async move {
+                stopping.cancelled().await;
+                shutdown.request("bench over", 0);
+            });
+            runtime.block_on(handle.reached(lifecycle_core::Phase::Ready));
+        }
+    }
+    (address, runtime, stop)
+}
+
+/// The name of `server`'s runtime threads, to find them in `/proc` (15 bytes at most).
+fn thread_name(server: Server) -> String {
+    format!("bench-server-{}", server as u8)
+}
+
+/// CPU time (user and system) used so far by this process's threads named `name`, in seconds.
+fn cpu_seconds(name: &str) -> f64 {
+    let ticks_per_second = 100.0; // USER_HZ on Linux
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else { return 0.0 };
+    tasks
+        .filter_map(Result::ok)
+        .filter(|task| {
+            std::fs::read_to_string(task.path().join("comm")).is_ok_and(|comm| comm.trim() == name)
+        })
+        .filter_map(|task| std::fs::read_to_string(task.path().join("stat")).ok())
+        .map(|stat| {
+            // Fields after the `(comm)`: state is the 3rd field, utime the 14th, stime the 15th.
+            let fields: Vec<&str> = stat.rsplit(')').next().unwrap_or("").split_whitespace().collect();
+            let field = |n: usize| fields.get(n - 3).and_then(|f| f.parse::<f64>().ok()).unwrap_or(0.0);
+            (field(14) + field(15)) / ticks_per_second
+        })
+        .sum()
+}
+
+/// One `wrk` run: requests per second, p50 and p99 latency in seconds, requests in all.
+fn wrk(address: SocketAddr, seconds: u32) -> (f64, f64, f64, f64) {
+    let output = std::process::Command::new("wrk")
+        .args(["-t1", "-c", CONNECTIONS, "-d", &format!("{seconds}s"), "--latency"])
+        .arg(format!("http://{address}/"))
+        .output()
+        .unwrap_or_else(|error| panic!("cannot run wrk (apt-get install wrk): {error}"));
+    let text = String::from_utf8_lossy(&output.stdout);
+    assert!(!text.contains("Non-2xx") && !text.contains("Socket errors"), "wrk saw errors:\n{text}");
+    let field = |prefix: &str| -> &str {
+        text.lines()
+            .find_map(|line| line.trim_start().strip_prefix(prefix))
+            .map(str::trim)
+            .unwrap_or_else(|| panic!("no `{prefix}` in wrk's output:\n{text}"))
+    };
+    let rate: f64 = field("Requests/sec:").parse().unwrap_or_else(|e| panic!("{e}: {text}"));
+    let total: f64 = text
+        .lines()
+        .find_map(|line| line.trim().split_once(" requests in ").map(|(n, _)| n.to_owned()))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no request count in wrk's output:\n{text}"));
+    (rate, duration(field("50%")), duration(field("99%")), total)
+}
+
+/// `wrk`'s `812.00us`, `1.20ms`, `1.02s`, in seconds.
+fn duration(text: &str) -> f64 {
+    let split = text.find(|c: char| c.is_alphabetic()).unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let number: f64 = number.parse().unwrap_or_else(|e| panic!("{e}: {text}"));
+    number
+        * match unit {
+            "us" => 1e-6,
+            "ms" => 1e-3,
+            "s" => 1.0,
+            other => panic!("unit {other} in {text}"),
+        }
+}
+
+fn main() {
+    let quick = std::env::args().any(|a| a == "--quick");
+    let (rounds, seconds) = if quick { (2, 1) } else { (11, 2) };
+    let servers = [Server::Axum, Server::Lifecycle, Server::LifecycleWithRequestTimeout];
+    let mut results: Vec<[Vec<f64>; 4]> = servers.iter().map(|_| Default::default()).collect();
+    for round in 0..=rounds {
+        for (i, &server) in servers.iter().enumerate() {
+            let (address, runtime, stop) = start(server);
+            // Warm-up: connections, allocator, caches.
+            let _ = wrk(address, 1);
+            let cpu_before = cpu_seconds(&thread_name(server));
+            let (rate, p50, p99, total) = wrk(address, seconds);
+            let cpu = cpu_seconds(&thread_name(server)) - cpu_before;
+            stop.cancel();
+            runtime.shutdown_timeout(Duration::from_secs(5));
+            if round > 0 {
+                results[i][0].push(rate);
+                results[i][1].push(p50);
+                results[i][2].push(p99);
+                results[i][3].push(cpu / total);
+            }
+        }
+    }
+    let medians: Vec<[f64; 4]> = results.into_iter().map(|r| r.map(median)).collect();
+    let base = medians[0];
+    println!("| server | server CPU per request | ratio | requests/s | ratio | p50 | ratio | p99 | ratio |");
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|");
+    for (server, m) in servers.iter().zip(&medians) {
+        println!(
+            "| {} | {:.2} µs | {:.3}x | {:.0} | {:.3}x | {:.0} µs | {:.3}x | {:.0} µs | {:.3}x |",
+            server.name(),
+            m[3] * 1e6,
+            m[3] / base[3],
+            m[0],
+            m[0] / base[0],
+            m[1] * 1e6,
+            m[1] / base[1],
+            m[2] * 1e6,
+            m[2] / base[2]
+        );
+    }
+}
