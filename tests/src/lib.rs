@@ -5,6 +5,7 @@ pub mod etcd;
 pub mod load;
 pub mod postgres;
 pub mod redis;
+pub mod tls;
 
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -291,4 +292,33 @@ fn send_signal(name: &str, pid: u32) -> Result<(), String> {
         .status()
         .map_err(|e| format!("cannot run kill: {e}"))?;
     if status.success() { Ok(()) } else { Err(format!("kill -{name} {pid} failed: {status}")) }
+}
+
+/// The process id in PID file `file`.
+///
+/// # Panics
+/// When the file cannot be read or holds no process id.
+pub fn pid_in(file: &std::path::Path) -> u32 {
+    let text = std::fs::read_to_string(file).unwrap_or_else(|error| panic!("{}: {error}", file.display()));
+    text.trim().parse().unwrap_or_else(|error| panic!("{}: `{text}`: {error}", file.display()))
+}
+
+/// Upgrades the service whose process `pid` wrote `pid_file`: SIGUSR2, then waits up to `limit`
+/// until the file names its successor and `pid` has exited. Returns the successor.
+///
+/// # Panics
+/// When the upgrade does not happen within `limit`.
+pub async fn upgrade(pid_file: &std::path::Path, pid: u32, limit: Duration) -> u32 {
+    kill("USR2", pid);
+    let until = Instant::now() + limit;
+    let successor = loop {
+        let now = pid_in(pid_file);
+        if now != pid {
+            break now;
+        }
+        assert!(Instant::now() < until, "process {pid} not upgraded within {limit:?}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    wait_exited(pid, until.saturating_duration_since(Instant::now())).await;
+    successor
 }

@@ -118,9 +118,55 @@ macro_rules! sender {
 sender!(http1);
 sender!(http2);
 
+/// Where clients connect: an address, over HTTPS when `roots` says which authorities to trust.
+#[derive(Clone, Debug)]
+pub struct Target {
+    /// The server's address; over HTTPS, its IP address is the name its certificate must hold.
+    pub address: SocketAddr,
+    /// The authorities an HTTPS server's certificate must chain to; `None` for plain HTTP.
+    pub roots: Option<Arc<rustls::RootCertStore>>,
+}
+
+impl Target {
+    /// Plain HTTP to `address`.
+    pub fn plain(address: SocketAddr) -> Self {
+        Self { address, roots: None }
+    }
+
+    /// HTTPS to `address`, trusting `roots`.
+    pub fn https(address: SocketAddr, roots: rustls::RootCertStore) -> Self {
+        Self { address, roots: Some(Arc::new(roots)) }
+    }
+}
+
 /// Opens a connection speaking `mode`.
 pub async fn connect(address: SocketAddr, mode: Mode) -> Result<Box<dyn Sender>, BoxError> {
-    let stream = tokio::net::TcpStream::connect(address).await?;
+    connect_to(&Target::plain(address), mode).await
+}
+
+/// Opens a connection to `target` speaking `mode`: over TLS (ALPN `h2` or `http/1.1`) when it
+/// has roots. Sessions are not resumed, so each connection sees the certificate served now.
+pub async fn connect_to(target: &Target, mode: Mode) -> Result<Box<dyn Sender>, BoxError> {
+    let stream = tokio::net::TcpStream::connect(target.address).await?;
+    let Some(roots) = &target.roots else { return handshake(stream, mode).await };
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(Arc::clone(roots))
+        .with_no_client_auth();
+    config.alpn_protocols = vec![if mode == Mode::Http2 { b"h2".to_vec() } else { b"http/1.1".to_vec() }];
+    config.resumption = rustls::client::Resumption::disabled();
+    let name = rustls::pki_types::ServerName::IpAddress(target.address.ip().into());
+    // Boxed: a TLS connection's state is large, and every caller's future would carry it.
+    let stream = Box::pin(tokio_rustls::TlsConnector::from(Arc::new(config)).connect(name, stream)).await?;
+    Box::pin(handshake(stream, mode)).await
+}
+
+/// The HTTP handshake of `mode` on `stream`.
+async fn handshake<S>(stream: S, mode: Mode) -> Result<Box<dyn Sender>, BoxError>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
     let io = TokioIo::new(stream);
     if mode == Mode::Http2 {
         let (sender, connection) = hyper::client::conn::http2::handshake(TokioExecutor::new(), io).await?;
@@ -137,6 +183,17 @@ pub async fn connect(address: SocketAddr, mode: Mode) -> Result<Box<dyn Sender>,
 /// turns false. Every failure is counted by kind in `tally`; nothing is retried.
 pub async fn client(
     address: SocketAddr,
+    mode: Mode,
+    sending: Arc<AtomicBool>,
+    tally: Arc<Mutex<Tally>>,
+    n: usize,
+) {
+    client_to(Target::plain(address), mode, sending, tally, n).await;
+}
+
+/// [`client`] against any [`Target`].
+pub async fn client_to(
+    target: Target,
     mode: Mode,
     sending: Arc<AtomicBool>,
     tally: Arc<Mutex<Tally>>,
@@ -159,7 +216,7 @@ pub async fn client(
     while sending.load(Ordering::Acquire) {
         i += 1;
         if sender.as_ref().is_none_or(|s| s.is_closed()) || mode == Mode::ConnectionClose {
-            match connect(address, mode).await {
+            match connect_to(&target, mode).await {
                 Ok(new) => sender = Some(new),
                 Err(error) => {
                     failed(error.as_ref());
@@ -230,10 +287,18 @@ pub struct Clients {
 impl Clients {
     /// Starts `clients` clients against `address`.
     pub fn start(address: SocketAddr, mode: Mode, clients: usize) -> Self {
+        Self::start_to(&Target::plain(address), mode, clients)
+    }
+
+    /// Starts `clients` clients against `target`.
+    pub fn start_to(target: &Target, mode: Mode, clients: usize) -> Self {
         let sending = Arc::new(AtomicBool::new(true));
         let tally = Arc::new(Mutex::new(Tally::default()));
         let tasks = (0..clients)
-            .map(|n| tokio::spawn(client(address, mode, Arc::clone(&sending), Arc::clone(&tally), n)))
+            .map(|n| {
+                let client = client_to(target.clone(), mode, Arc::clone(&sending), Arc::clone(&tally), n);
+                tokio::spawn(client)
+            })
             .collect();
         Self { sending, tally, tasks }
     }

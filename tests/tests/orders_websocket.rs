@@ -13,7 +13,7 @@ use std::time::Duration;
 use futures_util::StreamExt;
 use lifecycle::testing::{eventually, within};
 use lifecycle_tests::load::{Mode, connect, post};
-use lifecycle_tests::{Orders, kill, wait_exited};
+use lifecycle_tests::{Orders, kill, pid_in, upgrade, wait_exited};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
@@ -86,10 +86,6 @@ async fn create_order(address: SocketAddr) -> String {
     body
 }
 
-fn pid_in(file: &std::path::Path) -> u32 {
-    std::fs::read_to_string(file).unwrap().trim().parse().unwrap()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn websocket_clients_hear_going_away_at_every_upgrade_and_at_the_stop_and_reconnect() {
     let dir = std::env::temp_dir().join(format!("orders_websocket_{}", std::process::id()));
@@ -129,20 +125,8 @@ async fn websocket_clients_hear_going_away_at_every_upgrade_and_at_the_stop_and_
     fed("the first process's order to reach every client".into()).await;
 
     let mut pid = pid_in(&pid_file);
-    for upgrade in 1..=UPGRADES {
-        kill("USR2", pid);
-        let successor = within(&format!("upgrade {upgrade}"), WITHIN, async {
-            loop {
-                let now = pid_in(&pid_file);
-                if now != pid {
-                    return now;
-                }
-                tokio::time::sleep(Duration::from_millis(10)).await;
-            }
-        })
-        .await;
-        wait_exited(pid, WITHIN).await;
-        pid = successor;
+    for round in 1..=UPGRADES {
+        pid = upgrade(&pid_file, pid, WITHIN).await;
         let back = tokio::time::timeout(WITHIN, async {
             while !all_open() {
                 tokio::time::sleep(Duration::from_millis(5)).await;
@@ -150,7 +134,7 @@ async fn websocket_clients_hear_going_away_at_every_upgrade_and_at_the_stop_and_
         });
         assert!(
             back.await.is_ok(),
-            "every client back after upgrade {upgrade}: {} open, {} connected, {} going away",
+            "every client back after upgrade {round}: {} open, {} connected, {} going away",
             counts.open.load(Ordering::Acquire),
             counts.connected.load(Ordering::Acquire),
             counts.going_away.load(Ordering::Acquire)

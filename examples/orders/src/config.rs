@@ -23,6 +23,8 @@ pub(crate) struct Config {
     pub(crate) warm_connections: u32,
     /// Bind with `SO_REUSEPORT`, so a second instance can start on the same port.
     pub(crate) reuse_port: bool,
+    /// HTTPS: the certificate chain and key files (PEM), when set.
+    pub(crate) tls: Option<(PathBuf, PathBuf)>,
 }
 
 const USAGE: &str = "usage: orders [--listen ADDR] [--database-url URL] [--redis-url URL] [--drain-delay SECONDS] \
@@ -32,7 +34,8 @@ const USAGE: &str = "usage: orders [--listen ADDR] [--database-url URL] [--redis
                      address registered; default the listen address, or this host's name and port when listening on \
                      every interface), DRAIN_DELAY, SHUTDOWN_DEADLINE, \
                      PID_FILE, LISTEN_REUSEPORT=1 (bind with SO_REUSEPORT), \
-                     DATABASE_WARM_CONNECTIONS (PostgreSQL connections opened before ready, default 16 of 20)\n\
+                     DATABASE_WARM_CONNECTIONS (PostgreSQL connections opened before ready, default 16 of 20), \
+                     TLS_CERT_FILE and TLS_KEY_FILE (PEM; serve HTTPS, and pick up new files within 5 s)\n\
                      SIGUSR2 or SIGHUP: zero-downtime upgrade to the binary now on disk";
 
 impl Config {
@@ -103,6 +106,7 @@ impl Config {
             pid_file: (!pid_file.is_empty()).then(|| pid_file.into()),
             reuse_port,
             warm_connections,
+            tls: tls_files(std::env::var("TLS_CERT_FILE").ok(), std::env::var("TLS_KEY_FILE").ok())?,
         })
     }
 }
@@ -124,6 +128,16 @@ fn advertised(listen: SocketAddr, configured: Option<String>, hostname: &str) ->
         ));
     }
     Ok(format!("{hostname}:{}", listen.port()))
+}
+
+/// HTTPS files: both or neither.
+fn tls_files(cert: Option<String>, key: Option<String>) -> Result<Option<(PathBuf, PathBuf)>, String> {
+    match (cert.filter(|c| !c.is_empty()), key.filter(|k| !k.is_empty())) {
+        (None, None) => Ok(None),
+        (Some(cert), Some(key)) => Ok(Some((cert.into(), key.into()))),
+        (Some(_), None) => Err("TLS_CERT_FILE is set but TLS_KEY_FILE is not: HTTPS needs both".into()),
+        (None, Some(_)) => Err("TLS_KEY_FILE is set but TLS_CERT_FILE is not: HTTPS needs both".into()),
+    }
 }
 
 /// The longest duration a setting takes: beyond it, a typo (`1e20`) rather than a wish.
@@ -181,6 +195,14 @@ mod tests {
         assert_eq!(advertised(one, None, "web-3"), Ok("10.0.0.7:8080".to_owned()));
         assert_eq!(advertised(any, Some("192.0.2.1:80".into()), "web-3"), Ok("192.0.2.1:80".to_owned()));
         assert!(advertised(any, None, "").unwrap_err().contains("set ADVERTISE_ADDR"));
+    }
+
+    #[test]
+    fn https_needs_both_files() {
+        assert_eq!(tls_files(None, Some(String::new())), Ok(None));
+        assert!(tls_files(Some("c.pem".into()), Some("k.pem".into())).is_ok_and(|f| f.is_some()));
+        assert!(tls_files(Some("c.pem".into()), None).unwrap_err().contains("TLS_KEY_FILE is not"));
+        assert!(tls_files(None, Some("k.pem".into())).unwrap_err().contains("TLS_CERT_FILE is not"));
     }
 
     #[test]

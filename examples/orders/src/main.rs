@@ -22,12 +22,12 @@ use axum::http::StatusCode;
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use lifecycle_core::{
-    BoxError, Component, ComponentOptions, Context, Dep, Dependency, FnComponent, RegistryBuilder,
-    RestartPolicy,
+    BoxError, Component, ComponentOptions, Context, Dep, Dependency, ErrorChain, FnComponent,
+    RegistryBuilder, RestartPolicy,
 };
 use lifecycle_handoff::{Listeners, Upgrade};
 use lifecycle_http::websocket::{Message, WebSocket, WebSocketUpgrade};
-use lifecycle_http::{HealthPaths, HttpServer};
+use lifecycle_http::{HealthPaths, HttpServer, TlsConfig};
 use lifecycle_redis::{RedisPool, redis};
 use lifecycle_sqlx::jobs::JobWorker;
 use lifecycle_sqlx::{PgPool, SqlitePool};
@@ -286,14 +286,17 @@ async fn main(listeners: Listeners) -> Result<RegistryBuilder, String> {
         .route("/api/orders/{id}", get(get_order))
         .with_state(App { store, cache: cache.clone(), created: tokio::sync::broadcast::channel(256).0 });
     let stop_timeout = config.shutdown_deadline.mul_f64(0.8);
-    let http = builder
-        .add(
-            HttpServer::new("http", listener, app)
-                .with_health(HealthPaths::default())
-                .with_metrics("/metrics")
-                .options(ComponentOptions::new().stop_timeout(stop_timeout)),
-        )
-        .depends_on(&migrations);
+    let mut server = HttpServer::new("http", listener, app)
+        .with_health(HealthPaths::default())
+        .with_metrics("/metrics")
+        .options(ComponentOptions::new().stop_timeout(stop_timeout));
+    if let Some((cert, key)) = &config.tls {
+        // Read and checked now: a bad file is an error at start, naming it. A renewed
+        // certificate written over the files is served to new connections within 5 s.
+        let tls = TlsConfig::from_pem_files(cert, key).map_err(|error| ErrorChain(&error).to_string())?;
+        server = server.with_tls(tls.watch(Duration::from_secs(5)));
+    }
+    let http = builder.add(server).depends_on(&migrations);
     if let Some(cache) = &cache {
         http.depends_on(cache.dependency().optional());
     }

@@ -3,7 +3,6 @@
 //! by watching the files) without a failed request, bad files refused with an error naming them,
 //! and a prompt, clean stop with TLS connections open.
 
-#![cfg(feature = "tls")]
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::error::Error;
@@ -17,10 +16,10 @@ use axum::routing::get;
 use http_body_util::{BodyExt, Empty};
 use hyper::body::Bytes;
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use lifecycle_core::testing::{TestRun, assert_clean, builder, eventually, within};
+use lifecycle::testing::{TestRun, assert_clean, builder, eventually, within};
 use lifecycle_http::axum::{self, Router};
 use lifecycle_http::{HttpServer, TlsConfig, TlsError};
-use rcgen::{CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair};
+use lifecycle_tests::tls::{Authority, Leaf};
 use rustls::pki_types::{CertificateDer, ServerName};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_rustls::TlsConnector;
@@ -44,53 +43,6 @@ impl Scratch {
 impl Drop for Scratch {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-/// A test certificate authority, which the clients trust.
-struct Authority {
-    issuer: CertifiedIssuer<'static, KeyPair>,
-}
-
-/// A server certificate for 127.0.0.1 and its key.
-struct Leaf {
-    der: CertificateDer<'static>,
-    certificate: String,
-    key: String,
-}
-
-impl Authority {
-    fn new() -> Self {
-        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
-        params.is_ca = IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-        params.distinguished_name.push(DnType::CommonName, "lifecycle test authority");
-        Self { issuer: CertifiedIssuer::self_signed(params, KeyPair::generate().unwrap()).unwrap() }
-    }
-
-    /// A certificate named `name` (its subject's common name).
-    fn leaf(&self, name: &str) -> Leaf {
-        let key = KeyPair::generate().unwrap();
-        let mut params =
-            CertificateParams::new(vec!["127.0.0.1".to_owned(), "localhost".to_owned()]).unwrap();
-        params.distinguished_name.push(DnType::CommonName, name);
-        let certificate = params.signed_by(&key, &self.issuer).unwrap();
-        Leaf { der: certificate.der().clone(), certificate: certificate.pem(), key: key.serialize_pem() }
-    }
-
-    /// A client that trusts this authority, offers `alpn`, and never resumes a session (a resumed
-    /// session shows the certificate of the session it resumes, not the one served now).
-    fn client(&self, alpn: &[u8]) -> TlsConnector {
-        let mut roots = rustls::RootCertStore::empty();
-        roots.add(self.issuer.der().clone()).unwrap();
-        let mut config =
-            rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-                .with_safe_default_protocol_versions()
-                .unwrap()
-                .with_root_certificates(roots)
-                .with_no_client_auth();
-        config.alpn_protocols = vec![alpn.to_vec()];
-        config.resumption = rustls::client::Resumption::disabled();
-        TlsConnector::from(Arc::new(config))
     }
 }
 
