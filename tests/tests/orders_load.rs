@@ -19,7 +19,7 @@ use lifecycle_etcd::{Change, InstanceWatcher};
 use lifecycle_sqlx::sqlx::{self, AssertSqlSafe};
 use lifecycle_tests::etcd::Etcd;
 use lifecycle_tests::load::{Mode, Tally, client, connect, post};
-use lifecycle_tests::{kill, wait_exited};
+use lifecycle_tests::{kill, pid_in, upgrade, wait_exited};
 
 const CLIENTS: usize = 16;
 /// How long the test waits for something the service or the clients do (each step of a stop is
@@ -306,20 +306,9 @@ async fn upgrades_under_load_keep_the_etcd_key_and_fail_no_request() {
 
     let clients = lifecycle_tests::load::Clients::start(address, Mode::KeepAlive, CLIENTS);
     eventually("over 100 acknowledged orders", WITHIN, || clients.ok() > 100).await;
-    let mut pid: u32 = std::fs::read_to_string(&pid_file).unwrap().trim().parse().unwrap();
+    let mut pid = pid_in(&pid_file);
     for _ in 0..3 {
-        kill("USR2", pid);
-        let until = Instant::now() + Duration::from_secs(20);
-        let successor = loop {
-            let now: u32 = std::fs::read_to_string(&pid_file).unwrap().trim().parse().unwrap();
-            if now != pid {
-                break now;
-            }
-            assert!(Instant::now() < until, "upgrade of {pid} done");
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        };
-        wait_exited(pid, until.saturating_duration_since(Instant::now())).await;
-        pid = successor;
+        pid = upgrade(&pid_file, pid, Duration::from_secs(20)).await;
         // The load goes on against the successor before the next upgrade: more successes than
         // the requests that were still in flight to its predecessor.
         let before = clients.ok();
