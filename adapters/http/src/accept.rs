@@ -4,6 +4,9 @@
 //! else in the log); when accepting works again, one line tells how long it did not. Near the
 //! limit, a descriptor freed for a moment lets one accept through between failures: a failure
 //! within [`RELAPSE`] of the last recovery is the same trouble, counted but not announced again.
+//!
+//! Beyond the connection limit, a client is turned away at once rather than left waiting in the
+//! listen queue for a slot: answered `503` and closed, in an order that never resets it.
 
 use std::time::Duration;
 
@@ -14,6 +17,58 @@ const FIRST_PAUSE: Duration = Duration::from_millis(5);
 const LONGEST_PAUSE: Duration = Duration::from_secs(1);
 /// How soon after a recovery a failure belongs to the same trouble.
 const RELAPSE: Duration = Duration::from_secs(1);
+
+/// Connections being turned away at once, at most: each holds a descriptor for up to
+/// [`TURN_AWAY_WAIT`], out of those the limit keeps for everything else.
+pub(crate) const REFUSALS_AT_ONCE: usize = 64;
+
+/// How long a connection being turned away is given to send its request's head.
+const HEAD_WAIT: Duration = Duration::from_millis(250);
+
+/// How long a connection being turned away is given in all to read the answer and close.
+const TURN_AWAY_WAIT: Duration = Duration::from_secs(1);
+
+/// The answer to a connection beyond the limit.
+const TOO_BUSY: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\nconnection: close\r\nretry-after: 1\r\n\
+content-type: text/plain\r\ncontent-length: 22\r\n\r\ntoo many connections\r\n";
+
+/// Turns `stream` away: for plain HTTP, the request's head read and the 503 written after it
+/// (a client does not expect an answer before it asked); then the write side closed, and
+/// whatever else the client sent read and dropped until it closes its side, so the socket never
+/// closes with unread data (which would reset the connection, and the answer with it).
+pub(crate) async fn turn_away(
+    mut stream: tokio::net::TcpStream,
+    _refusal: tokio::sync::OwnedSemaphorePermit,
+    plain_http: bool,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let _ = tokio::time::timeout(TURN_AWAY_WAIT, async {
+        let mut buffer = [0u8; 1024];
+        if plain_http {
+            // A client that asks nothing soon (an idle flood) is closed without an answer: its
+            // descriptor is wanted for the next one.
+            let mut head = Vec::new();
+            let _ = tokio::time::timeout(HEAD_WAIT, async {
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < 16 * 1024 {
+                    let read = stream.read(&mut buffer).await?;
+                    if read == 0 {
+                        break;
+                    }
+                    head.extend_from_slice(&buffer[..read]);
+                }
+                Ok::<(), std::io::Error>(())
+            })
+            .await;
+            if !head.is_empty() {
+                stream.write_all(TOO_BUSY).await?;
+            }
+        }
+        stream.shutdown().await?;
+        while stream.read(&mut buffer).await? > 0 {}
+        Ok::<(), std::io::Error>(())
+    })
+    .await;
+}
 
 /// The current burst of failed accepts, if any.
 #[derive(Debug, Default)]

@@ -158,10 +158,11 @@ pub(crate) fn render(state: &MetricsState) -> Result<String, std::fmt::Error> {
         ("requests_completed", "Requests answered since the start", &counters.completed),
         ("requests_panicked", "Requests whose handler panicked, answered 500", &counters.panicked),
         ("requests_timed_out", "Requests cut at the request timeout, answered 503", &counters.timed_out),
+        ("connection_limit_reached", "Times the connection limit was reached", &counters.limit_reached),
         (
-            "connection_limit_reached",
-            "Times the connection limit was reached (new connections then wait in the listen queue)",
-            &counters.limit_reached,
+            "connections_turned_away",
+            "Connections answered 503 and closed because the connection limit was reached",
+            &counters.turned_away,
         ),
         (
             "websockets_going_away",

@@ -15,7 +15,7 @@ use hyper_util::server::conn::auto;
 use hyper_util::service::TowerToHyperService;
 use lifecycle_core::{BoxError, CancellationToken, Component, ComponentId, ComponentOptions, Context, Tasks};
 
-use crate::accept::AcceptErrors;
+use crate::accept::{AcceptErrors, REFUSALS_AT_ONCE, turn_away};
 use crate::backlog;
 use crate::metrics::{MetricsState, metrics};
 use crate::panic::catch_panic;
@@ -123,8 +123,10 @@ pub(crate) struct Counters {
     pub(crate) websockets_open: AtomicU64,
     /// Client connections open (WebSockets included).
     pub(crate) connections_open: AtomicU64,
-    /// Times the connection limit was reached (new connections then wait).
+    /// Times the connection limit was reached.
     pub(crate) limit_reached: AtomicU64,
+    /// Connections answered 503 and closed because the limit was reached.
+    pub(crate) turned_away: AtomicU64,
     /// WebSockets closed with 1001 because the server stopped.
     pub(crate) websockets_going_away: AtomicU64,
     /// WebSockets dropped at the hard deadline.
@@ -558,10 +560,12 @@ impl HttpServer {
     }
 
     /// The most client connections served at once (default: the process's descriptor limit
-    /// less 256 kept for everything else). Beyond it the server stops accepting, and new
-    /// connections wait in the listen backlog until one closes, instead of the process running
-    /// out of descriptors (which starves its database pool and its health endpoints too). An
-    /// open WebSocket keeps its connection's place. 0 fails the start, naming the setting.
+    /// less 256 kept for everything else), so the process never runs out of descriptors (which
+    /// would starve its database pool and its health endpoints too). Beyond it, a new
+    /// connection is turned away at once: answered `503 Service Unavailable` with
+    /// `Retry-After: 1` and closed (over TLS, closed), a few at a time; beyond those, it waits
+    /// in the listen queue until one closes. An open WebSocket keeps its connection's place. 0
+    /// fails the start, naming the setting.
     #[must_use]
     pub fn max_connections(mut self, max: usize) -> Self {
         self.max_connections = max;
@@ -721,14 +725,21 @@ impl Component for HttpServer {
             }
             config.acceptor()
         });
+        // Over TLS, a plain-text 503 would be garbage to the client: it is closed politely only.
+        #[cfg(feature = "tls")]
+        let plain_http = tls.is_none();
+        #[cfg(not(feature = "tls"))]
+        let plain_http = true;
         ctx.tasks().spawn("accept", async move {
             // Said once each time the limit is reached, not for every connection that waits.
             let mut at_limit = false;
             // Once the stop began: when the socket closes.
             let mut closes_at = None;
             let mut accept_errors = AcceptErrors::default();
+            let refusals = Arc::new(tokio::sync::Semaphore::new(REFUSALS_AT_ONCE));
             loop {
-                // A free slot first: at the limit, new connections wait in the backlog.
+                // A free slot first. At the limit, new connections are turned away (a 503, then
+                // closed) while a few descriptors are kept for that, and wait in the queue beyond.
                 let slot = match Arc::clone(&slots).try_acquire_owned() {
                     Ok(slot) => {
                         at_limit = false;
@@ -737,7 +748,7 @@ impl Component for HttpServer {
                     Err(_) => {
                         if !std::mem::replace(&mut at_limit, true) {
                             shared.counters.limit_reached.fetch_add(1, Ordering::AcqRel);
-                            tracing::warn!(component = %name, max_connections, "connection limit reached; new connections wait until one closes");
+                            tracing::warn!(component = %name, max_connections, "connection limit reached; new connections are turned away until one closes");
                         }
                         tokio::select! {
                             _ = token.cancelled() => break,
@@ -745,6 +756,17 @@ impl Component for HttpServer {
                                 Ok(slot) => slot,
                                 Err(_) => break,
                             },
+                            accepted = listener.accept(), if refusals.available_permits() > 0 => {
+                                match (accepted, Arc::clone(&refusals).try_acquire_owned()) {
+                                    (Ok((stream, _)), Ok(refusal)) => {
+                                        shared.counters.turned_away.fetch_add(1, Ordering::AcqRel);
+                                        tasks.spawn("turn away", turn_away(stream, refusal, plain_http));
+                                    }
+                                    (Err(error), _) => tokio::time::sleep(accept_errors.failed(&name, &error)).await,
+                                    (Ok(_), Err(_)) => {}
+                                }
+                                continue;
+                            }
                         }
                     }
                 };

@@ -14,7 +14,7 @@ use axum::Extension;
 use axum::routing::get;
 use http_body_util::{BodyExt, Empty};
 use hyper::body::Bytes;
-use lifecycle_core::testing::{self, TestRun, builder};
+use lifecycle_core::testing::{self, TestRun, builder, within};
 use lifecycle_core::{ComponentOptions, Phase, RegistryBuilder, Report, Stage};
 use lifecycle_http::axum::{self, Router};
 use lifecycle_http::{HealthPaths, HttpServer, RequestContext};
@@ -536,22 +536,47 @@ async fn a_client_sending_its_headers_slowly_is_cut_and_cannot_hold_the_stop() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn connections_beyond_the_limit_wait_until_one_closes() {
+async fn connections_beyond_the_limit_are_turned_away_with_503_and_served_once_one_closes() {
     let app = Router::new().route("/", get(|| async { "hello" }));
     let served = serve_with(builder(), app, |server| server.max_connections(2)).await;
     let mut first = Client::connect(served.address).await;
     let mut second = Client::connect(served.address).await;
     assert_eq!(first.get("/").await.unwrap().0, 200);
     assert_eq!(second.get("/").await.unwrap().0, 200);
-    // The third is accepted by the kernel, not by the server: its request waits.
-    let mut third = Client::connect(served.address).await;
-    let waiting = tokio::spawn(async move { third.get("/").await.map(|(status, _, _)| status) });
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    assert!(!waiting.is_finished(), "served beyond the limit");
+    // Beyond the limit: told so at once, cleanly (an answer, then the connection closed).
+    for _ in 0..5 {
+        let mut third = Client::connect(served.address).await;
+        let (status, connection, body) =
+            within("the 503", Duration::from_secs(2), third.get("/")).await.unwrap();
+        assert_eq!(
+            (status, connection.as_deref(), body.as_str()),
+            (503, Some("close"), "too many connections\r\n")
+        );
+    }
     drop(first);
-    let status = tokio::time::timeout(Duration::from_secs(5), waiting).await.unwrap().unwrap().unwrap();
-    assert_eq!(status, 200, "served once a slot was free");
+    let served_again = within("a free slot", Duration::from_secs(5), async {
+        loop {
+            let mut client = Client::connect(served.address).await;
+            match client.get("/").await {
+                Ok((200, _, _)) => return,
+                _ => tokio::time::sleep(Duration::from_millis(20)).await,
+            }
+        }
+    });
+    served_again.await;
     drop(second);
+    // With both places free again (each client closes its connection in its own time).
+    let text = within("/metrics served", Duration::from_secs(5), async {
+        loop {
+            match get_once(served.address, "/metrics").await {
+                (200, _, text) => return text,
+                _ => tokio::time::sleep(Duration::from_millis(20)).await,
+            }
+        }
+    })
+    .await;
+    let scrape = prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_owned()))).unwrap();
+    assert!(sample(&scrape, &text, "lifecycle_http_connections_turned_away_total", None) >= 5.0);
     assert!(served.run.stop().await.is_success());
 }
 

@@ -211,14 +211,22 @@ async fn an_open_websocket_keeps_its_place_under_the_connection_limit() {
     let (run, address) = serve(testing::builder(), |server| server.max_connections(2)).await;
     let mut first = connect(address, "/echo").await;
     let _second = connect(address, "/echo").await;
-    // Both upgraded connections still count: a third client waits in the queue.
-    let third = tokio::spawn(connect(address, "/echo"));
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    assert!(!third.is_finished(), "a third connection was served beyond the limit of 2");
+    // Both upgraded connections still count: a third client is turned away.
+    let refused = tokio_tungstenite::connect_async(format!("ws://{address}/echo")).await;
+    match refused {
+        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => assert_eq!(response.status(), 503),
+        other => panic!("a third WebSocket beyond the limit of 2: {other:?}"),
+    }
     first.close(None).await.unwrap();
-    let mut third = within("the third client served once one socket closed", Duration::from_secs(5), third)
-        .await
-        .unwrap();
+    let mut third = within("a third client served once one socket closed", Duration::from_secs(5), async {
+        loop {
+            if let Ok((socket, _)) = tokio_tungstenite::connect_async(format!("ws://{address}/echo")).await {
+                return socket;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
     third.send(Message::Text("three".into())).await.unwrap();
     assert_eq!(third.next().await.unwrap().unwrap(), Message::Text("three".into()));
     drop(third);
