@@ -25,6 +25,11 @@ pub(crate) struct Config {
     pub(crate) reuse_port: bool,
     /// HTTPS: the certificate chain and key files (PEM), when set.
     pub(crate) tls: Option<(PathBuf, PathBuf)>,
+    /// Where `/livez`, `/readyz` and `/metrics` are served instead of the public address.
+    pub(crate) admin_listen: Option<SocketAddr>,
+    /// Client connections served at once on the public address (default: from the descriptor
+    /// limit).
+    pub(crate) max_connections: Option<usize>,
 }
 
 const USAGE: &str = "usage: orders [--listen ADDR] [--database-url URL] [--redis-url URL] [--drain-delay SECONDS] \
@@ -35,7 +40,9 @@ const USAGE: &str = "usage: orders [--listen ADDR] [--database-url URL] [--redis
                      every interface), DRAIN_DELAY, SHUTDOWN_DEADLINE, \
                      PID_FILE, LISTEN_REUSEPORT=1 (bind with SO_REUSEPORT), \
                      DATABASE_WARM_CONNECTIONS (PostgreSQL connections opened before ready, default 16 of 20), \
-                     TLS_CERT_FILE and TLS_KEY_FILE (PEM; serve HTTPS, and pick up new files within 5 s)\n\
+                     TLS_CERT_FILE and TLS_KEY_FILE (PEM; serve HTTPS, and pick up new files within 5 s), \
+                     ADMIN_LISTEN_ADDR (serve /livez, /readyz, /metrics there, not on the public address), \
+                     MAX_CONNECTIONS (public connections served at once, 1 to 1000000)\n\
                      SIGUSR2 or SIGHUP: zero-downtime upgrade to the binary now on disk";
 
 impl Config {
@@ -107,6 +114,21 @@ impl Config {
             reuse_port,
             warm_connections,
             tls: tls_files(std::env::var("TLS_CERT_FILE").ok(), std::env::var("TLS_KEY_FILE").ok())?,
+            admin_listen: match std::env::var("ADMIN_LISTEN_ADDR").unwrap_or_default() {
+                admin if admin.is_empty() => None,
+                admin => Some(
+                    admin.parse().map_err(|e| format!("admin address `{admin}` (ADMIN_LISTEN_ADDR): {e}"))?,
+                ),
+            },
+            max_connections: match std::env::var("MAX_CONNECTIONS").unwrap_or_default() {
+                max if max.is_empty() => None,
+                max => Some(
+                    max.parse::<usize>()
+                        .ok()
+                        .filter(|n| (1..=1_000_000).contains(n))
+                        .ok_or_else(|| format!("MAX_CONNECTIONS is `{max}`: expected 1 to 1000000"))?,
+                ),
+            },
         })
     }
 }

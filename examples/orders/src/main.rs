@@ -222,6 +222,12 @@ async fn main(listeners: Listeners) -> Result<RegistryBuilder, String> {
         listeners.tcp("http", config.listen)
     }
     .map_err(|error| format!("{error} (LISTEN_ADDR or --listen)"))?;
+    let admin_listener = match config.admin_listen {
+        Some(address) => {
+            Some(listeners.tcp("admin", address).map_err(|error| format!("{error} (ADMIN_LISTEN_ADDR)"))?)
+        }
+        None => None,
+    };
     let mut upgrade = Upgrade::new(&listeners);
     if let Some(path) = &config.pid_file {
         upgrade = upgrade.pid_file(path);
@@ -286,10 +292,24 @@ async fn main(listeners: Listeners) -> Result<RegistryBuilder, String> {
         .route("/api/orders/{id}", get(get_order))
         .with_state(App { store, cache: cache.clone(), created: tokio::sync::broadcast::channel(256).0 });
     let stop_timeout = config.shutdown_deadline.mul_f64(0.8);
-    let mut server = HttpServer::new("http", listener, app)
-        .with_health(HealthPaths::default())
-        .with_metrics("/metrics")
-        .options(ComponentOptions::new().stop_timeout(stop_timeout));
+    let mut server =
+        HttpServer::new("http", listener, app).options(ComponentOptions::new().stop_timeout(stop_timeout));
+    match admin_listener {
+        // Probes and metrics on their own port: a flood of clients on the public one (up to its
+        // connection limit) leaves them answering.
+        Some(admin) => {
+            builder.add(
+                HttpServer::new("admin", admin, Router::new())
+                    .with_health(HealthPaths::default())
+                    .with_metrics("/metrics")
+                    .options(ComponentOptions::new().stop_timeout(stop_timeout)),
+            );
+        }
+        None => server = server.with_health(HealthPaths::default()).with_metrics("/metrics"),
+    }
+    if let Some(max) = config.max_connections {
+        server = server.max_connections(max);
+    }
     if let Some((cert, key)) = &config.tls {
         // Read and checked now: a bad file is an error at start, naming it. A renewed
         // certificate written over the files is served to new connections within 5 s.
