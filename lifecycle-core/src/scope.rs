@@ -323,10 +323,9 @@ pub struct ScopeStatus {
 /// The stop of a component's scopes, before its own stop hook: each is asked to stop, and all
 /// are waited for. Returns the lines for the owner's entry in the report: each scope's
 /// components and how they ended, the first few scopes in full and a count of the rest.
-pub(crate) async fn stop_scopes_of(run: &LifecycleHandle, owner: usize) -> Vec<String> {
+pub(crate) async fn stop_scopes(open: Vec<OpenScope>) -> Vec<String> {
     /// Scopes written out in full in the owner's report; the rest are counted.
     const LISTED: usize = 8;
-    let open = run.scopes_of(owner);
     for scope in &open {
         scope.handle.shutdown().request("its owner is stopping", 0);
     }

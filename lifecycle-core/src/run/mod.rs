@@ -259,7 +259,7 @@ pub(crate) async fn run(parts: Parts) -> Report {
     if !forced {
         run.handle.set_phase(Phase::Stopping);
         // Scopes opened through the handle belong to no component: they stop before any does.
-        let stopped = crate::scope::stop_scopes_of(&run.handle, crate::scope::RUN_OWNER);
+        let stopped = crate::scope::stop_scopes(run.handle.scopes_of(crate::scope::RUN_OWNER));
         match tokio::time::timeout_at(deadline, stopped).await {
             Ok(lines) => lines.iter().for_each(|line| tracing::info!("{line}")),
             Err(_) => tracing::warn!("scopes opened through the handle did not stop by the deadline"),

@@ -198,6 +198,9 @@ impl Run {
     fn launch_stop(&self, index: usize, started: Started, limit: Instant, hooks: &mut HookSet) {
         let component = Arc::clone(&self.components[index].hooks);
         let ctx = self.contexts[index].clone();
+        // Its open scopes, taken before its token is cancelled: told by the token, a scope may
+        // end (and leave the list) before the hook below runs, and its end would go unreported.
+        let scopes = self.handle.scopes_of(index);
         // Cancelled here rather than inside the hook's task: tokio queues the tasks this wakes on
         // the current worker, which must not be the one a blocking stop hook is about to hold.
         ctx.token().cancel();
@@ -207,8 +210,8 @@ impl Run {
             // The scopes it opened stop before it does: they may use what it is about to release.
             // Boxed, and only when there are scopes: it would otherwise make every stop task
             // larger, for something most components never have.
-            if hook_ctx.lifecycle().has_scopes() {
-                for line in Box::pin(crate::scope::stop_scopes_of(hook_ctx.lifecycle(), index)).await {
+            if !scopes.is_empty() {
+                for line in Box::pin(crate::scope::stop_scopes(scopes)).await {
                     hook_ctx.note(line);
                 }
             }
