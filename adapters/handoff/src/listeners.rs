@@ -151,7 +151,8 @@ impl Listeners {
 
     /// The Unix-socket listener `name` at `path`: inherited when a socket of that name is bound
     /// to the same path, else bound there (a socket file left by a process that is gone is
-    /// replaced). Non-blocking.
+    /// replaced; any other file there, or a symbolic link, is left alone and binding fails,
+    /// naming the path). Non-blocking.
     pub fn unix(
         &self,
         name: &str,
@@ -341,9 +342,19 @@ fn bind_unix(name: &str, path: &Path) -> Result<Socket, HandoffError> {
         source,
     };
     let address = SockAddr::unix(path).map_err(failed)?;
-    // A socket file nobody answers on is left over from a process that is gone.
-    if path.exists() && std::os::unix::net::UnixStream::connect(path).is_err() {
-        std::fs::remove_file(path).map_err(failed)?;
+    // A socket file nobody answers on is left over from a process that is gone, and is
+    // replaced. Anything else at the path is someone's file: never removed, binding fails.
+    if let Ok(metadata) = std::fs::symlink_metadata(path) {
+        use std::os::unix::fs::FileTypeExt;
+        if !metadata.file_type().is_socket() {
+            return Err(failed(io::Error::new(
+                io::ErrorKind::AlreadyExists,
+                "a file that is not a socket is there; it is left alone",
+            )));
+        }
+        if std::os::unix::net::UnixStream::connect(path).is_err() {
+            std::fs::remove_file(path).map_err(failed)?;
+        }
     }
     let socket = Socket::new(Domain::UNIX, Type::STREAM, None).map_err(failed)?;
     socket.bind(&address).map_err(failed)?;
@@ -373,6 +384,30 @@ mod tests {
         assert_eq!(listeners.origin("http"), Some(Origin::Bound));
         assert_eq!(listeners.predecessor(), None);
         drop(http);
+    }
+
+    #[test]
+    fn a_unix_listener_replaces_a_stale_socket_but_never_another_file() {
+        let dir = std::env::temp_dir().join(format!("lifecycle-handoff-stale-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("admin.sock");
+        std::fs::write(&path, "precious").unwrap();
+        let error = Listeners::new().unix("admin", &path).unwrap_err().to_string();
+        assert!(error.contains("not a socket"), "{error}");
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "precious", "the file is left alone");
+        std::fs::remove_file(&path).unwrap();
+        // A symbolic link is not followed to what it names.
+        let target = dir.join("target");
+        std::fs::write(&target, "precious").unwrap();
+        std::os::unix::fs::symlink(&target, &path).unwrap();
+        assert!(Listeners::new().unix("admin", &path).is_err());
+        assert_eq!(std::fs::read_to_string(&target).unwrap(), "precious");
+        std::fs::remove_file(&path).unwrap();
+        // A socket nobody answers on is stale: replaced.
+        drop(std::os::unix::net::UnixListener::bind(&path).unwrap());
+        let listener = Listeners::new().unix("admin", &path).unwrap();
+        drop(listener);
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
