@@ -408,3 +408,24 @@ async fn a_shutdown_during_an_upgrade_stops_the_successor_too() {
     assert!(stderr.contains("began to stop during the upgrade; the new process"), "{stderr}");
     wait_exited(successor, Duration::from_secs(5)).await;
 }
+
+/// As PID 1 of its own PID namespace (a container without an init), the process refuses an
+/// upgrade: its exit would end the successor with it. The refusal is logged and in the report,
+/// and the process serves on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn as_pid_1_an_upgrade_is_refused_with_the_reason_and_the_service_serves_on() {
+    let service = Service::spawn("unshare", &["--pid", "--fork", "--mount-proc", FIXTURE]).unwrap();
+    let (address, pid) = ready(&service);
+    assert_eq!(pid, 1, "PID 1 in its namespace");
+    // Its process id outside the namespace: the child of `unshare`.
+    let children = std::fs::read_to_string(format!("/proc/{0}/task/{0}/children", service.pid())).unwrap();
+    let outside: u32 = children.split_whitespace().next().unwrap().parse().unwrap();
+    kill("USR2", outside);
+    stderr_contains(&service, "refused: this process is PID 1", Duration::from_secs(10)).await;
+    assert_eq!(served_by(address).await, 1, "still served by the same process");
+    assert!(!lifecycle_tests::exited(outside));
+    kill("TERM", outside);
+    let (status, stderr, _) = service.wait(Duration::from_secs(20)).unwrap();
+    assert_eq!(status.code(), Some(0), "{stderr}");
+    assert!(stderr.contains("upgrade refused: this process is PID 1"), "in the report:\n{stderr}");
+}

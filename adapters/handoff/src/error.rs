@@ -61,6 +61,13 @@ pub enum UpgradeError {
     /// Another upgrade is under way.
     #[error("an upgrade is already in progress")]
     InProgress,
+    /// This process is PID 1 of its PID namespace (a container's init): when it exits, the
+    /// kernel ends every process of the namespace, the successor included.
+    #[error(
+        "refused: this process is PID 1 (a container's init), and its exit would end the new process with it; \
+         run it under an init (`docker run --init`, tini) or upgrade by a rolling update"
+    )]
+    RunsAsInit,
     /// This process is itself the successor of a process that has not exited yet.
     #[error("the previous generation (process {predecessor}) has not exited yet")]
     PredecessorRunning {

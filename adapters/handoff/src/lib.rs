@@ -28,6 +28,11 @@
 //!
 //! SO_REUSEPORT ([`Listeners::tcp_reuse_port`]) lets two processes listen at once, but it is no
 //! hand-over: connections waiting in the accept queue of the socket that closes are reset.
+//!
+//! In a container whose PID 1 is the service itself, an upgrade is refused
+//! ([`UpgradeError::RunsAsInit`]): when PID 1 exits, the kernel ends every process of its PID
+//! namespace, the successor included. Run it under an init (`docker run --init`, tini) to
+//! upgrade in place, or let the orchestrator roll the update.
 
 mod control;
 mod error;

@@ -196,6 +196,11 @@ impl UpgradeHandle {
     /// began to retire; on error this process keeps serving.
     pub async fn upgrade(&self) -> Result<u32, UpgradeError> {
         let ctx = lock(&self.shared.running).clone().ok_or(UpgradeError::NotRunning)?;
+        // The upgrade would "succeed" and leave nothing serving: refused, in the report too.
+        if std::process::id() == 1 {
+            ctx.note(format!("upgrade {}", UpgradeError::RunsAsInit));
+            return Err(UpgradeError::RunsAsInit);
+        }
         let phase = ctx.lifecycle().phase();
         {
             let mut state = lock(&self.shared.state);
