@@ -76,7 +76,9 @@ pub struct Upgrade {
 struct Shared {
     listeners: Listeners,
     binary: Mutex<Result<PathBuf, String>>,
-    args: Vec<OsString>,
+    args: Mutex<Vec<OsString>>,
+    /// Set for the successor on top of this process's environment.
+    env: Mutex<Vec<(OsString, OsString)>>,
     ready_timeout: Mutex<Duration>,
     signals: Mutex<Vec<SignalKind>>,
     pid_file: Mutex<Option<PathBuf>>,
@@ -111,7 +113,8 @@ impl Upgrade {
             shared: Arc::new(Shared {
                 listeners: listeners.clone(),
                 binary: Mutex::new(binary),
-                args: std::env::args_os().skip(1).collect(),
+                args: Mutex::new(std::env::args_os().skip(1).collect()),
+                env: Mutex::new(Vec::new()),
                 ready_timeout: Mutex::new(READY_TIMEOUT),
                 signals: Mutex::new(vec![SignalKind::user_defined2(), SignalKind::hangup()]),
                 pid_file: Mutex::new(None),
@@ -129,6 +132,22 @@ impl Upgrade {
     #[must_use]
     pub fn binary(self, path: impl Into<PathBuf>) -> Self {
         *lock(&self.shared.binary) = Ok(path.into());
+        self
+    }
+
+    /// The successor's arguments (default: this process's own). Leave out a secret given on the
+    /// command line and pass it with [`env`](Self::env) instead: every local user can read a
+    /// process's arguments (`ps`), only its own user its environment.
+    #[must_use]
+    pub fn args(self, args: impl IntoIterator<Item = impl Into<OsString>>) -> Self {
+        *lock(&self.shared.args) = args.into_iter().map(Into::into).collect();
+        self
+    }
+
+    /// Sets `key` to `value` in the successor's environment (on top of this process's).
+    #[must_use]
+    pub fn env(self, key: impl Into<OsString>, value: impl Into<OsString>) -> Self {
+        lock(&self.shared.env).push((key.into(), value.into()));
         self
     }
 
@@ -257,7 +276,8 @@ impl UpgradeHandle {
 
         let mut command = tokio::process::Command::new(&binary);
         command
-            .args(&shared.args)
+            .args(lock(&shared.args).iter())
+            .envs(lock(&shared.env).iter().map(|(key, value)| (key, value)))
             .env(PARENT_VAR, std::process::id().to_string())
             .env(NAMES_VAR, names.join(":"));
         for variable in NOT_INHERITED {

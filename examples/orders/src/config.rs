@@ -30,11 +30,16 @@ pub(crate) struct Config {
     /// Client connections served at once on the public address (default: from the descriptor
     /// limit).
     pub(crate) max_connections: Option<usize>,
+    /// Secrets given as flags: the flags named, for a warning, and the arguments a successor
+    /// gets instead of this process's (the secrets go to its environment).
+    pub(crate) secret_flags: Vec<&'static str>,
+    pub(crate) successor_args: Vec<String>,
 }
 
 const USAGE: &str = "usage: orders [--listen ADDR] [--database-url URL] [--redis-url URL] [--drain-delay SECONDS] \
                      [--shutdown-deadline SECONDS] [--pid-file PATH]\n\
-                     environment: LISTEN_ADDR, DATABASE_URL (default sqlite://orders.db), REDIS_URL (no cache when unset), \
+                     environment: LISTEN_ADDR, DATABASE_URL (default sqlite://orders.db) or DATABASE_URL_FILE (a file holding \
+                     it: secrets stay out of the arguments every local user can read), REDIS_URL (no cache when unset), \
                      ETCD_ENDPOINTS (comma-separated; registers under /services/orders when set), ADVERTISE_ADDR (the \
                      address registered; default the listen address, or this host's name and port when listening on \
                      every interface), DRAIN_DELAY, SHUTDOWN_DEADLINE, \
@@ -49,7 +54,7 @@ impl Config {
     /// Flags win over the environment, which wins over the defaults.
     pub(crate) fn load() -> Result<Self, String> {
         let mut listen = std::env::var("LISTEN_ADDR").unwrap_or_else(|_| "127.0.0.1:8080".into());
-        let mut database_url = std::env::var("DATABASE_URL").unwrap_or_else(|_| "sqlite://orders.db".into());
+        let mut database_url = database_url_from_environment()?;
         let mut redis_url = std::env::var("REDIS_URL").ok().filter(|u| !u.is_empty());
         let mut drain_delay = std::env::var("DRAIN_DELAY").unwrap_or_else(|_| "0".into());
         let mut shutdown_deadline = std::env::var("SHUTDOWN_DEADLINE").unwrap_or_else(|_| "25".into());
@@ -66,14 +71,22 @@ impl Config {
             other => return Err(format!("LISTEN_REUSEPORT is `{other}`: expected 0 or 1")),
         };
         let mut args = std::env::args().skip(1);
+        let (mut secret_flags, mut successor_args) = (Vec::new(), Vec::new());
         while let Some(flag) = args.next() {
+            if !matches!(flag.as_str(), "--database-url" | "--redis-url") {
+                successor_args.push(flag.clone());
+            }
             let slot = match flag.as_str() {
                 "--listen" => &mut listen,
-                "--database-url" => &mut database_url,
+                "--database-url" => {
+                    secret_flags.push("--database-url");
+                    &mut database_url
+                }
                 "--drain-delay" => &mut drain_delay,
                 "--shutdown-deadline" => &mut shutdown_deadline,
                 "--pid-file" => &mut pid_file,
                 "--redis-url" => {
+                    secret_flags.push("--redis-url");
                     redis_url =
                         Some(args.next().ok_or_else(|| format!("--redis-url needs a value\n{USAGE}"))?);
                     continue;
@@ -85,6 +98,9 @@ impl Config {
                 other => return Err(format!("unknown argument `{other}`\n{USAGE}")),
             };
             *slot = args.next().ok_or_else(|| format!("{flag} needs a value\n{USAGE}"))?;
+            if !matches!(flag.as_str(), "--database-url") {
+                successor_args.push(slot.clone());
+            }
         }
         let postgres = database_kind(&database_url)?;
         let listen: SocketAddr = listen
@@ -120,6 +136,8 @@ impl Config {
                     admin.parse().map_err(|e| format!("admin address `{admin}` (ADMIN_LISTEN_ADDR): {e}"))?,
                 ),
             },
+            secret_flags,
+            successor_args,
             max_connections: match std::env::var("MAX_CONNECTIONS").unwrap_or_default() {
                 max if max.is_empty() => None,
                 max => Some(
@@ -150,6 +168,21 @@ fn advertised(listen: SocketAddr, configured: Option<String>, hostname: &str) ->
         ));
     }
     Ok(format!("{hostname}:{}", listen.port()))
+}
+
+/// The database URL from `DATABASE_URL`, or read from the file `DATABASE_URL_FILE` names (a
+/// mounted secret), or SQLite's default; never both variables.
+fn database_url_from_environment() -> Result<String, String> {
+    let from_variable = std::env::var("DATABASE_URL").ok().filter(|u| !u.is_empty());
+    let file = std::env::var("DATABASE_URL_FILE").ok().filter(|f| !f.is_empty());
+    match (from_variable, file) {
+        (Some(_), Some(_)) => Err("DATABASE_URL and DATABASE_URL_FILE are both set: set one".into()),
+        (Some(url), None) => Ok(url),
+        (None, Some(file)) => std::fs::read_to_string(&file)
+            .map(|text| text.trim().to_owned())
+            .map_err(|error| format!("DATABASE_URL_FILE `{file}` cannot be read: {error}")),
+        (None, None) => Ok("sqlite://orders.db".into()),
+    }
 }
 
 /// HTTPS files: both or neither.

@@ -232,6 +232,20 @@ async fn main(listeners: Listeners) -> Result<RegistryBuilder, String> {
     if let Some(path) = &config.pid_file {
         upgrade = upgrade.pid_file(path);
     }
+    if !config.secret_flags.is_empty() {
+        tracing::warn!(
+            flags = ?config.secret_flags,
+            "a secret on the command line can be read by every local user (ps): prefer DATABASE_URL_FILE or the \
+             environment; upgrades pass it to the new process in its environment, not its arguments"
+        );
+        upgrade = upgrade.args(&config.successor_args);
+        if config.secret_flags.contains(&"--database-url") {
+            upgrade = upgrade.env("DATABASE_URL", &config.database_url).env("DATABASE_URL_FILE", "");
+        }
+        if let (true, Some(url)) = (config.secret_flags.contains(&"--redis-url"), &config.redis_url) {
+            upgrade = upgrade.env("REDIS_URL", url);
+        }
+    }
 
     let mut builder = RegistryBuilder::new();
     builder.drain_delay(config.drain_delay).shutdown_deadline(config.shutdown_deadline);
