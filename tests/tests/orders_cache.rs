@@ -83,7 +83,7 @@ async fn orders_serves_every_request_while_redis_is_killed_then_frozen() {
         redis
             .keys("orders:*")
             .iter()
-            .any(|key| key["orders:".len()..].parse::<i64>().unwrap() > last_before_thaw)
+            .any(|key| key.rsplit(':').next().unwrap().parse::<i64>().unwrap() > last_before_thaw)
     })
     .await;
     let thawed = until_readiness(address, "ready").await;
@@ -279,7 +279,7 @@ async fn create_loop(address: SocketAddr, reading: Arc<AtomicBool>, log: Arc<Mut
     while reading.load(Ordering::Acquire) {
         tick.tick().await;
         let at = Instant::now();
-        let created = create(address).await;
+        let created = create(address, "read back").await;
         let mut log = log.lock().unwrap_or_else(PoisonError::into_inner);
         log.slowest_create = log.slowest_create.max(at.elapsed());
         match created {
@@ -328,9 +328,9 @@ async fn read_loop(address: SocketAddr, reading: Arc<AtomicBool>, log: Arc<Mutex
     }
 }
 
-/// `POST /api/orders` on a new connection: the new order's id.
-async fn create(address: SocketAddr) -> Result<i64, String> {
-    let body = r#"{"item":"read back","quantity":1}"#.to_owned();
+/// `POST /api/orders` of `item` on a new connection: the new order's id.
+async fn create(address: SocketAddr, item: &str) -> Result<i64, String> {
+    let body = format!("{{\"item\":\"{item}\",\"quantity\":1}}");
     let request = post(body, Mode::ConnectionClose).map_err(|error| error.to_string())?;
     let mut sender = connect(address, Mode::ConnectionClose).await.map_err(|e| format!("POST: {e}"))?;
     match sender.send(request).await {
@@ -341,4 +341,36 @@ async fn create(address: SocketAddr) -> Result<i64, String> {
         Ok((status, body)) => Err(format!("POST: {status} {body}")),
         Err(error) => Err(format!("POST: {error}")),
     }
+}
+
+/// Two deployments (each with its own database) sharing one Redis never serve each other's
+/// orders: their cache keys are namespaced by the database they read.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_deployments_sharing_a_redis_never_serve_each_others_orders() {
+    let redis = RedisServer::start();
+    let root = std::env::temp_dir().join(format!("orders_namespaces_{}", std::process::id()));
+    let (dir_a, dir_b) = (root.join("a"), root.join("b"));
+    std::fs::create_dir_all(&dir_a).unwrap();
+    std::fs::create_dir_all(&dir_b).unwrap();
+    let a = Orders::start(&dir_a, &[("REDIS_URL", &redis.url())]).await;
+    let b = Orders::start(&dir_b, &[("REDIS_URL", &redis.url())]).await;
+    // Order 1 of deployment A, processed, then read: now in the cache.
+    assert_eq!(create(a.address(), "tea").await, Ok(1));
+    within("A's order processed and cached", Duration::from_secs(20), async {
+        while !get(a.address(), "/api/orders/1").await.is_some_and(|(_, body)| body.contains("processed")) {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    // Order 1 of deployment B is another order.
+    assert_eq!(create(b.address(), "coffee").await, Ok(1));
+    for _ in 0..3 {
+        let (status, body) = get(b.address(), "/api/orders/1").await.unwrap();
+        assert_eq!(status, 200);
+        assert!(body.contains("\"item\":\"coffee\""), "B served A's order: {body}");
+        let (_, body) = get(a.address(), "/api/orders/1").await.unwrap();
+        assert!(body.contains("\"item\":\"tea\""), "{body}");
+    }
+    drop((a, b));
+    std::fs::remove_dir_all(&root).unwrap();
 }

@@ -33,6 +33,9 @@ pub(crate) struct Config {
     /// Secrets given as flags: the flags named, for a warning, and the arguments a successor
     /// gets instead of this process's (the secrets go to its environment).
     pub(crate) secret_flags: Vec<&'static str>,
+    /// The part of cache keys that tells deployments apart: `CACHE_NAMESPACE`, or the database
+    /// the orders live in (without credentials).
+    pub(crate) cache_namespace: String,
     pub(crate) successor_args: Vec<String>,
 }
 
@@ -47,7 +50,8 @@ const USAGE: &str = "usage: orders [--listen ADDR] [--database-url URL] [--redis
                      DATABASE_WARM_CONNECTIONS (PostgreSQL connections opened before ready, default 16 of 20), \
                      TLS_CERT_FILE and TLS_KEY_FILE (PEM; serve HTTPS, and pick up new files within 5 s), \
                      ADMIN_LISTEN_ADDR (serve /livez, /readyz, /metrics there, not on the public address), \
-                     MAX_CONNECTIONS (public connections served at once, 1 to 1000000)\n\
+                     MAX_CONNECTIONS (public connections served at once, 1 to 1000000), \
+                     CACHE_NAMESPACE (cache keys are orders:<namespace>:<id>; default: the database's host, port and name)\n\
                      SIGUSR2 or SIGHUP: zero-downtime upgrade to the binary now on disk";
 
 impl Config {
@@ -108,7 +112,12 @@ impl Config {
             .map_err(|e| format!("listen address `{listen}` (LISTEN_ADDR or --listen): {e}"))?;
         let hostname = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
         let advertise = advertised(listen, std::env::var("ADVERTISE_ADDR").ok(), hostname.trim())?;
+        let cache_namespace = match std::env::var("CACHE_NAMESPACE").unwrap_or_default() {
+            namespace if namespace.is_empty() => database_identity(&database_url),
+            namespace => namespace,
+        };
         Ok(Self {
+            cache_namespace,
             postgres,
             advertise,
             listen,
@@ -185,6 +194,25 @@ fn database_url_from_environment() -> Result<String, String> {
     }
 }
 
+/// The database a URL names, without what could be secret: host, port and database for a
+/// server (`127.0.0.1:5432/orders`), the absolute path for a SQLite file.
+fn database_identity(url: &str) -> String {
+    let rest = url.split_once("://").map_or(url, |(_, rest)| rest);
+    if url.to_ascii_lowercase().starts_with("sqlite") {
+        let file = rest.split(['?', '#']).next().unwrap_or(rest).trim_start_matches("sqlite:");
+        let path = std::path::Path::new(file);
+        return std::env::current_dir()
+            .map(|dir| dir.join(path))
+            .unwrap_or_else(|_| path.to_owned())
+            .display()
+            .to_string();
+    }
+    // The user information ends at the last `@` (a password may hold `@`, `?` or `#`), the
+    // database at the query.
+    let server = rest.rsplit_once('@').map_or(rest, |(_, server)| server);
+    server.split(['?', '#']).next().unwrap_or(server).to_owned()
+}
+
 /// HTTPS files: both or neither.
 fn tls_files(cert: Option<String>, key: Option<String>) -> Result<Option<(PathBuf, PathBuf)>, String> {
     match (cert.filter(|c| !c.is_empty()), key.filter(|k| !k.is_empty())) {
@@ -250,6 +278,17 @@ mod tests {
         assert_eq!(advertised(one, None, "web-3"), Ok("10.0.0.7:8080".to_owned()));
         assert_eq!(advertised(any, Some("192.0.2.1:80".into()), "web-3"), Ok("192.0.2.1:80".to_owned()));
         assert!(advertised(any, None, "").unwrap_err().contains("set ADVERTISE_ADDR"));
+    }
+
+    #[test]
+    fn cache_namespaces_name_the_database_without_credentials() {
+        assert_eq!(
+            database_identity("postgres://orders:p@ss/w?rd#@db.internal:5432/orders?sslmode=require"),
+            "db.internal:5432/orders"
+        );
+        assert_eq!(database_identity("postgresql://db:5432/shop"), "db:5432/shop");
+        let sqlite = database_identity("sqlite://orders.db");
+        assert!(sqlite.starts_with('/') && sqlite.ends_with("/orders.db"), "{sqlite}");
     }
 
     #[test]

@@ -38,6 +38,9 @@ use store::{Order, ProcessOrder, Store};
 struct App {
     store: Store,
     cache: Option<Dep<RedisPool>>,
+    /// Where this deployment's keys live in the cache (`orders:<namespace>:`): two deployments
+    /// sharing one Redis must not serve each other's orders.
+    cache_prefix: std::sync::Arc<str>,
     /// New orders, for the WebSocket feed.
     created: tokio::sync::broadcast::Sender<String>,
 }
@@ -95,7 +98,7 @@ async fn order_feed(State(app): State<App>, upgrade: WebSocketUpgrade) -> axum::
 }
 
 async fn get_order(State(app): State<App>, Path(id): Path<i64>) -> Reply<Json<Order>> {
-    let key = format!("orders:{id}");
+    let key = format!("{}{id}", app.cache_prefix);
     if let Some(order) = match &app.cache {
         Some(cache) => cache_get(cache, &key).await,
         None => None,
@@ -304,7 +307,12 @@ async fn main(listeners: Listeners) -> Result<RegistryBuilder, String> {
         .route("/api/orders", post(create_order))
         .route("/api/orders/feed", get(order_feed))
         .route("/api/orders/{id}", get(get_order))
-        .with_state(App { store, cache: cache.clone(), created: tokio::sync::broadcast::channel(256).0 });
+        .with_state(App {
+            store,
+            cache: cache.clone(),
+            cache_prefix: format!("orders:{}:", config.cache_namespace).into(),
+            created: tokio::sync::broadcast::channel(256).0,
+        });
     let stop_timeout = config.shutdown_deadline.mul_f64(0.8);
     let mut server =
         HttpServer::new("http", listener, app).options(ComponentOptions::new().stop_timeout(stop_timeout));
