@@ -58,8 +58,14 @@ fn internal(error: BoxError) -> (StatusCode, String) {
     (StatusCode::INTERNAL_SERVER_ERROR, "internal error\n".into())
 }
 
+/// `POST /api/orders`. With an `Idempotency-Key` header (1 to 255 visible characters, unique
+/// per order the client means), sending the same request again, because its answer was lost,
+/// returns the first order's id instead of writing a second order: the pattern for any write
+/// endpoint. The key identifies the request: a different body under a used key still gets the
+/// first order.
 async fn create_order(
     State(app): State<App>,
+    headers: axum::http::HeaderMap,
     Json(order): Json<NewOrder>,
 ) -> Reply<(StatusCode, Json<serde_json::Value>)> {
     if order.item.trim().is_empty() || order.quantity <= 0 {
@@ -68,7 +74,19 @@ async fn create_order(
             "`item` must be non-empty and `quantity` positive\n".into(),
         ));
     }
-    let id = app.store.create(&order.item, order.quantity).await.map_err(internal)?;
+    let key = match headers.get("idempotency-key").map(|key| key.to_str()) {
+        None => None,
+        Some(Ok(key)) if (1..=255).contains(&key.len()) && key.bytes().all(|b| b.is_ascii_graphic()) => {
+            Some(key)
+        }
+        Some(_) => {
+            return Err((
+                StatusCode::BAD_REQUEST,
+                "`Idempotency-Key` must be 1 to 255 visible ASCII characters\n".into(),
+            ));
+        }
+    };
+    let id = app.store.create(&order.item, order.quantity, key).await.map_err(internal)?;
     // Nobody listening is fine.
     let _ = app
         .created

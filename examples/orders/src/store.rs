@@ -99,9 +99,17 @@ impl Store {
     /// Writes the order; on PostgreSQL its processing job commits in the same transaction. A
     /// lost connection or a database that restarts is retried for a few seconds, under one
     /// request id: an attempt whose commit went through before its connection died is found,
-    /// not written twice.
-    pub(crate) async fn create(&self, item: &str, quantity: i64) -> Result<i64, BoxError> {
-        let request = request_id();
+    /// not written twice. With the client's idempotency key, the request id is that key's: a
+    /// retried request (after a timeout, a reset, a restart of this service) finds the order
+    /// its first attempt wrote, in the same unique index, and gets its id.
+    pub(crate) async fn create(
+        &self,
+        item: &str,
+        quantity: i64,
+        idempotency_key: Option<&str>,
+    ) -> Result<i64, BoxError> {
+        // Prefixed: a client's key can never equal a generated id.
+        let request = idempotency_key.map_or_else(request_id, |key| format!("key:{key}"));
         retrying(|| self.create_once(item, quantity, &request)).await
     }
 
