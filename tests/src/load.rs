@@ -267,9 +267,16 @@ fn never_processed(error: &(dyn std::error::Error + 'static)) -> bool {
     let mut source = Some(error);
     while let Some(current) = source {
         if let Some(h2) = current.downcast_ref::<h2::Error>() {
-            // Only a refusal: a connection closed with streams open also reads as a GOAWAY's
-            // error, and those streams may have been processed.
-            return h2.is_remote() && h2.reason() == Some(h2::Reason::REFUSED_STREAM);
+            // A refused stream; or the error of a graceful GOAWAY (NO_ERROR), which the client
+            // gives a request it could no longer send once the GOAWAY arrived, and a stream
+            // above the GOAWAY's last stream id, which the server did not process (RFC 9113,
+            // 6.8). A stream at or below it also ends with that error if the server closes the
+            // connection before answering it, which would be processed and lost: the servers
+            // tested here finish those before closing (hyper's two-step graceful shutdown), and
+            // report any they cut at their hard deadline.
+            return h2.is_remote()
+                && (h2.reason() == Some(h2::Reason::REFUSED_STREAM)
+                    || (h2.is_go_away() && h2.reason() == Some(h2::Reason::NO_ERROR)));
         }
         source = current.source();
     }

@@ -103,6 +103,11 @@ async fn under_load(mode: Mode) {
     let stderr = stop(service, pid).await;
     tally.assert_no_failures(&format!("{mode:?} clients over 5 upgrades"), "");
     assert_eq!(stderr.matches("lifecycle report: handed over to process").count(), 5, "{stderr}");
+    // No generation cut a request or a connection: every request a client counts as never
+    // processed (a refused stream, one above a graceful GOAWAY's last id) really was not.
+    let notes: Vec<&str> = stderr.lines().filter(|l| l.trim_start().starts_with("`http`: drained")).collect();
+    assert_eq!(notes.len(), 6, "{stderr}");
+    assert!(notes.iter().all(|l| l.contains("cut 0 requests and 0 connections")), "{notes:?}");
     assert!(!pid_file.exists(), "the last process removed its PID file at a plain stop");
 }
 
