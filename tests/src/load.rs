@@ -220,6 +220,9 @@ pub async fn client_to(
                 Ok(new) => sender = Some(new),
                 Err(error) => {
                     failed(error.as_ref());
+                    // A refusing port refuses at once: without a pause, a client would try
+                    // hundreds of thousands of times a second and starve the machine.
+                    tokio::time::sleep(std::time::Duration::from_millis(2)).await;
                     continue;
                 }
             }
