@@ -276,8 +276,6 @@ struct Connection {
     context: RequestContext,
     component: ComponentId,
     shared: Arc<Shared>,
-    /// The server's task set, for the streams of an HTTP/2 connection.
-    tasks: Tasks,
     settings: Settings,
 }
 
@@ -329,7 +327,9 @@ impl Connection {
     where
         I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
     {
-        let Self { router, context, component, shared, tasks, settings } = self;
+        let Self { router, context, component, shared, settings } = self;
+        // HTTP/2 streams run as tasks of the server's set: the stop waits for them.
+        let executor = TaskSetExecutor(context.tasks().clone());
         let Settings { idle_close_after, header_read_timeout, idle_timeout, request_timeout } = settings;
         let service = TowerToHyperService::new(router);
         let activity = Arc::new(Activity::new());
@@ -373,8 +373,7 @@ impl Connection {
                 response
             }
         });
-        // HTTP/2 streams run as tasks of the server's set: the stop waits for them.
-        let mut builder = auto::Builder::new(TaskSetExecutor(tasks));
+        let mut builder = auto::Builder::new(executor);
         builder.http1().timer(TokioTimer::new()).header_read_timeout(header_read_timeout);
         let connection = builder.serve_connection_with_upgrades(io, service);
         tokio::pin!(connection);
@@ -816,7 +815,6 @@ impl Component for HttpServer {
                     context: context.for_connection(slot.clone()),
                     component: name.clone(),
                     shared: Arc::clone(&shared),
-                    tasks: tasks.clone(),
                     settings,
                 };
                 #[cfg(feature = "tls")]

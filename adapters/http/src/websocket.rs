@@ -9,7 +9,7 @@
 
 use std::future::Future;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use axum::extract::FromRequestParts;
@@ -19,7 +19,7 @@ use axum::response::{IntoResponse, Response};
 use futures_util::{SinkExt, StreamExt};
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
-use lifecycle_core::{CancellationToken, Tasks};
+use lifecycle_core::{CancellationToken, CatchUnwind, Tasks};
 use tokio::sync::mpsc;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
@@ -269,8 +269,18 @@ impl Sockets {
         let (to_handler, inbox) = mpsc::channel(BUFFERED);
         let (outbox, from_handler) = mpsc::channel(BUFFERED);
         let socket = WebSocket { inbox, outbox, going_away: self.going_away.clone() };
+        // A handler's panic is its socket's, not the server's: logged, counted, and the socket
+        // closed with 1011 (internal error), like a request's 500.
+        let panicked = AtomicBool::new(false);
+        let handler = async {
+            if let Err(panic) = CatchUnwind::new(async move { handler(socket).await }).await {
+                self.counters.panicked.fetch_add(1, Ordering::AcqRel);
+                tracing::error!(%panic, "WebSocket handler panicked; closing it with 1011");
+                panicked.store(true, Ordering::Release);
+            }
+        };
         tokio::select! {
-            _ = async { tokio::join!(handler(socket), self.pump(stream, to_handler, from_handler)) } => {}
+            _ = async { tokio::join!(handler, self.pump(stream, to_handler, from_handler, &panicked)) } => {}
             () = self.cut.cancelled() => {
                 self.counters.websockets_cut.fetch_add(1, Ordering::AcqRel);
             }
@@ -284,6 +294,7 @@ impl Sockets {
         mut stream: Stream,
         to_handler: mpsc::Sender<Message>,
         mut from_handler: mpsc::Receiver<Message>,
+        panicked: &AtomicBool,
     ) {
         let ending = loop {
             tokio::select! {
@@ -320,6 +331,9 @@ impl Sockets {
         from_handler.close();
         let frame = match ending {
             Ending::Over => return,
+            Ending::HandlerDone(_) if panicked.load(Ordering::Acquire) => {
+                CloseFrame { code: CloseCode::Error, reason: "internal error".into() }
+            }
             Ending::HandlerDone(frame) => {
                 frame.unwrap_or(CloseFrame { code: CloseCode::Normal, reason: "".into() })
             }

@@ -55,14 +55,28 @@ async fn once(upgrade: WebSocketUpgrade) -> Response {
     })
 }
 
+/// Panics at the first message: a bug in one socket's handler.
+async fn buggy(upgrade: WebSocketUpgrade) -> Response {
+    upgrade.on_upgrade(|mut socket: WebSocket| async move {
+        if socket.recv().await.is_some() {
+            panic!("socket handler bug");
+        }
+    })
+}
+
 fn app() -> Router {
-    Router::new().route("/echo", get(echo)).route("/feed", get(feed)).route("/once", get(once)).route(
-        "/going-away",
-        get(|axum::Extension(ctx): axum::Extension<RequestContext>| async move {
-            ctx.going_away().await;
-            "going away"
-        }),
-    )
+    Router::new()
+        .route("/buggy", get(buggy))
+        .route("/echo", get(echo))
+        .route("/feed", get(feed))
+        .route("/once", get(once))
+        .route(
+            "/going-away",
+            get(|axum::Extension(ctx): axum::Extension<RequestContext>| async move {
+                ctx.going_away().await;
+                "going away"
+            }),
+        )
 }
 
 async fn serve(
@@ -231,4 +245,24 @@ async fn an_open_websocket_keeps_its_place_under_the_connection_limit() {
     assert_eq!(third.next().await.unwrap().unwrap(), Message::Text("three".into()));
     drop(third);
     drop(run);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panicking_socket_handler_closes_its_socket_with_1011_and_the_service_carries_on() {
+    let (run, address) = serve(testing::builder(), |server| server).await;
+    let mut buggy = connect(address, "/buggy").await;
+    buggy.send(Message::Text("boom".into())).await.unwrap();
+    let code = within("the close frame", Duration::from_secs(5), close_code(&mut buggy)).await;
+    assert_eq!(code, Ok(CloseCode::Error));
+    // The other sockets and the service carry on.
+    let mut other = connect(address, "/echo").await;
+    other.send(Message::Text("still here".into())).await.unwrap();
+    assert_eq!(other.next().await.unwrap().unwrap(), Message::Text("still here".into()));
+    assert_eq!(run.handle().phase(), Phase::Ready);
+    assert_eq!(metric(address, "lifecycle_http_requests_panicked_total").await, 1.0);
+    let stop = tokio::spawn(run.stop());
+    assert_eq!(close_code(&mut other).await, Ok(CloseCode::Away));
+    let _ = other.close(None).await;
+    let report = within("the stop", Duration::from_secs(10), stop).await.unwrap();
+    assert_clean(&report);
 }
