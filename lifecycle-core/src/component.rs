@@ -280,6 +280,16 @@ pub trait Component: Send + Sync + 'static {
         async { Ok(()) }
     }
 
+    /// Re-reads what can change without a restart (configuration, certificates, log level), on
+    /// a reload signal (`SIGHUP` by default) or
+    /// [`LifecycleHandle::reload`](crate::LifecycleHandle::reload). Runs while the component
+    /// runs, after the components it depends on reloaded, within its start timeout. A failure
+    /// leaves it running as it was: keep the old state until the new one is complete.
+    fn reload(&self, ctx: &Context) -> impl Future<Output = Result<(), BoxError>> + Send {
+        let _ = ctx;
+        async { Ok(()) }
+    }
+
     /// Whether [`start`](Component::start) can run again after [`stop`](Component::stop), for a
     /// restart. Return false when a start uses up what the component was given (a listener it
     /// takes once): [`RegistryBuilder::build`](crate::RegistryBuilder::build) then refuses a
@@ -301,6 +311,7 @@ pub(crate) trait ErasedComponent: Send + Sync + 'static {
     fn start<'a>(&'a self, ctx: &'a Context) -> BoxFuture<'a, Result<(), BoxError>>;
     fn drain<'a>(&'a self, ctx: &'a Context) -> BoxFuture<'a, Result<(), BoxError>>;
     fn stop<'a>(&'a self, ctx: &'a Context) -> BoxFuture<'a, Result<(), BoxError>>;
+    fn reload<'a>(&'a self, ctx: &'a Context) -> BoxFuture<'a, Result<(), BoxError>>;
     fn health(&self) -> BoxFuture<'_, Health>;
 }
 
@@ -315,6 +326,10 @@ impl<T: Component> ErasedComponent for T {
 
     fn stop<'a>(&'a self, ctx: &'a Context) -> BoxFuture<'a, Result<(), BoxError>> {
         Box::pin(Component::stop(self, ctx))
+    }
+
+    fn reload<'a>(&'a self, ctx: &'a Context) -> BoxFuture<'a, Result<(), BoxError>> {
+        Box::pin(Component::reload(self, ctx))
     }
 
     fn health(&self) -> BoxFuture<'_, Health> {

@@ -28,6 +28,8 @@ pub enum Stage {
     WaitingForTasks,
     /// Stopped after a failure (its own or a dependency's), waiting to start again.
     Restarting,
+    /// Running, and in its reload hook.
+    Reloading,
 }
 
 impl fmt::Display for Stage {
@@ -39,6 +41,7 @@ impl fmt::Display for Stage {
             Stage::Stopping => "stopping",
             Stage::WaitingForTasks => "waiting for tasks",
             Stage::Restarting => "restarting",
+            Stage::Reloading => "reloading",
         })
     }
 }
@@ -115,6 +118,7 @@ impl fmt::Display for HookName {
             Stage::Stopping | Stage::WaitingForTasks => "stop",
             Stage::Running => "health",
             Stage::Restarting => "restart",
+            Stage::Reloading => "reload",
         })
     }
 }

@@ -11,6 +11,7 @@ use tokio::task::JoinSet;
 use crate::component::ErasedComponent;
 use crate::panic::CatchUnwind;
 use crate::progress::{ComponentStatus, Progress};
+use crate::reload::{ReloadCause, ReloadCounts, ReloadError, ReloadReport, ReloadRequest, Reloads};
 use crate::scope::{ScopeBuilder, ScopeStatus};
 use crate::{CancellationToken, ComponentId, Health, Phase, Readiness, Shutdown, Tasks, lock};
 
@@ -38,6 +39,7 @@ struct Inner {
     /// The run's root token and the task set of the scopes opened through the handle.
     root: CancellationToken,
     tasks: Tasks,
+    reloads: Reloads,
 }
 
 /// A scope still open, as its owner's run knows it.
@@ -60,6 +62,7 @@ impl LifecycleHandle {
         health_timeout: Duration,
         path: String,
         (root, tasks): (CancellationToken, Tasks),
+        reloads: Reloads,
     ) -> Self {
         let (phase, _) = watch::channel(Phase::Starting);
         let (scopes, any_scope) = (Mutex::new(Vec::new()), AtomicBool::new(false));
@@ -74,6 +77,7 @@ impl LifecycleHandle {
             any_scope,
             root,
             tasks,
+            reloads,
         };
         Self { inner: Arc::new(inner) }
     }
@@ -236,6 +240,38 @@ impl LifecycleHandle {
 
     pub(crate) fn progress(&self) -> &Arc<Progress> {
         &self.inner.progress
+    }
+
+    /// Runs the [`reload`](crate::Component::reload) hook of every running component, each after
+    /// the components it depends on, each within its start timeout; returns once all ended. A
+    /// request made while the service starts waits for it to be ready; requests made while one
+    /// waits to run join it.
+    ///
+    /// A failed reload leaves its component running as it was; the report says which failed.
+    /// Scopes opened while the service runs are not part of it: their own handles reload them
+    /// (a component can do so in its reload hook).
+    ///
+    /// # Errors
+    /// [`ReloadError::ShuttingDown`] once a shutdown was requested (it also cancels a reload in
+    /// progress); [`ReloadError::Ended`] when the run is over.
+    pub async fn reload(&self) -> Result<ReloadReport, ReloadError> {
+        if self.inner.shutdown.is_requested() {
+            return Err(ReloadError::ShuttingDown);
+        }
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        if !self.inner.reloads.request(ReloadRequest { cause: ReloadCause::Requested, reply: Some(reply) }) {
+            return Err(ReloadError::Ended);
+        }
+        answer.await.unwrap_or(Err(ReloadError::Ended))
+    }
+
+    /// How many reloads ran so far, and how many failed in part.
+    pub fn reload_counts(&self) -> ReloadCounts {
+        self.inner.reloads.counts()
+    }
+
+    pub(crate) fn reloads(&self) -> &Reloads {
+        &self.inner.reloads
     }
 }
 

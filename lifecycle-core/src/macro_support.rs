@@ -205,18 +205,22 @@ pub fn run_setup<T, S: SetupOutput<T>>(setup_output: S) -> T {
 }
 
 /// Awaits the main function's future while signals are caught but no run exists yet: the first
-/// signal is kept for the run (which then stops as soon as it begins); a second one means the
-/// user wants out now, and ends the process with 128 + its number, as a second signal does
-/// during a run.
+/// shutdown signal is kept for the run (which then stops as soon as it begins); a second one
+/// means the user wants out now, and ends the process with 128 + its number, as a second signal
+/// does during a run. A reload signal is kept for the run too, which reloads once it is ready.
 async fn until_second_signal<F: Future>(main: F, listener: &mut SignalListener) -> F::Output {
     let mut main = std::pin::pin!(main);
+    let signals = listener.signals();
     let mut first = None;
+    let mut reload = None;
     let mut first_at = crate::signal::FirstSignal::default();
     let output = loop {
         tokio::select! {
             output = &mut main => break output,
             signal = listener.recv() => {
-                if first.is_some() {
+                if signals.is_reload(signal) {
+                    reload = Some(signal);
+                } else if first.is_some() {
                     if first_at.echoed() {
                         continue; // the same signal, delivered to the process and its group
                     }
@@ -229,7 +233,8 @@ async fn until_second_signal<F: Future>(main: F, listener: &mut SignalListener) 
             }
         }
     };
-    if let Some(signal) = first {
+    // Put back in the order the run should see them: the shutdown first.
+    for signal in reload.into_iter().chain(first) {
         listener.unread(signal);
     }
     output
@@ -247,14 +252,25 @@ fn exit_with(error: &str) -> ! {
 /// the process without a report. `None` when the run listens to no signal, or (logged) when the
 /// handlers cannot be installed, in which case the run tries again when it starts.
 pub fn catch_signals(options: &MainOptions) -> Option<SignalListener> {
-    let signals =
-        options.signals.map_or_else(Signals::default, |signals| Signals::only(signals.iter().copied()));
+    let signals = main_signals(options);
     if signals.is_empty() {
         return None;
     }
     SignalListener::install(&signals)
         .inspect_err(|error| eprintln!("warning: cannot catch signals before the run starts: {error}"))
         .ok()
+}
+
+/// The signals of `#[lifecycle_core::main]`: by default `SIGTERM` and `SIGINT` shut down and
+/// `SIGHUP` reloads; `signals = "..."` names those that shut down (`SIGHUP` still reloads unless
+/// it is among them); `signals = false` catches none.
+fn main_signals(options: &MainOptions) -> Signals {
+    match options.signals {
+        None => Signals::default(),
+        Some([]) => Signals::none(),
+        Some(list) if list.contains(&Signal::Hangup) => Signals::only(list.iter().copied()),
+        Some(list) => Signals::only(list.iter().copied()).reload_on([Signal::Hangup]),
+    }
 }
 
 /// Builds the runtime, awaits the user's function for the builder, runs the registry, writes
@@ -298,8 +314,8 @@ where
         if let Some(delay) = options.drain_delay {
             builder.drain_delay(delay);
         }
-        if let Some(signals) = options.signals {
-            builder.signals(Signals::only(signals.iter().copied()));
+        if options.signals.is_some() {
+            builder.signals(main_signals(&options));
         }
         if let Some(listener) = signals {
             builder.signal_listener(listener);

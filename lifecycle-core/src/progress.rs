@@ -104,7 +104,8 @@ impl Progress {
 
     /// Records that component `index` entered `stage`.
     pub(crate) fn enter(&self, index: usize, stage: Stage) {
-        self.up[index].set(stage == Stage::Running);
+        // A component serves while it reloads.
+        self.up[index].set(matches!(stage, Stage::Running | Stage::Reloading));
         let now = Instant::now();
         let mut state = lock(&self.state);
         let entry = &mut state.entries[index];
@@ -129,7 +130,7 @@ impl Progress {
                     entry.start_duration = entry.start_began.map(|began| now - began);
                 }
             }
-            Stage::Draining | Stage::Restarting => {}
+            Stage::Draining | Stage::Restarting | Stage::Reloading => {}
         }
     }
 

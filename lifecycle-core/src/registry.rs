@@ -238,6 +238,7 @@ impl RegistryBuilder {
         // The tasks of scopes opened through the handle, which no component owns.
         let run_tasks =
             Tasks::new(ComponentId::from("lifecycle"), false, shutdown.clone(), FailureLog::default(), None);
+        let (reloads, reload_requests) = crate::reload::Reloads::new();
         let handle = LifecycleHandle::new(
             shutdown,
             progress,
@@ -245,6 +246,7 @@ impl RegistryBuilder {
             self.config.health_timeout,
             self.parent.as_ref().map(|(_, path)| path.clone()).unwrap_or_default(),
             (root.clone(), run_tasks),
+            reloads,
         );
         let contexts = self
             .entries
@@ -272,6 +274,7 @@ impl RegistryBuilder {
                 handle,
                 root,
                 troubles: trouble_receiver,
+                reload_requests,
             },
         })
     }

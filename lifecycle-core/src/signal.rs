@@ -1,8 +1,8 @@
-//! Which process signals start a shutdown, and listening for them.
+//! Which process signals start a shutdown or a reload, and listening for them.
 
 use std::fmt;
 
-/// A process signal that can trigger a shutdown.
+/// A process signal that can trigger a shutdown or a reload.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum Signal {
@@ -10,7 +10,8 @@ pub enum Signal {
     Terminate,
     /// `SIGINT`: Ctrl-C in a terminal.
     Interrupt,
-    /// `SIGHUP`.
+    /// `SIGHUP`: a closing terminal, and by convention (nginx, most daemons) "reload your
+    /// configuration".
     Hangup,
     /// `SIGQUIT`.
     Quit,
@@ -43,46 +44,82 @@ impl fmt::Display for Signal {
     }
 }
 
-/// The set of signals the run listens to. The first starts a graceful shutdown; the second
-/// makes the run stop waiting and return at once, still with its report. A signal within
-/// 100 ms of the first is that one delivered twice (to the process and its group), not a second.
+/// The signals the run listens to, and what each does.
+///
+/// A shutdown signal: the first starts a graceful shutdown; the second makes the run stop
+/// waiting and return at once, still with its report. A signal within 100 ms of the first is
+/// that one delivered twice (to the process and its group), not a second.
+///
+/// A reload signal runs every running component's [`reload`](crate::Component::reload) hook
+/// (as [`LifecycleHandle::reload`](crate::LifecycleHandle::reload) does); signals that arrive
+/// while one is waiting to run join it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Signals {
     signals: Vec<Signal>,
+    reload: Vec<Signal>,
 }
 
 impl Default for Signals {
-    /// `SIGTERM` and `SIGINT`.
+    /// `SIGTERM` and `SIGINT` shut down; `SIGHUP` reloads.
     fn default() -> Self {
-        Self { signals: vec![Signal::Terminate, Signal::Interrupt] }
+        Self { signals: vec![Signal::Terminate, Signal::Interrupt], reload: vec![Signal::Hangup] }
     }
 }
 
 impl Signals {
     /// No signals: for a registry embedded in a program that handles signals itself.
     pub fn none() -> Self {
-        Self { signals: Vec::new() }
+        Self { signals: Vec::new(), reload: Vec::new() }
     }
 
-    /// Exactly these signals.
+    /// Exactly these signals shut down, and none reloads (add one with
+    /// [`reload_on`](Self::reload_on)).
     pub fn only(signals: impl IntoIterator<Item = Signal>) -> Self {
-        let mut list: Vec<Signal> = Vec::new();
-        for signal in signals {
-            if !list.contains(&signal) {
-                list.push(signal);
-            }
-        }
-        Self { signals: list }
+        Self { signals: distinct(signals), reload: Vec::new() }
     }
 
-    /// The signals in the set.
+    /// These signals reload instead of whatever they did before (none: no signal reloads).
+    #[must_use]
+    pub fn reload_on(mut self, signals: impl IntoIterator<Item = Signal>) -> Self {
+        self.reload = distinct(signals);
+        self.signals.retain(|signal| !self.reload.contains(signal));
+        self
+    }
+
+    /// The signals that shut down.
     pub fn iter(&self) -> impl Iterator<Item = Signal> + '_ {
         self.signals.iter().copied()
     }
 
-    pub(crate) fn is_empty(&self) -> bool {
-        self.signals.is_empty()
+    /// The signals that reload.
+    pub fn reloads(&self) -> impl Iterator<Item = Signal> + '_ {
+        self.reload.iter().copied()
     }
+
+    /// Whether `signal` reloads.
+    pub(crate) fn is_reload(&self, signal: Signal) -> bool {
+        self.reload.contains(&signal)
+    }
+
+    /// Every signal the set catches.
+    fn all(&self) -> impl Iterator<Item = Signal> + '_ {
+        self.signals.iter().chain(&self.reload).copied()
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.signals.is_empty() && self.reload.is_empty()
+    }
+}
+
+/// `signals` without repeats, in their order.
+fn distinct(signals: impl IntoIterator<Item = Signal>) -> Vec<Signal> {
+    let mut list: Vec<Signal> = Vec::new();
+    for signal in signals {
+        if !list.contains(&signal) {
+            list.push(signal);
+        }
+    }
+    list
 }
 
 /// The configured signals, caught from the moment the listener is installed.
@@ -104,6 +141,7 @@ impl Signals {
 /// # Ok::<(), std::io::Error>(())
 /// ```
 pub struct SignalListener {
+    signals: Signals,
     #[cfg(unix)]
     streams: Vec<unix::Stream>,
     pending: std::collections::VecDeque<Signal>,
@@ -118,22 +156,19 @@ impl SignalListener {
     /// descriptors).
     #[cfg(unix)]
     pub fn install(signals: &Signals) -> std::io::Result<Self> {
-        let streams = signals.iter().map(unix::Stream::install).collect::<std::io::Result<_>>()?;
-        Ok(Self { streams, pending: std::collections::VecDeque::new() })
+        let streams = signals.all().map(unix::Stream::install).collect::<std::io::Result<_>>()?;
+        Ok(Self { signals: signals.clone(), streams, pending: std::collections::VecDeque::new() })
     }
 
     /// Starts catching Ctrl-C (the only signal outside Unix) when the run starts.
     #[cfg(not(unix))]
     pub fn install(_signals: &Signals) -> std::io::Result<Self> {
-        Ok(Self { pending: std::collections::VecDeque::new() })
+        Ok(Self { signals: Signals::only([Signal::Interrupt]), pending: std::collections::VecDeque::new() })
     }
 
-    /// The signals this listener catches.
+    /// The signals this listener catches, and what each does.
     pub fn signals(&self) -> Signals {
-        #[cfg(unix)]
-        return Signals::only(self.streams.iter().map(|stream| stream.signal));
-        #[cfg(not(unix))]
-        Signals::only([Signal::Interrupt])
+        self.signals.clone()
     }
 
     /// Puts `signal` back, to be the next one [`recv`](SignalListener::recv) returns.

@@ -12,7 +12,8 @@ use crate::{crate_path, valid};
 
 /// Methods of `Component` that a hook must not be named after: `Self::start` would resolve to
 /// the trait method being generated and call itself forever.
-const TRAIT_METHODS: &[&str] = &["name", "dependencies", "options", "start", "drain", "stop", "health"];
+const TRAIT_METHODS: &[&str] =
+    &["name", "dependencies", "options", "start", "drain", "stop", "reload", "health"];
 
 pub(crate) fn derive(input: &DeriveInput) -> TokenStream {
     let mut errors = Errors::default();
@@ -76,6 +77,7 @@ fn component_impl(input: &Input<'_>, core: &Path, errors: &mut Errors) -> TokenS
     let options = options(input, core);
     let start = hook(core, "start", attrs.start.as_ref(), errors);
     let drain = hook(core, "drain", attrs.drain.as_ref(), errors);
+    let reload = hook(core, "reload", attrs.reload.as_ref(), errors);
     let stop = stop(input, core, errors);
     let health = attrs.health.as_ref().and_then(|path| {
         let callee = method(path, errors)?;
@@ -95,6 +97,7 @@ fn component_impl(input: &Input<'_>, core: &Path, errors: &mut Errors) -> TokenS
             #start
             #drain
             #stop
+            #reload
             #health
         }
     }

@@ -33,6 +33,7 @@ mod valid;
 ///     start = open,            // `async fn(&self) -> Result<(), E>`, or with `ctx: &Context`
 ///     drain = deregister,      // same forms; runs when the service turns unready
 ///     stop = flush,            // same forms; runs before the `close` fields are closed
+///     reload = reread,         // same forms; on SIGHUP or `LifecycleHandle::reload`
 ///     health = check,          // `async fn(&self) -> Health`
 ///     start_timeout = "5s",    // human durations: "250ms", "1m30s", "1.5s"
 ///     stop_timeout = "1m30s",
@@ -58,6 +59,7 @@ mod valid;
 /// impl OrderService {
 ///     async fn open(&self, ctx: &Context) -> Result<(), BoxError> { Ok(()) }
 ///     async fn deregister(&self) -> Result<(), BoxError> { Ok(()) }
+///     async fn reread(&self) -> Result<(), BoxError> { Ok(()) }
 ///     async fn flush(&self) -> Result<(), std::io::Error> { Ok(()) }
 ///     async fn check(&self) -> Health { Health::Healthy }
 /// }
@@ -110,7 +112,8 @@ pub fn derive_component(input: TokenStream) -> TokenStream {
 /// #[lifecycle_core::main(
 ///     shutdown_deadline = "25s", // the global deadline, from the shutdown request
 ///     drain_delay = "5s",        // unready but serving, before anything stops
-///     signals = "TERM, INT",     // the default; `signals = false` for none
+///     signals = "TERM, INT",     // the default shutdown signals (SIGHUP reloads unless listed here);
+///                                // `signals = false` for none
 ///     flavor = "multi_thread",   // the default; "current_thread" for one thread
 ///     worker_threads = 2,        // default: one per core (multi_thread only)
 ///     report = "always",         // default "on_failure"

@@ -55,7 +55,7 @@ fn an_error_instead_of_a_builder_exits_one_with_the_error() {
     assert_eq!(code, Some(1));
     assert_eq!(
         stderr.trim(),
-        "error: unknown mode \"nonsense\"; use `fail`, `ok`, `exit3`, `threads`, `early` or `slow`"
+        "error: unknown mode \"nonsense\"; use `fail`, `ok`, `exit3`, `threads`, `early`, `slow` or `reload`"
     );
 }
 
@@ -72,7 +72,7 @@ fn a_failed_setup_exits_one_with_its_error() {
     assert_eq!(code, Some(1));
     assert_eq!(
         stderr.trim(),
-        "error: no mode given; use `fail`, `ok`, `exit3`, `threads`, `early` or `slow`"
+        "error: no mode given; use `fail`, `ok`, `exit3`, `threads`, `early`, `slow` or `reload`"
     );
 }
 
@@ -102,4 +102,26 @@ fn a_second_signal_before_the_run_starts_ends_the_process_at_once() {
     assert_eq!(status.code(), Some(128 + 15), "{stderr}");
     assert!(lived < std::time::Duration::from_secs(10), "{lived:?}");
     assert!(stderr.contains("lifecycle: second SIGTERM before the run started; exiting"), "{stderr}");
+}
+
+#[test]
+fn sighup_reloads_the_running_process_and_one_before_the_run_is_kept_for_it() {
+    // The setup sends itself SIGHUP before the runtime exists: not the default disposition (which
+    // ends the process) and not a shutdown, but a reload once the service is ready.
+    let service = lifecycle_tests::Service::spawn(BINARY, &["reload"]).unwrap();
+    let limit = std::time::Duration::from_secs(10);
+    service.wait_for_line("SIGHUP sent during setup", limit).unwrap();
+    service.wait_for_line("started", limit).unwrap();
+    service.wait_for_line("reloaded 1", limit).unwrap();
+    // Each SIGHUP afterwards reloads the same process; it neither stops nor starts another.
+    for count in 2..=4 {
+        service.signal("HUP").unwrap();
+        service.wait_for_line(&format!("reloaded {count}"), limit).unwrap();
+        // Apart, so that the kernel does not merge two pending deliveries into one.
+        std::thread::sleep(std::time::Duration::from_millis(150));
+    }
+    assert!(!lifecycle_tests::exited(service.pid()));
+    service.signal("TERM").unwrap();
+    let (status, stderr, _) = service.wait(limit).unwrap();
+    assert_eq!(status.code(), Some(0), "a reload is not a failure: {stderr}");
 }

@@ -45,32 +45,49 @@ async fn readyz(target: &Target) -> Option<u16> {
     sender.send(request).await.ok().map(|(status, _)| status)
 }
 
+/// `orders` over HTTPS in a directory of its own, with a first certificate written there.
+struct HttpsOrders {
+    dir: std::path::PathBuf,
+    authority: Authority,
+    first: lifecycle_tests::tls::Leaf,
+    child: std::process::Child,
+    stderr: std::thread::JoinHandle<String>,
+    target: Target,
+}
+
+impl HttpsOrders {
+    /// Starts it with `env` besides the TLS files, and waits until it is ready.
+    async fn start(name: &str, env: &[(&str, &str)]) -> Self {
+        let dir = std::env::temp_dir().join(format!("{name}_{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let authority = Authority::new();
+        let first = authority.leaf("one");
+        first.write_to(&dir);
+        let address = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+        let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+        let mut all =
+            vec![("TLS_CERT_FILE", cert.to_str().unwrap()), ("TLS_KEY_FILE", key.to_str().unwrap())];
+        all.extend_from_slice(env);
+        let mut child = orders_command(&dir, address, &all).spawn().unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let stderr = std::thread::spawn(move || std::io::read_to_string(stderr).unwrap_or_default());
+        let target = Target::https(address, authority.roots());
+        within("orders ready over HTTPS", WITHIN, async {
+            while readyz(&target).await != Some(200) {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+        .await;
+        Self { dir, authority, first, child, stderr, target }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn upgrades_under_https_load_fail_no_request_and_a_new_certificate_is_served_without_restart() {
-    let dir = std::env::temp_dir().join(format!("orders_https_{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    let authority = Authority::new();
-    let first = authority.leaf("one");
-    first.write_to(&dir);
-    let pid_file = dir.join("orders.pid");
-    let address = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
-    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
-    let env = [
-        ("TLS_CERT_FILE", cert.to_str().unwrap()),
-        ("TLS_KEY_FILE", key.to_str().unwrap()),
-        ("PID_FILE", pid_file.to_str().unwrap()),
-    ];
-    let mut child = orders_command(&dir, address, &env).spawn().unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let stderr = std::thread::spawn(move || std::io::read_to_string(stderr).unwrap_or_default());
-    let target = Target::https(address, authority.roots());
-    within("orders ready over HTTPS", WITHIN, async {
-        while readyz(&target).await != Some(200) {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    })
-    .await;
+    let pid_file = std::env::temp_dir().join(format!("orders_https_{}.pid", std::process::id()));
+    let HttpsOrders { dir, authority, first, mut child, stderr, target } =
+        HttpsOrders::start("orders_https", &[("PID_FILE", pid_file.to_str().unwrap())]).await;
     assert_eq!(served_certificate(&target).await, first.der);
 
     let keep_alive = Clients::start_to(&target, Mode::KeepAlive, CLIENTS);
@@ -104,8 +121,71 @@ async fn upgrades_under_https_load_fail_no_request_and_a_new_certificate_is_serv
     }
     assert_eq!(stderr.matches("lifecycle report: handed over to process").count(), UPGRADES, "{stderr}");
     let _ = std::fs::remove_dir_all(&dir);
+    let _ = std::fs::remove_file(&pid_file);
     eprintln!(
         "{UPGRADES} upgrades and a certificate swap over HTTPS: {} requests, 0 failed",
         tallies.iter().map(|t| t.ok).sum::<u64>()
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_reloads_the_certificate_in_the_same_process_and_a_bad_one_is_refused() {
+    // No file watch: only a reload can change the certificate.
+    let HttpsOrders { dir, authority, first, mut child, stderr, target } =
+        HttpsOrders::start("orders_https_reload", &[("TLS_WATCH", "0")]).await;
+    let pid = child.id();
+    let cert = dir.join("cert.pem");
+    let load = Clients::start_to(&target, Mode::KeepAlive, CLIENTS);
+    eventually("load over HTTPS", WITHIN, || load.ok() > 50).await;
+
+    // New files, and no change until the SIGHUP.
+    let second = authority.leaf("two");
+    second.write_to(&dir);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(served_certificate(&target).await, first.der, "nothing watches the files");
+    kill("HUP", pid);
+    within("the new certificate served after SIGHUP", WITHIN, async {
+        while served_certificate(&target).await != second.der {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+
+    // A broken certificate file: the reload fails, the server keeps the one it has.
+    std::fs::write(&cert, "not a certificate").unwrap();
+    kill("HUP", pid);
+    let metrics_failed = || async {
+        let mut sender = connect_to(&target, Mode::ConnectionClose).await.ok()?;
+        let request =
+            hyper::Request::get("/metrics").header("host", "orders").body(Full::new(Bytes::new())).unwrap();
+        let (_, body) = sender.send(request).await.ok()?;
+        body.contains("lifecycle_reloads_failed_total 1").then_some(body)
+    };
+    let metrics = within("the failed reload counted", WITHIN, async {
+        loop {
+            if let Some(body) = metrics_failed().await {
+                break body;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    assert!(metrics.contains("lifecycle_reloads_total 2"), "{metrics}");
+    assert_eq!(served_certificate(&target).await, second.der, "the previous certificate is kept");
+    let before = load.ok();
+    eventually("requests served after the failed reload", WITHIN, || load.ok() > before + 50).await;
+    let tally = load.stop().await;
+
+    assert_eq!(child.try_wait().unwrap(), None, "the same process serves throughout");
+    kill("TERM", pid);
+    let status = child.wait().unwrap();
+    let stderr = stderr.join().unwrap();
+    tally.assert_no_failures("HTTPS keep-alive across two reloads", &stderr);
+    assert_eq!(status.code(), Some(0), "a failed reload does not fail the run: {stderr}");
+    assert!(stderr.contains("reload failed; running on as it was"), "{stderr}");
+    assert!(
+        stderr.contains("reload on SIGHUP failed: certificate file"),
+        "the report keeps the failed reload: {stderr}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -201,11 +201,12 @@ async fn failed_upgrades_leave_the_old_process_serving() {
 async fn two_triggers_start_one_upgrade_and_a_successor_defers_one_until_its_predecessor_is_gone() {
     let service = Service::spawn(FIXTURE, &[]).unwrap();
     let (address, pid) = ready(&service);
-    // SIGUSR2 and SIGHUP at once (one shell, microseconds apart, both before the 10 ms upgrade
-    // can end): one upgrade, the other refused. Two `kill` processes could land the second
-    // signal after the process retired, when nobody is left to refuse it.
+    // SIGUSR2 and SIGUSR1 (the fixture's second trigger) at once (one shell, microseconds
+    // apart, both before the 10 ms upgrade can end): one upgrade, the other refused. Two `kill`
+    // processes could land the second signal after the process retired, when nobody is left to
+    // refuse it.
     let both = std::process::Command::new("sh")
-        .args(["-c", &format!("kill -USR2 {pid} && kill -HUP {pid}")])
+        .args(["-c", &format!("kill -USR2 {pid} && kill -USR1 {pid}")])
         .status()
         .unwrap();
     assert!(both.success());

@@ -2,7 +2,7 @@
 //!
 //! - [`Listeners`]: the service's listening sockets by name, adopted from the previous
 //!   generation or from systemd when they were passed, bound otherwise.
-//! - [`Upgrade`]: a component that, on SIGUSR2/SIGHUP or [`UpgradeHandle::upgrade`], starts the
+//! - [`Upgrade`]: a component that, on SIGUSR2 or [`UpgradeHandle::upgrade`], starts the
 //!   binary as it now is on disk with those sockets, waits until it is ready, and only then
 //!   retires this process. Not a single connection is refused: both processes accept on the
 //!   same sockets while this one drains.

@@ -49,7 +49,7 @@ pub enum UpgradeState {
 
 /// Zero-downtime upgrades as a component named `upgrade`.
 ///
-/// On SIGUSR2 or SIGHUP (see [`signals`](Self::signals)), or [`UpgradeHandle::upgrade`]:
+/// On SIGUSR2 (see [`signals`](Self::signals)), or [`UpgradeHandle::upgrade`]:
 ///
 /// 1. refuses unless this process is ready, no upgrade runs and its own predecessor is gone (a
 ///    signal that comes while the predecessor still drains is kept, and carried out once it
@@ -116,7 +116,7 @@ impl Upgrade {
                 args: Mutex::new(std::env::args_os().skip(1).collect()),
                 env: Mutex::new(Vec::new()),
                 ready_timeout: Mutex::new(READY_TIMEOUT),
-                signals: Mutex::new(vec![SignalKind::user_defined2(), SignalKind::hangup()]),
+                signals: Mutex::new(vec![SignalKind::user_defined2()]),
                 pid_file: Mutex::new(None),
                 state: Mutex::new(state),
                 running: Mutex::new(None),
@@ -159,7 +159,8 @@ impl Upgrade {
         self
     }
 
-    /// The signals that start an upgrade (default SIGUSR2 and SIGHUP; none: only the API).
+    /// The signals that start an upgrade (default SIGUSR2, nginx's convention; SIGHUP reloads
+    /// the service instead, see `lifecycle_core::Signals`; none: only the API).
     #[must_use]
     pub fn signals(self, signals: impl IntoIterator<Item = SignalKind>) -> Self {
         *lock(&self.shared.signals) = signals.into_iter().collect();

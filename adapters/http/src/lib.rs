@@ -18,7 +18,8 @@
 //! With the feature `tls` (off by default), `HttpServer::with_tls` serves HTTPS, HTTP/2 and
 //! HTTP/1.1 negotiated over ALPN, with rustls and its ring provider. The certificate and key come
 //! from PEM files, checked when read (`TlsConfig::from_pem_files`), and are reloaded without a
-//! restart: on `TlsConfig::reload` (say on `SIGHUP`), or when the files change
+//! restart: at every reload of the service (`SIGHUP`, `LifecycleHandle::reload`), on
+//! `TlsConfig::reload`, or when the files change
 //! (`TlsConfig::watch`). A reload that fails keeps the previous certificate, and connections
 //! already open keep theirs.
 

@@ -137,6 +137,12 @@ pub(crate) fn render(state: &MetricsState) -> Result<String, std::fmt::Error> {
         "Time until the next start of each component waiting to restart",
         next_restart,
     );
+    let reloads = state.handle.reload_counts();
+    let (total, failed) = (Counter::<u64>::default(), Counter::<u64>::default());
+    total.inc_by(reloads.total);
+    failed.inc_by(reloads.failed);
+    registry.register("reloads", "Reloads of the service (SIGHUP, or a reload request)", total);
+    registry.register("reloads_failed", "Reloads in which some component's reload failed", failed);
 
     let http = registry.sub_registry_with_prefix("http");
     let counters = &state.counters;

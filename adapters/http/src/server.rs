@@ -590,7 +590,9 @@ impl HttpServer {
     }
 
     /// Serves HTTPS instead of plain HTTP (feature `tls`): HTTP/2 and HTTP/1.1 over TLS, with
-    /// `config`'s certificate, which it reloads without a restart (see [`TlsConfig`]).
+    /// `config`'s certificate, which it reloads without a restart (see [`TlsConfig`]), at
+    /// every reload of the service among others: its reload hook reads the files again, and
+    /// fails (keeping the certificate it had) when they do not load.
     ///
     /// Each connection's handshake runs in the connection's own task, so a slow client holds up
     /// no other, and is bounded by [`header_read_timeout`](HttpServer::header_read_timeout); one
@@ -682,6 +684,15 @@ impl Component for HttpServer {
     /// A start takes the listener (and the router) it was given: it cannot run twice.
     fn restartable(&self) -> bool {
         false
+    }
+
+    /// Reads the TLS certificate and key again, when it serves HTTPS.
+    async fn reload(&self, _ctx: &Context) -> Result<(), BoxError> {
+        #[cfg(feature = "tls")]
+        if let Some(tls) = &self.tls {
+            tls.reload()?;
+        }
+        Ok(())
     }
 
     async fn start(&self, ctx: &Context) -> Result<(), BoxError> {

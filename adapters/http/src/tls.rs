@@ -214,8 +214,9 @@ impl ResolvesServerCert for Resolver {
 ///
 /// The server offers HTTP/2 (`h2`) and HTTP/1.1 over ALPN. A reload changes the certificate of
 /// the handshakes that follow; connections already open keep theirs (and so does a session a
-/// client resumes from before the reload). Clones share the certificate: keep one to call
-/// [`reload`](TlsConfig::reload), say on `SIGHUP`, and give another to the server.
+/// client resumes from before the reload). The server reloads it in its own reload hook (on
+/// `SIGHUP`, or `LifecycleHandle::reload`); clones share the certificate, so a program can also
+/// keep one and call [`reload`](TlsConfig::reload) itself.
 ///
 /// ```no_run
 /// use std::time::Duration;
@@ -226,7 +227,7 @@ impl ResolvesServerCert for Resolver {
 ///     .watch(Duration::from_secs(10));
 /// let listener = std::net::TcpListener::bind("0.0.0.0:443")?;
 /// let server = HttpServer::new("https", listener, Router::new()).with_tls(tls.clone());
-/// // Later, on SIGHUP:
+/// // Later, from the program's own trigger (SIGHUP reloads the server already):
 /// if let Err(error) = tls.reload() {
 ///     eprintln!("still serving the previous certificate: {error}");
 /// }

@@ -25,6 +25,8 @@ pub(crate) struct Config {
     pub(crate) reuse_port: bool,
     /// HTTPS: the certificate chain and key files (PEM), when set.
     pub(crate) tls: Option<(PathBuf, PathBuf)>,
+    /// How often the TLS files are checked for a change (`None`: only at a reload, `SIGHUP`).
+    pub(crate) tls_watch: Option<Duration>,
     /// Where `/livez`, `/readyz` and `/metrics` are served instead of the public address.
     pub(crate) admin_listen: Option<SocketAddr>,
     /// Client connections served at once on the public address (default: from the descriptor
@@ -48,11 +50,12 @@ const USAGE: &str = "usage: orders [--listen ADDR] [--database-url URL] [--redis
                      every interface), DRAIN_DELAY, SHUTDOWN_DEADLINE, \
                      PID_FILE, LISTEN_REUSEPORT=1 (bind with SO_REUSEPORT), \
                      DATABASE_WARM_CONNECTIONS (PostgreSQL connections opened before ready, default 16 of 20), \
-                     TLS_CERT_FILE and TLS_KEY_FILE (PEM; serve HTTPS, and pick up new files within 5 s), \
+                     TLS_CERT_FILE and TLS_KEY_FILE (PEM; serve HTTPS, and pick up new files at SIGHUP, and within \
+                     TLS_WATCH seconds, default 5, 0 for only at SIGHUP), \
                      ADMIN_LISTEN_ADDR (serve /livez, /readyz, /metrics there, not on the public address), \
                      MAX_CONNECTIONS (public connections served at once, 1 to 1000000), \
                      CACHE_NAMESPACE (cache keys are orders:<namespace>:<id>; default: the database's host, port and name)\n\
-                     SIGUSR2 or SIGHUP: zero-downtime upgrade to the binary now on disk";
+                     SIGUSR2: zero-downtime upgrade to the binary now on disk; SIGHUP: reload (TLS certificate)";
 
 impl Config {
     /// Flags win over the environment, which wins over the defaults.
@@ -139,6 +142,11 @@ impl Config {
             reuse_port,
             warm_connections,
             tls: tls_files(std::env::var("TLS_CERT_FILE").ok(), std::env::var("TLS_KEY_FILE").ok())?,
+            tls_watch: Some(seconds(
+                &std::env::var("TLS_WATCH").unwrap_or_else(|_| "5".into()),
+                "TLS file check interval (TLS_WATCH)",
+            )?)
+            .filter(|interval| !interval.is_zero()),
             admin_listen: match std::env::var("ADMIN_LISTEN_ADDR").unwrap_or_default() {
                 admin if admin.is_empty() => None,
                 admin => Some(

@@ -1,8 +1,9 @@
 //! Run with `cargo run -p orders`: an order service on http://127.0.0.1:8080, on SQLite
 //! (`orders.db`) with no server needed. With `DATABASE_URL=postgres://...` it uses PostgreSQL and
 //! its job queue; with `REDIS_URL=redis://...` a Redis cache in front of reads. Ctrl-C or SIGTERM
-//! drains and stops it; SIGUSR2 (or SIGHUP) upgrades it without refusing a connection to the
-//! binary now on disk; `deploy/` has the Kubernetes and systemd files.
+//! drains and stops it; SIGUSR2 upgrades it without refusing a connection to the binary now on
+//! disk; SIGHUP reloads what can change without a restart (the TLS certificate); `deploy/` has
+//! the Kubernetes and systemd files.
 //!
 //! ```text
 //! curl -s -XPOST localhost:8080/api/orders -H 'content-type: application/json' -d '{"item":"tea","quantity":2}'
@@ -352,9 +353,13 @@ async fn main(listeners: Listeners) -> Result<RegistryBuilder, String> {
     }
     if let Some((cert, key)) = &config.tls {
         // Read and checked now: a bad file is an error at start, naming it. A renewed
-        // certificate written over the files is served to new connections within 5 s.
-        let tls = TlsConfig::from_pem_files(cert, key).map_err(|error| ErrorChain(&error).to_string())?;
-        server = server.with_tls(tls.watch(Duration::from_secs(5)));
+        // certificate written over the files is served to new connections after a SIGHUP (the
+        // server's reload hook), and within `TLS_WATCH` seconds without one.
+        let mut tls = TlsConfig::from_pem_files(cert, key).map_err(|error| ErrorChain(&error).to_string())?;
+        if let Some(interval) = config.tls_watch {
+            tls = tls.watch(interval);
+        }
+        server = server.with_tls(tls);
     }
     let http = builder.add(server).depends_on(&migrations);
     if let Some(cache) = &cache {

@@ -5,6 +5,7 @@
 //! launch when, and with which time limit.
 
 mod hooks;
+mod reload;
 mod start;
 mod stop;
 mod supervise;
@@ -22,6 +23,7 @@ use crate::component::SharedComponent;
 use crate::exit::EXIT_FAILURE;
 use crate::graph::Graph;
 use crate::progress::Progress;
+use crate::reload::{ReloadCause, ReloadRequest};
 use crate::restart::{RestartBudget, RestartPolicy, Trouble};
 use crate::signal::SignalListener;
 use crate::watchdog::{AbandonedHook, LeftBehind, Watchdog};
@@ -82,6 +84,8 @@ pub(crate) struct Parts {
     pub(crate) root: CancellationToken,
     /// Failures of components with a restart policy, from their task sets.
     pub(crate) troubles: tokio::sync::mpsc::UnboundedReceiver<Trouble>,
+    /// Reload requests, from the handle and the reload signals.
+    pub(crate) reload_requests: tokio::sync::mpsc::UnboundedReceiver<ReloadRequest>,
 }
 
 /// How far a component got in the start.
@@ -122,6 +126,7 @@ struct Run {
     /// Components waiting for their backoff to start again.
     pending: supervise::Pending,
     troubles: tokio::sync::mpsc::UnboundedReceiver<Trouble>,
+    reload_requests: tokio::sync::mpsc::UnboundedReceiver<ReloadRequest>,
     /// Components that run to completion and are done, of those that have their tasks' end
     /// watched (by component index and incarnation).
     completion: supervise::Completion,
@@ -133,8 +138,19 @@ struct Run {
 }
 
 pub(crate) async fn run(parts: Parts) -> Report {
-    let Parts { components, contexts, limits, graph, config, listener, on_ready, handle, root, troubles } =
-        parts;
+    let Parts {
+        components,
+        contexts,
+        limits,
+        graph,
+        config,
+        listener,
+        on_ready,
+        handle,
+        root,
+        troubles,
+        reload_requests,
+    } = parts;
     let shutdown = handle.shutdown().clone();
     let progress = Arc::clone(handle.progress());
     let names = contexts.iter().map(|ctx| ctx.name().clone()).collect();
@@ -159,6 +175,7 @@ pub(crate) async fn run(parts: Parts) -> Report {
         budgets,
         pending: supervise::Pending::new(count),
         troubles,
+        reload_requests,
         completion: supervise::Completion::new(&limits_completing),
         root,
         background: TaskTracker::new(),
@@ -186,9 +203,15 @@ pub(crate) async fn run(parts: Parts) -> Report {
     };
     if let Some(listener) = listener {
         let shutdown = run.shutdown.clone();
+        let reloads = run.handle.reloads().clone();
+        let signals = listener.signals();
         let mut first = crate::signal::FirstSignal::default();
         run.background.spawn(crate::signal::listen(listener, listening.clone(), move |signal| {
-            if shutdown.trigger(ShutdownReason::Signal(signal)) {
+            if signals.is_reload(signal) {
+                // Answered in the log; one that comes during a shutdown is refused there.
+                tracing::info!(%signal, "reload requested");
+                reloads.request(ReloadRequest { cause: ReloadCause::Signal(signal), reply: None });
+            } else if shutdown.trigger(ShutdownReason::Signal(signal)) {
                 first.seen();
                 tracing::info!(%signal, "signal received; shutting down");
             } else if first.echoed() {
@@ -226,6 +249,7 @@ pub(crate) async fn run(parts: Parts) -> Report {
         }
         run.supervise().await;
     }
+    run.refuse_reloads();
 
     let deadline = run.deadline();
     run.progress.shutdown_started(deadline - run.config.shutdown_deadline);
@@ -273,6 +297,7 @@ pub(crate) async fn run(parts: Parts) -> Report {
     run.background.close();
     run.background.wait().await;
 
+    run.refuse_reloads();
     orphans.0.clear(); // returned normally: what is left is handled below
     let report = run.progress.report(reason, run.shutdown.forced_by(), deadline_exceeded);
     report.emit();

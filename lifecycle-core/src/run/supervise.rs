@@ -138,6 +138,12 @@ impl Run {
                     }
                     continue;
                 }
+                request = self.reload_requests.recv() => {
+                    if let Some(request) = request {
+                        self.reload(request).await;
+                    }
+                    continue;
+                }
                 trouble = self.troubles.recv(), if troubles_open => trouble,
             };
             match trouble {

@@ -76,6 +76,7 @@ pub struct Probe {
     pub start: Hook,
     pub drain: Hook,
     pub stop: Hook,
+    pub reload: Hook,
     pub task: Option<Task>,
     pub options: ComponentOptions,
     pub log: Log,
@@ -89,6 +90,7 @@ impl Probe {
             start: Hook::Succeed,
             drain: Hook::Succeed,
             stop: Hook::Succeed,
+            reload: Hook::Succeed,
             task: None,
             options: ComponentOptions::new(),
             log: log.clone(),
@@ -112,6 +114,11 @@ impl Probe {
 
     pub fn stop(mut self, hook: Hook) -> Self {
         self.stop = hook;
+        self
+    }
+
+    pub fn reload(mut self, hook: Hook) -> Self {
+        self.reload = hook;
         self
     }
 
@@ -182,6 +189,13 @@ impl Component for Probe {
         self.log.push(&self.name, "stop-begin");
         let result = self.hook(self.stop, "stop").await;
         self.log.push(&self.name, "stop-end");
+        result
+    }
+
+    async fn reload(&self, _ctx: &Context) -> Result<(), BoxError> {
+        self.log.push(&self.name, "reload-begin");
+        let result = self.hook(self.reload, "reload").await;
+        self.log.push(&self.name, "reload-end");
         result
     }
 }

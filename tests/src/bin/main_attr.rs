@@ -3,8 +3,11 @@
 //! `main_attr threads` prints how many threads the process had during its setup and stops;
 //! `main_attr early` sends itself SIGTERM during its setup, before any runtime exists, and then
 //! waits in a start that only a shutdown ends; `main_attr slow` prints `building` and takes
-//! 30 s to return its builder; any other argument makes `main` return an error
-//! instead of a builder, and none at all makes the setup fail.
+//! 30 s to return its builder; `main_attr reload` sends itself SIGHUP during its setup, then runs
+//! a component that prints `started` and `reloaded N` at each reload; any other argument makes
+//! `main` return an error instead of a builder, and none at all makes the setup fail.
+
+use std::sync::atomic::{AtomicU32, Ordering};
 
 use lifecycle::{BoxError, Component, Context, RegistryBuilder};
 
@@ -44,18 +47,42 @@ impl Waiter {
     }
 }
 
+/// Counts its reloads on standard output.
+#[derive(Component)]
+#[component(start = announce, reload = reread)]
+struct Reloader {
+    reloads: AtomicU32,
+}
+
+impl Reloader {
+    async fn announce(&self) -> Result<(), BoxError> {
+        println!("started");
+        Ok(())
+    }
+
+    async fn reread(&self) -> Result<(), BoxError> {
+        println!("reloaded {}", self.reloads.fetch_add(1, Ordering::AcqRel) + 1);
+        Ok(())
+    }
+}
+
 /// The mode from the command line, and the process's thread count while the setup runs.
 fn setup() -> Result<(String, usize), String> {
-    let modes = "use `fail`, `ok`, `exit3`, `threads`, `early` or `slow`";
+    let modes = "use `fail`, `ok`, `exit3`, `threads`, `early`, `slow` or `reload`";
     let mode = std::env::args().nth(1).ok_or(format!("no mode given; {modes}"))?;
     let threads = std::fs::read_dir("/proc/self/task").map_err(|error| error.to_string())?.count();
-    if mode == "early" {
+    let early = match mode.as_str() {
+        "early" => Some("TERM"),
+        "reload" => Some("HUP"),
+        _ => None,
+    };
+    if let Some(signal) = early {
         // `kill` has exited when this returns, so the signal is already pending or delivered.
         let status = std::process::Command::new("kill")
-            .args(["-TERM", &std::process::id().to_string()])
+            .args([&format!("-{signal}"), &std::process::id().to_string()])
             .status()
             .map_err(|error| error.to_string())?;
-        println!("SIGTERM sent during setup");
+        println!("SIG{signal} sent during setup");
         if !status.success() {
             return Err(format!("kill failed: {status}"));
         }
@@ -83,6 +110,9 @@ async fn main((mode, threads_at_setup): (String, usize)) -> Result<RegistryBuild
         "early" => {
             builder.add(Waiter);
         }
+        "reload" => {
+            builder.add(Reloader { reloads: AtomicU32::new(0) });
+        }
         "slow" => {
             println!("building");
             tokio::time::sleep(std::time::Duration::from_secs(30)).await;
@@ -90,7 +120,7 @@ async fn main((mode, threads_at_setup): (String, usize)) -> Result<RegistryBuild
         }
         other => {
             return Err(format!(
-                "unknown mode {other:?}; use `fail`, `ok`, `exit3`, `threads`, `early` or `slow`"
+                "unknown mode {other:?}; use `fail`, `ok`, `exit3`, `threads`, `early`, `slow` or `reload`"
             ));
         }
     }

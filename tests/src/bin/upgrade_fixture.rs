@@ -23,6 +23,7 @@ use axum::routing::{get, post};
 use lifecycle::{BoxError, Component, ComponentId, Context, Dependency, Phase, Registry};
 use lifecycle_handoff::{Listeners, Upgrade};
 use lifecycle_http::{HealthPaths, HttpServer};
+use tokio::signal::unix::SignalKind;
 
 /// A dependency of the HTTP server whose start can crash or hang, as a failing release would.
 struct Knobs {
@@ -115,7 +116,10 @@ fn main() -> Result<(), String> {
     let runtime =
         tokio::runtime::Builder::new_multi_thread().enable_all().build().map_err(|e| e.to_string())?;
     let code = runtime.block_on(async move {
-        let mut upgrade = Upgrade::new(&listeners);
+        // SIGUSR1 as a second trigger, for a test that needs two distinct deliveries at once
+        // (two SIGUSR2 pending together are one for the kernel).
+        let mut upgrade =
+            Upgrade::new(&listeners).signals([SignalKind::user_defined2(), SignalKind::user_defined1()]);
         if let Some(path) = &options.pid_file {
             upgrade = upgrade.pid_file(path);
         }
