@@ -138,19 +138,26 @@ impl Drop for Service {
 /// time it is asked for in a test process. Tests run after cargo released its build lock, so the
 /// nested build can take it.
 pub fn workspace_binary(package: &str) -> std::path::PathBuf {
+    package_binary(package, package)
+}
+
+/// The debug binary `binary` of workspace package `package`, built as
+/// [`workspace_binary`] builds it.
+pub fn package_binary(package: &str, binary: &str) -> std::path::PathBuf {
     static BUILT: Mutex<Vec<String>> = Mutex::new(Vec::new());
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     let mut built = BUILT.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-    if !built.iter().any(|p| p == package) {
+    let key = format!("{package}/{binary}");
+    if !built.contains(&key) {
         let status = Command::new(env!("CARGO"))
-            .args(["build", "--quiet", "-p", package])
+            .args(["build", "--quiet", "-p", package, "--bin", binary])
             .current_dir(&root)
             .status()
             .unwrap_or_else(|error| panic!("cannot run cargo: {error}"));
-        assert!(status.success(), "cargo build -p {package} failed");
-        built.push(package.to_owned());
+        assert!(status.success(), "cargo build -p {package} --bin {binary} failed");
+        built.push(key);
     }
-    root.join("target/debug").join(package)
+    root.join("target/debug").join(binary)
 }
 
 /// The report's row for `component` in a service's standard error, whitespace collapsed.

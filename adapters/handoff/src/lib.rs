@@ -6,6 +6,9 @@
 //!   binary as it now is on disk with those sockets, waits until it is ready, and only then
 //!   retires this process. Not a single connection is refused: both processes accept on the
 //!   same sockets while this one drains.
+//! - [`ControlSocket`]: `reload`, `upgrade` and `status` on a Unix socket, answered once they
+//!   took effect; the `lifecycle-ctl` binary sends them (`lifecycle-ctl SOCKET upgrade` exits 0
+//!   only when the new process serves, non-zero with the reason otherwise).
 //!
 //! ```no_run
 //! use lifecycle_core::RegistryBuilder;
@@ -34,6 +37,7 @@
 //! namespace, the successor included. Run it under an init (`docker run --init`, tini) to
 //! upgrade in place, or let the orchestrator roll the update.
 
+mod command;
 mod control;
 mod error;
 mod inherit;
@@ -41,6 +45,7 @@ mod listeners;
 mod pidfile;
 mod upgrade;
 
+pub use command::{CommandError, ControlSocket, send_command};
 pub use error::{HandoffError, UpgradeError};
 pub use listeners::{Listeners, Origin};
 pub use upgrade::{Upgrade, UpgradeHandle, UpgradeState};

@@ -19,6 +19,8 @@ pub(crate) struct Config {
     pub(crate) shutdown_deadline: Duration,
     /// Where the serving process writes its id (rewritten by each upgrade).
     pub(crate) pid_file: Option<PathBuf>,
+    /// Where operator commands are served (`lifecycle-ctl SOCKET reload|upgrade|status`).
+    pub(crate) control_socket: Option<PathBuf>,
     /// PostgreSQL connections opened before the service turns ready.
     pub(crate) warm_connections: u32,
     /// Bind with `SO_REUSEPORT`, so a second instance can start on the same port.
@@ -48,7 +50,8 @@ const USAGE: &str = "usage: orders [--listen ADDR] [--database-url URL] [--redis
                      ETCD_ENDPOINTS (comma-separated; registers under /services/orders when set), ADVERTISE_ADDR (the \
                      address registered; default the listen address, or this host's name and port when listening on \
                      every interface), DRAIN_DELAY, SHUTDOWN_DEADLINE, \
-                     PID_FILE, LISTEN_REUSEPORT=1 (bind with SO_REUSEPORT), \
+                     PID_FILE, CONTROL_SOCKET (a Unix socket for `lifecycle-ctl SOCKET reload|upgrade|status`, \
+                     which exits 0 only once the command took effect), LISTEN_REUSEPORT=1 (bind with SO_REUSEPORT), \
                      DATABASE_WARM_CONNECTIONS (PostgreSQL connections opened before ready, default 16 of 20), \
                      TLS_CERT_FILE and TLS_KEY_FILE (PEM; serve HTTPS, and pick up new files at SIGHUP, and within \
                      TLS_WATCH seconds, default 5, 0 for only at SIGHUP), \
@@ -139,6 +142,9 @@ impl Config {
                 "shutdown deadline (SHUTDOWN_DEADLINE or --shutdown-deadline)",
             )?,
             pid_file: (!pid_file.is_empty()).then(|| pid_file.into()),
+            control_socket: std::env::var_os("CONTROL_SOCKET")
+                .filter(|path| !path.is_empty())
+                .map(PathBuf::from),
             reuse_port,
             warm_connections,
             tls: tls_files(std::env::var("TLS_CERT_FILE").ok(), std::env::var("TLS_KEY_FILE").ok())?,

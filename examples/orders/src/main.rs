@@ -26,7 +26,7 @@ use lifecycle_core::{
     BoxError, Component, ComponentOptions, Context, Dep, Dependency, ErrorChain, FnComponent,
     RegistryBuilder, RestartPolicy,
 };
-use lifecycle_handoff::{Listeners, Upgrade};
+use lifecycle_handoff::{ControlSocket, Listeners, Upgrade};
 use lifecycle_http::websocket::{Message, WebSocket, WebSocketUpgrade};
 use lifecycle_http::{HealthPaths, HttpServer, TlsConfig};
 use lifecycle_redis::{RedisPool, redis};
@@ -250,6 +250,13 @@ async fn main(listeners: Listeners) -> Result<RegistryBuilder, String> {
         }
         None => None,
     };
+    // Inherited by a successor like the other listeners, so commands reach whichever process serves.
+    let control = match &config.control_socket {
+        Some(path) => {
+            Some(listeners.unix("control", path).map_err(|error| format!("{error} (CONTROL_SOCKET)"))?)
+        }
+        None => None,
+    };
     let mut upgrade = Upgrade::new(&listeners);
     if let Some(path) = &config.pid_file {
         upgrade = upgrade.pid_file(path);
@@ -380,6 +387,9 @@ async fn main(listeners: Listeners) -> Result<RegistryBuilder, String> {
             )
             .options(ComponentOptions::new().critical(false)),
         );
+    }
+    if let Some(control) = control {
+        builder.add(ControlSocket::new(control).upgrade(upgrade.handle()));
     }
     builder.add(upgrade);
     tracing::info!(listen = %config.listen, database = %lifecycle_core::redact_url(&config.database_url), "orders configured");
