@@ -435,3 +435,31 @@ async fn as_pid_1_an_upgrade_is_refused_with_the_reason_and_the_service_serves_o
     assert_eq!(status.code(), Some(0), "{stderr}");
     assert!(stderr.contains("upgrade refused: this process is PID 1"), "in the report:\n{stderr}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn inheriting_while_other_threads_run_is_refused_with_the_reason() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let listen = format!("127.0.0.1:{port}");
+    let service = Service::spawn(
+        "systemd-socket-activate",
+        &[
+            "-l",
+            &listen,
+            "--fdname=http",
+            "-E",
+            "RUST_LOG",
+            FIXTURE,
+            "--listen",
+            "127.0.0.1:0",
+            "--inherit-late",
+        ],
+    )
+    .unwrap();
+    stderr_contains(&service, "Listening on", Duration::from_secs(10)).await;
+    // The first connection makes systemd-socket-activate start the fixture.
+    let _ = tokio::net::TcpStream::connect(&listen).await;
+    let (status, stderr, _) = service.wait(Duration::from_secs(20)).unwrap();
+    assert!(!status.success(), "{stderr}");
+    assert!(stderr.contains("2 threads run: inheriting sockets clears environment variables"), "{stderr}");
+    assert!(stderr.contains("call Listeners::inherit before the runtime starts"), "{stderr}");
+}

@@ -63,11 +63,10 @@ pub(crate) fn take() -> Result<Inherited, HandoffError> {
     }
     if let Some(parent) = env::var_os(PARENT_VAR) {
         let names = env::var(NAMES_VAR).ok();
-        warn_if_threads_run();
-        // SAFETY: `remove_var` races only with code that reads the environment without std's
-        // lock (C code calling getenv) on another thread. `Listeners::inherit` is documented to
-        // run while the process has one thread (before the runtime, or as the main attribute's
-        // setup); `warn_if_threads_run` says so when it does not.
+        single_threaded()?;
+        // SAFETY: `remove_var` races only with another thread touching the environment, and
+        // `single_threaded` just saw this process with one thread: no other can start before
+        // this thread starts it.
         unsafe {
             env::remove_var(PARENT_VAR);
             env::remove_var(NAMES_VAR);
@@ -94,7 +93,7 @@ pub(crate) fn take() -> Result<Inherited, HandoffError> {
         return Ok(Inherited { source: Source::Upgrade { parent }, sockets, control: Some(control) });
     }
     if env::var_os("LISTEN_FDS").is_some() {
-        warn_if_threads_run();
+        single_threaded()?;
     }
     // SAFETY: as above for the environment; sd-notify checks `LISTEN_PID` is ours and sets
     // close-on-exec on each descriptor.
@@ -110,17 +109,21 @@ pub(crate) fn take() -> Result<Inherited, HandoffError> {
     Ok(Inherited { source: Source::SocketActivation, sockets, control: None })
 }
 
-/// Logs a warning when other threads exist while the environment is about to change: the
-/// removal is then sound only if none of them reads the environment outside std.
-fn warn_if_threads_run() {
-    let threads = std::fs::read_dir("/proc/self/task").map(Iterator::count).unwrap_or(1);
+/// Refuses to go on unless this process has one thread: clearing the environment variables
+/// that described the sockets is sound only then (another thread may read the environment at
+/// the same moment, in C code that takes no lock). Nothing was taken when it refuses.
+fn single_threaded() -> Result<(), HandoffError> {
+    let threads = std::fs::read_dir("/proc/self/task").map(Iterator::count).map_err(|error| {
+        HandoffError::Inherit(format!("cannot count this process's threads (/proc/self/task): {error}"))
+    })?;
     if threads > 1 {
-        tracing::warn!(
-            threads,
-            "inheriting sockets clears environment variables while other threads run; call \
-             Listeners::inherit before the runtime starts (the main attribute's `setup`)"
-        );
+        return Err(HandoffError::Inherit(format!(
+            "{threads} threads run: inheriting sockets clears environment variables, which is sound only while \
+             the process has one thread; call Listeners::inherit before the runtime starts (the main attribute's \
+             `setup`)"
+        )));
     }
+    Ok(())
 }
 
 /// Claims descriptor `fd`, passed for `what`, after checking it is an open socket, and marks it

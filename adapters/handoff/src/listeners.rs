@@ -84,6 +84,10 @@ impl Listeners {
     /// Call it while the process has one thread: before building the runtime, or as the setup
     /// of the main attribute (`#[lifecycle_core::main(setup = ...)]`, which runs before the
     /// runtime exists), since clearing variables races with any thread reading the environment.
+    ///
+    /// # Errors
+    /// When there was something to inherit and other threads run (it then takes nothing and
+    /// clears nothing), or the descriptors passed are not sockets.
     pub fn inherit() -> Result<Self, HandoffError> {
         let inherited = inherit::take()?;
         if inherited.source != Source::Nothing {

@@ -57,6 +57,8 @@ struct Options {
     ready_timeout: Option<Duration>,
     sd_notify: bool,
     knobs: Option<PathBuf>,
+    /// Start another thread before inheriting (which must then refuse).
+    inherit_late: bool,
 }
 
 fn options() -> Result<Options, String> {
@@ -71,6 +73,7 @@ fn options() -> Result<Options, String> {
         ready_timeout: None,
         sd_notify: false,
         knobs: None,
+        inherit_late: false,
     };
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
@@ -85,6 +88,7 @@ fn options() -> Result<Options, String> {
             }
             "--sd-notify" => options.sd_notify = true,
             "--knobs" => options.knobs = Some(value()?.into()),
+            "--inherit-late" => options.inherit_late = true,
             other => return Err(format!("unknown option {other}")),
         }
     }
@@ -104,6 +108,10 @@ fn grandchild() -> String {
 fn main() -> Result<(), String> {
     tracing_subscriber::fmt().with_writer(std::io::stderr).with_ansi(false).with_env_filter("info").init();
     let options = options()?;
+    if options.inherit_late {
+        // What a program that inherits too late looks like: another thread already runs.
+        std::thread::spawn(|| std::thread::sleep(Duration::from_secs(5)));
+    }
     // Before the runtime starts its threads: inheriting clears environment variables.
     let listeners = Listeners::inherit().map_err(|e| e.to_string())?;
     let tcp = listeners.tcp("http", options.listen).map_err(|e| e.to_string())?;
