@@ -4,6 +4,9 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use clap::parser::ValueSource;
+use clap::{CommandFactory, FromArgMatches, Parser, error::ErrorKind};
+
 /// Everything the service reads at start.
 #[derive(Debug)]
 pub(crate) struct Config {
@@ -43,135 +46,171 @@ pub(crate) struct Config {
     pub(crate) successor_args: Vec<String>,
 }
 
-const USAGE: &str = "usage: orders [--listen ADDR] [--database-url URL] [--redis-url URL] [--drain-delay SECONDS] \
-                     [--shutdown-deadline SECONDS] [--pid-file PATH]\n\
-                     environment: LISTEN_ADDR, DATABASE_URL (default sqlite://orders.db) or DATABASE_URL_FILE (a file holding \
-                     it: secrets stay out of the arguments every local user can read), REDIS_URL (no cache when unset), \
-                     ETCD_ENDPOINTS (comma-separated; registers under /services/orders when set), ADVERTISE_ADDR (the \
-                     address registered; default the listen address, or this host's name and port when listening on \
-                     every interface), DRAIN_DELAY, SHUTDOWN_DEADLINE, \
-                     PID_FILE, CONTROL_SOCKET (a Unix socket for `lifecycle-ctl SOCKET reload|upgrade|status`, \
-                     which exits 0 only once the command took effect), LISTEN_REUSEPORT=1 (bind with SO_REUSEPORT), \
-                     DATABASE_WARM_CONNECTIONS (PostgreSQL connections opened before ready, default 16 of 20), \
-                     TLS_CERT_FILE and TLS_KEY_FILE (PEM; serve HTTPS, and pick up new files at SIGHUP, and within \
-                     TLS_WATCH seconds, default 5, 0 for only at SIGHUP), \
-                     ADMIN_LISTEN_ADDR (serve /livez, /readyz, /metrics there, not on the public address), \
-                     MAX_CONNECTIONS (public connections served at once, 1 to 1000000), \
-                     CACHE_NAMESPACE (cache keys are orders:<namespace>:<id>; default: the database's host, port and name)\n\
-                     SIGUSR2: zero-downtime upgrade to the binary now on disk; SIGHUP: reload (TLS certificate)";
+/// The command line and the environment; a flag wins over its variable, which wins over the
+/// default. Every value is checked here, and a bad one is refused naming the setting.
+#[derive(Parser, Debug)]
+#[command(
+    name = "orders",
+    about = "An order service: HTTP API, database, cache, background worker, graceful everything",
+    after_help = "Signals: SIGTERM or SIGINT drain and stop it (a second one stops at once); SIGUSR2 upgrades it \
+                  to the binary now on disk without refusing a connection; SIGHUP reloads what can change \
+                  without a restart (the TLS certificate)."
+)]
+struct Args {
+    /// Address the public HTTP API listens on.
+    #[arg(long = "listen", env = "LISTEN_ADDR", value_name = "ADDR", default_value = "127.0.0.1:8080")]
+    listen: SocketAddr,
+    /// Database: postgres://… or postgresql://… (PostgreSQL and its job queue) or sqlite://… (a
+    /// file). A secret: prefer the environment or DATABASE_URL_FILE to the flag, which every local
+    /// user can read (ps). [default: sqlite://orders.db]
+    #[arg(long, env = "DATABASE_URL", value_name = "URL", hide_env_values = true)]
+    database_url: Option<String>,
+    /// A file holding the database URL (a mounted secret).
+    #[arg(long, env = "DATABASE_URL_FILE", value_name = "PATH", conflicts_with = "database_url")]
+    database_url_file: Option<PathBuf>,
+    /// Redis for a cache in front of reads (redis://…); no cache when unset. A secret, as above.
+    #[arg(long, env = "REDIS_URL", value_name = "URL", hide_env_values = true)]
+    redis_url: Option<String>,
+    /// etcd endpoints, comma-separated: the instance registers under /services/orders.
+    #[arg(long, env = "ETCD_ENDPOINTS", value_name = "URLS", value_delimiter = ',')]
+    etcd_endpoints: Vec<String>,
+    /// The address registered in etcd [default: the listen address, or this host's name and
+    /// port when listening on every interface].
+    #[arg(long, env = "ADVERTISE_ADDR", value_name = "HOST:PORT")]
+    advertise_addr: Option<String>,
+    /// Seconds unready but serving after a shutdown request, for balancers to notice (0 to 3600).
+    #[arg(long, env = "DRAIN_DELAY", value_name = "SECONDS", default_value = "0", value_parser = bounded_seconds)]
+    drain_delay: Duration,
+    /// Seconds from a shutdown request to the end of the process, whatever hangs (0 to 3600).
+    #[arg(long, env = "SHUTDOWN_DEADLINE", value_name = "SECONDS", default_value = "25", value_parser = bounded_seconds)]
+    shutdown_deadline: Duration,
+    /// Where the serving process writes its id (rewritten by each upgrade).
+    #[arg(long, env = "PID_FILE", value_name = "PATH")]
+    pid_file: Option<PathBuf>,
+    /// A Unix socket for `lifecycle-ctl SOCKET reload|upgrade|status`, which exits 0 only once
+    /// the command took effect.
+    #[arg(long, env = "CONTROL_SOCKET", value_name = "PATH")]
+    control_socket: Option<PathBuf>,
+    /// PostgreSQL connections opened before the service turns ready (0 to 20, of 20).
+    #[arg(long, env = "DATABASE_WARM_CONNECTIONS", value_name = "N", default_value_t = 16,
+          value_parser = clap::value_parser!(u32).range(0..=20))]
+    database_warm_connections: u32,
+    /// Bind with SO_REUSEPORT, so a second instance can start on the same port.
+    #[arg(long, env = "LISTEN_REUSEPORT")]
+    listen_reuseport: bool,
+    /// Serve HTTPS with this certificate chain (PEM); needs --tls-key-file.
+    #[arg(long, env = "TLS_CERT_FILE", value_name = "PATH", requires = "tls_key_file")]
+    tls_cert_file: Option<PathBuf>,
+    /// The certificate's private key (PEM); needs --tls-cert-file.
+    #[arg(long, env = "TLS_KEY_FILE", value_name = "PATH", requires = "tls_cert_file")]
+    tls_key_file: Option<PathBuf>,
+    /// Seconds between checks of the TLS files for a new certificate (0: only at SIGHUP; 0 to 3600).
+    #[arg(long, env = "TLS_WATCH", value_name = "SECONDS", default_value = "5", value_parser = bounded_seconds)]
+    tls_watch: Duration,
+    /// Serve /livez, /readyz and /metrics at this address, not on the public one.
+    #[arg(long = "admin-listen", env = "ADMIN_LISTEN_ADDR", value_name = "ADDR")]
+    admin_listen: Option<SocketAddr>,
+    /// Public connections served at once (1 to 1000000) [default: from the descriptor limit].
+    #[arg(long, env = "MAX_CONNECTIONS", value_name = "N",
+          value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    max_connections: Option<u64>,
+    /// Cache keys are orders:NAMESPACE:ID [default: the database's host, port and name].
+    #[arg(long, env = "CACHE_NAMESPACE", value_name = "NAME")]
+    cache_namespace: Option<String>,
+}
+
+/// The flags that carry a secret: warned about, and kept out of a successor's arguments.
+const SECRET_FLAGS: [&str; 2] = ["--database-url", "--redis-url"];
 
 impl Config {
-    /// Flags win over the environment, which wins over the defaults.
+    /// Flags win over the environment, which wins over the defaults. `--help` prints the
+    /// settings and exits 0.
     pub(crate) fn load() -> Result<Self, String> {
-        let mut listen = std::env::var("LISTEN_ADDR").unwrap_or_else(|_| "127.0.0.1:8080".into());
-        let mut database_url = database_url_from_environment()?;
-        let mut redis_url = std::env::var("REDIS_URL").ok().filter(|u| !u.is_empty());
-        let mut drain_delay = std::env::var("DRAIN_DELAY").unwrap_or_else(|_| "0".into());
-        let mut shutdown_deadline = std::env::var("SHUTDOWN_DEADLINE").unwrap_or_else(|_| "25".into());
-        let mut pid_file = std::env::var("PID_FILE").unwrap_or_default();
-        let warm = std::env::var("DATABASE_WARM_CONNECTIONS").unwrap_or_else(|_| "16".into());
-        let warm_connections = warm
-            .parse::<u32>()
-            .ok()
-            .filter(|&n| n <= 20)
-            .ok_or_else(|| format!("DATABASE_WARM_CONNECTIONS is `{warm}`: expected 0 to 20"))?;
-        let reuse_port = match std::env::var("LISTEN_REUSEPORT").unwrap_or_default().as_str() {
-            "" | "0" => false,
-            "1" => true,
-            other => return Err(format!("LISTEN_REUSEPORT is `{other}`: expected 0 or 1")),
+        let raw: Vec<String> = std::env::args().collect();
+        // An empty variable counts as unset, as it always did here (an upgrade clears
+        // DATABASE_URL_FILE for its successor that way).
+        let command = Args::command().mut_args(|arg| match arg.get_env() {
+            Some(name) if std::env::var_os(name).is_some_and(|value| value.is_empty()) => {
+                arg.env(None::<&str>)
+            }
+            _ => arg,
+        });
+        let matches = match command.try_get_matches_from(&raw) {
+            Ok(matches) => matches,
+            Err(error) if matches!(error.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) => {
+                error.exit()
+            }
+            Err(error) => {
+                let text = error.render().to_string();
+                return Err(text.trim_start_matches("error: ").trim_end().to_owned());
+            }
         };
-        let mut args = std::env::args().skip(1);
-        let (mut secret_flags, mut successor_args) = (Vec::new(), Vec::new());
-        while let Some(flag) = args.next() {
-            if !matches!(flag.as_str(), "--database-url" | "--redis-url") {
-                successor_args.push(flag.clone());
-            }
-            let slot = match flag.as_str() {
-                "--listen" => &mut listen,
-                "--database-url" => {
-                    secret_flags.push("--database-url");
-                    &mut database_url
-                }
-                "--drain-delay" => &mut drain_delay,
-                "--shutdown-deadline" => &mut shutdown_deadline,
-                "--pid-file" => &mut pid_file,
-                "--redis-url" => {
-                    secret_flags.push("--redis-url");
-                    redis_url =
-                        Some(args.next().ok_or_else(|| format!("--redis-url needs a value\n{USAGE}"))?);
-                    continue;
-                }
-                "--help" | "-h" => {
-                    println!("{USAGE}");
-                    std::process::exit(0);
-                }
-                other => return Err(format!("unknown argument `{other}`\n{USAGE}")),
-            };
-            *slot = args.next().ok_or_else(|| format!("{flag} needs a value\n{USAGE}"))?;
-            if !matches!(flag.as_str(), "--database-url") {
-                successor_args.push(slot.clone());
-            }
-        }
+        let args = Args::from_arg_matches(&matches).map_err(|error| error.to_string())?;
+        let from_flag = |id: &str| matches.value_source(id) == Some(ValueSource::CommandLine);
+        let secret_flags: Vec<&'static str> =
+            [("database_url", SECRET_FLAGS[0]), ("redis_url", SECRET_FLAGS[1])]
+                .into_iter()
+                .filter(|(id, _)| from_flag(id))
+                .map(|(_, flag)| flag)
+                .collect();
+        let database_url = match (args.database_url.filter(|u| !u.is_empty()), args.database_url_file) {
+            (Some(url), _) => url,
+            (None, Some(file)) if !file.as_os_str().is_empty() => std::fs::read_to_string(&file)
+                .map(|text| text.trim().to_owned())
+                .map_err(|error| format!("DATABASE_URL_FILE `{}` cannot be read: {error}", file.display()))?,
+            (None, _) => "sqlite://orders.db".into(),
+        };
         let postgres = database_kind(&database_url)?;
-        let listen: SocketAddr = listen
-            .parse()
-            .map_err(|e| format!("listen address `{listen}` (LISTEN_ADDR or --listen): {e}"))?;
         let hostname = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
-        let advertise = advertised(listen, std::env::var("ADVERTISE_ADDR").ok(), hostname.trim())?;
-        let cache_namespace = match std::env::var("CACHE_NAMESPACE").unwrap_or_default() {
-            namespace if namespace.is_empty() => database_identity(&database_url),
-            namespace => namespace,
+        let advertise = advertised(args.listen, args.advertise_addr, hostname.trim())?;
+        let cache_namespace = match args.cache_namespace.filter(|n| !n.is_empty()) {
+            Some(namespace) => namespace,
+            None => database_identity(&database_url),
         };
+        let nonempty = |path: Option<PathBuf>| path.filter(|p| !p.as_os_str().is_empty());
         Ok(Self {
             cache_namespace,
             postgres,
             advertise,
-            listen,
-            database_url,
-            redis_url,
-            etcd_endpoints: std::env::var("ETCD_ENDPOINTS")
-                .unwrap_or_default()
-                .split(',')
-                .map(str::trim)
+            listen: args.listen,
+            redis_url: args.redis_url.filter(|u| !u.is_empty()),
+            etcd_endpoints: args
+                .etcd_endpoints
+                .iter()
+                .map(|e| e.trim())
                 .filter(|e| !e.is_empty())
                 .map(String::from)
                 .collect(),
-            drain_delay: seconds(&drain_delay, "drain delay (DRAIN_DELAY or --drain-delay)")?,
-            shutdown_deadline: seconds(
-                &shutdown_deadline,
-                "shutdown deadline (SHUTDOWN_DEADLINE or --shutdown-deadline)",
-            )?,
-            pid_file: (!pid_file.is_empty()).then(|| pid_file.into()),
-            control_socket: std::env::var_os("CONTROL_SOCKET")
-                .filter(|path| !path.is_empty())
-                .map(PathBuf::from),
-            reuse_port,
-            warm_connections,
-            tls: tls_files(std::env::var("TLS_CERT_FILE").ok(), std::env::var("TLS_KEY_FILE").ok())?,
-            tls_watch: Some(seconds(
-                &std::env::var("TLS_WATCH").unwrap_or_else(|_| "5".into()),
-                "TLS file check interval (TLS_WATCH)",
-            )?)
-            .filter(|interval| !interval.is_zero()),
-            admin_listen: match std::env::var("ADMIN_LISTEN_ADDR").unwrap_or_default() {
-                admin if admin.is_empty() => None,
-                admin => Some(
-                    admin.parse().map_err(|e| format!("admin address `{admin}` (ADMIN_LISTEN_ADDR): {e}"))?,
-                ),
-            },
+            database_url,
+            drain_delay: args.drain_delay,
+            shutdown_deadline: args.shutdown_deadline,
+            pid_file: nonempty(args.pid_file),
+            control_socket: nonempty(args.control_socket),
+            warm_connections: args.database_warm_connections,
+            reuse_port: args.listen_reuseport,
+            tls: nonempty(args.tls_cert_file).zip(nonempty(args.tls_key_file)),
+            tls_watch: Some(args.tls_watch).filter(|interval| !interval.is_zero()),
+            admin_listen: args.admin_listen,
+            max_connections: args.max_connections.and_then(|n| usize::try_from(n).ok()),
             secret_flags,
-            successor_args,
-            max_connections: match std::env::var("MAX_CONNECTIONS").unwrap_or_default() {
-                max if max.is_empty() => None,
-                max => Some(
-                    max.parse::<usize>()
-                        .ok()
-                        .filter(|n| (1..=1_000_000).contains(n))
-                        .ok_or_else(|| format!("MAX_CONNECTIONS is `{max}`: expected 1 to 1000000"))?,
-                ),
-            },
+            successor_args: without_secrets(raw.get(1..).unwrap_or_default()),
         })
     }
+}
+
+/// The arguments a successor gets: these, without the secret flags and their values (the
+/// secrets go to its environment instead).
+fn without_secrets(args: &[String]) -> Vec<String> {
+    let mut kept = Vec::new();
+    let mut args = args.iter();
+    while let Some(arg) = args.next() {
+        if SECRET_FLAGS.contains(&arg.as_str()) {
+            args.next();
+        } else if !SECRET_FLAGS.iter().any(|flag| arg.starts_with(&format!("{flag}="))) {
+            kept.push(arg.clone());
+        }
+    }
+    kept
 }
 
 /// The address to advertise: `ADVERTISE_ADDR` when set; else the listen address when it names
@@ -193,21 +232,6 @@ fn advertised(listen: SocketAddr, configured: Option<String>, hostname: &str) ->
     Ok(format!("{hostname}:{}", listen.port()))
 }
 
-/// The database URL from `DATABASE_URL`, or read from the file `DATABASE_URL_FILE` names (a
-/// mounted secret), or SQLite's default; never both variables.
-fn database_url_from_environment() -> Result<String, String> {
-    let from_variable = std::env::var("DATABASE_URL").ok().filter(|u| !u.is_empty());
-    let file = std::env::var("DATABASE_URL_FILE").ok().filter(|f| !f.is_empty());
-    match (from_variable, file) {
-        (Some(_), Some(_)) => Err("DATABASE_URL and DATABASE_URL_FILE are both set: set one".into()),
-        (Some(url), None) => Ok(url),
-        (None, Some(file)) => std::fs::read_to_string(&file)
-            .map(|text| text.trim().to_owned())
-            .map_err(|error| format!("DATABASE_URL_FILE `{file}` cannot be read: {error}")),
-        (None, None) => Ok("sqlite://orders.db".into()),
-    }
-}
-
 /// The database a URL names, without what could be secret: host, port and database for a
 /// server (`127.0.0.1:5432/orders`), the absolute path for a SQLite file.
 fn database_identity(url: &str) -> String {
@@ -227,27 +251,16 @@ fn database_identity(url: &str) -> String {
     server.split(['?', '#']).next().unwrap_or(server).to_owned()
 }
 
-/// HTTPS files: both or neither.
-fn tls_files(cert: Option<String>, key: Option<String>) -> Result<Option<(PathBuf, PathBuf)>, String> {
-    match (cert.filter(|c| !c.is_empty()), key.filter(|k| !k.is_empty())) {
-        (None, None) => Ok(None),
-        (Some(cert), Some(key)) => Ok(Some((cert.into(), key.into()))),
-        (Some(_), None) => Err("TLS_CERT_FILE is set but TLS_KEY_FILE is not: HTTPS needs both".into()),
-        (None, Some(_)) => Err("TLS_KEY_FILE is set but TLS_CERT_FILE is not: HTTPS needs both".into()),
-    }
-}
-
 /// The longest duration a setting takes: beyond it, a typo (`1e20`) rather than a wish.
 const LONGEST_SECONDS: f64 = 3_600.0;
 
-fn seconds(text: &str, what: &str) -> Result<Duration, String> {
+/// A number of seconds from 0 to [`LONGEST_SECONDS`]; clap names the setting in its error.
+fn bounded_seconds(text: &str) -> Result<Duration, String> {
     text.parse::<f64>()
         .ok()
         .filter(|s| s.is_finite() && (0.0..=LONGEST_SECONDS).contains(s))
         .map(Duration::from_secs_f64)
-        .ok_or_else(|| {
-            format!("{what} is `{text}`: expected a number of seconds from 0 to {LONGEST_SECONDS}")
-        })
+        .ok_or_else(|| format!("expected a number of seconds from 0 to {LONGEST_SECONDS}"))
 }
 
 /// Whether the database URL is PostgreSQL's (true) or SQLite's (false); anything else is an
@@ -305,20 +318,57 @@ mod tests {
         assert!(sqlite.starts_with('/') && sqlite.ends_with("/orders.db"), "{sqlite}");
     }
 
-    #[test]
-    fn https_needs_both_files() {
-        assert_eq!(tls_files(None, Some(String::new())), Ok(None));
-        assert!(tls_files(Some("c.pem".into()), Some("k.pem".into())).is_ok_and(|f| f.is_some()));
-        assert!(tls_files(Some("c.pem".into()), None).unwrap_err().contains("TLS_KEY_FILE is not"));
-        assert!(tls_files(None, Some("k.pem".into())).unwrap_err().contains("TLS_CERT_FILE is not"));
+    /// Parses `args` (after the program's name) with no variable of the environment.
+    fn parse(args: &[&str]) -> Result<Args, clap::Error> {
+        let command = Args::command();
+        // Only the command line: the test process's environment must not leak in.
+        let command = command.mut_args(|arg| arg.env(None::<&str>));
+        let matches = command.try_get_matches_from(std::iter::once("orders").chain(args.iter().copied()))?;
+        Args::from_arg_matches(&matches)
     }
 
     #[test]
     fn durations_are_bounded_and_name_their_setting() {
-        assert_eq!(seconds("2.5", "drain delay"), Ok(Duration::from_millis(2_500)));
+        assert_eq!(bounded_seconds("2.5"), Ok(Duration::from_millis(2_500)));
         for bad in ["1e20", "-1", "NaN", "inf", "soon", "3601"] {
-            let error = seconds(bad, "drain delay (DRAIN_DELAY)").unwrap_err();
-            assert!(error.starts_with("drain delay (DRAIN_DELAY) is"), "{error}");
+            let error = parse(&[&format!("--drain-delay={bad}")]).unwrap_err().to_string();
+            assert!(error.contains("--drain-delay <SECONDS>"), "{error}");
+            assert!(error.contains("expected a number of seconds from 0 to 3600"), "{error}");
         }
+    }
+
+    #[test]
+    fn counts_are_bounded_and_https_needs_both_files() {
+        for (flag, bad) in [
+            ("--max-connections", "0"),
+            ("--max-connections", "1000001"),
+            ("--database-warm-connections", "21"),
+        ] {
+            let error = parse(&[flag, bad]).unwrap_err().to_string();
+            assert!(error.contains(flag), "{error}");
+        }
+        let error = parse(&["--tls-cert-file", "c.pem"]).unwrap_err().to_string();
+        assert!(error.contains("--tls-key-file"), "{error}");
+        let args = parse(&["--tls-cert-file", "c.pem", "--tls-key-file", "k.pem", "--max-connections", "10"])
+            .unwrap();
+        assert_eq!(args.max_connections, Some(10));
+        assert!(parse(&["--database-url", "sqlite://a.db", "--database-url-file", "f"]).is_err());
+    }
+
+    #[test]
+    fn a_successor_gets_no_secret_in_its_arguments() {
+        let args: Vec<String> = [
+            "--listen",
+            "127.0.0.1:1",
+            "--database-url",
+            "postgres://u:p@h/d",
+            "--redis-url=redis://:p@h",
+            "--pid-file",
+            "f",
+        ]
+        .iter()
+        .map(|a| a.to_string())
+        .collect();
+        assert_eq!(without_secrets(&args), ["--listen", "127.0.0.1:1", "--pid-file", "f"]);
     }
 }
