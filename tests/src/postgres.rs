@@ -13,6 +13,8 @@ pub struct PrivatePostgres {
     dir: PathBuf,
     port: u16,
     bin: PathBuf,
+    /// Server settings besides the port and socket directory (`-c name=value` each).
+    settings: Vec<String>,
 }
 
 impl PrivatePostgres {
@@ -22,13 +24,44 @@ impl PrivatePostgres {
     /// When PostgreSQL's server binaries are missing (scripts/test installs them) or the cluster
     /// cannot be created or started.
     pub fn start() -> Self {
+        let postgres = Self::create();
+        postgres.start_server();
+        postgres
+    }
+
+    /// Creates a cluster that serves TLS (and plain connections too) with `leaf`'s certificate,
+    /// and starts it.
+    ///
+    /// # Panics
+    /// As [`start`](Self::start).
+    pub fn start_with_tls(leaf: &crate::tls::Leaf) -> Self {
+        let mut postgres = Self::create();
+        let (certificate, key) = (postgres.dir.join("server.crt"), postgres.dir.join("server.key"));
+        std::fs::write(&certificate, &leaf.certificate).unwrap_or_else(|e| panic!("server.crt: {e}"));
+        std::fs::write(&key, &leaf.key).unwrap_or_else(|e| panic!("server.key: {e}"));
+        // The server refuses a key others can read, and must own it.
+        postgres.run(Command::new("chmod").arg("600").arg(&key));
+        if is_root() {
+            postgres.run(Command::new("chown").args(["postgres:postgres"]).arg(&certificate).arg(&key));
+        }
+        postgres.settings = vec![
+            "ssl=on".to_owned(),
+            format!("ssl_cert_file={}", certificate.display()),
+            format!("ssl_key_file={}", key.display()),
+        ];
+        postgres.start_server();
+        postgres
+    }
+
+    /// A new cluster, not started.
+    fn create() -> Self {
         let bin = server_binaries().unwrap_or_else(|| {
             panic!("PostgreSQL's server is not installed (no pg_config, no /usr/lib/postgresql)")
         });
         let port = free_port();
         let dir = std::env::temp_dir().join(format!("lifecycle-pg-{}-{port}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("cannot create {}: {e}", dir.display()));
-        let postgres = Self { dir, port, bin };
+        let postgres = Self { dir, port, bin, settings: Vec::new() };
         // PostgreSQL refuses to run as root: the cluster belongs to `postgres` then.
         if is_root() {
             postgres.run(Command::new("chown").args(["postgres:postgres"]).arg(&postgres.dir));
@@ -43,7 +76,6 @@ impl PrivatePostgres {
             "-E",
             "UTF8",
         ]));
-        postgres.start_server();
         postgres
     }
 
@@ -57,8 +89,11 @@ impl PrivatePostgres {
     /// # Panics
     /// When it does not start.
     pub fn start_server(&self) {
-        let options =
+        let mut options =
             format!("-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off", self.port, self.dir.display());
+        for setting in &self.settings {
+            options.push_str(&format!(" -c {setting}"));
+        }
         let log = self.dir.join("server.log");
         self.run(
             self.as_owner(&self.bin.join("pg_ctl"))

@@ -226,3 +226,64 @@ fn read_reply(reader: &mut impl BufRead) -> std::io::Result<Reply> {
         _ => return Err(invalid(format!("an unknown reply `{line}`"))),
     })
 }
+
+/// A private `redis-server` that speaks TLS only (no plain port), with the certificate and key
+/// in `cert.pem` and `key.pem` of a directory and the authority in its `ca.pem`; killed when
+/// dropped.
+#[derive(Debug)]
+pub struct TlsRedisServer {
+    child: Child,
+    port: u16,
+    ca: std::path::PathBuf,
+}
+
+impl TlsRedisServer {
+    /// Starts one on a free port, with the files of `dir`, and waits until it answers `PING`
+    /// over TLS.
+    ///
+    /// # Panics
+    /// When it cannot be started (a `redis-server` built without TLS) or does not answer.
+    pub fn start(dir: &std::path::Path) -> Self {
+        let port = free_port();
+        let file = |name: &str| dir.join(name).display().to_string();
+        let child = Command::new("redis-server")
+            .args(["--port", "0", "--tls-port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--tls-cert-file", &file("cert.pem"), "--tls-key-file", &file("key.pem")])
+            .args(["--tls-ca-cert-file", &file("ca.pem"), "--tls-auth-clients", "no"])
+            .args(["--save", "", "--appendonly", "no"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|error| panic!("cannot start redis-server: {error}"));
+        let server = Self { child, port, ca: dir.join("ca.pem") };
+        let until = Instant::now() + START_WITHIN;
+        while server.cli(&["PING"]).trim() != "PONG" {
+            assert!(Instant::now() < until, "redis-server with TLS on port {port} did not answer PING");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        server
+    }
+
+    /// `rediss://127.0.0.1:PORT`.
+    pub fn url(&self) -> String {
+        format!("rediss://127.0.0.1:{}", self.port)
+    }
+
+    /// Runs `redis-cli` over TLS with `args`: what it printed.
+    pub fn cli(&self, args: &[&str]) -> String {
+        let output = Command::new("redis-cli")
+            .args(["--tls", "--cacert", &self.ca.display().to_string(), "-p", &self.port.to_string()])
+            .args(args)
+            .output()
+            .unwrap_or_else(|error| panic!("cannot run redis-cli: {error}"));
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    }
+}
+
+impl Drop for TlsRedisServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -64,6 +64,11 @@ impl Authority {
         Leaf { der: certificate.der().clone(), certificate: certificate.pem(), key: key.serialize_pem() }
     }
 
+    /// The authority's certificate in PEM (for `sslrootcert=`, `SSL_CERT_FILE`, `--cacert`).
+    pub fn certificate_pem(&self) -> String {
+        self.issuer.pem()
+    }
+
     /// The authority as a root store.
     ///
     /// # Panics

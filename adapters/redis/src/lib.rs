@@ -132,15 +132,31 @@ impl RedisPool {
     }
 }
 
-/// Whether retrying can help: the server is not reachable yet, rather than refusing us.
+/// Whether retrying can help: the server is not reachable yet, rather than refusing us. A TLS
+/// handshake that fails (a certificate that does not verify, a reply that is not TLS) surfaces
+/// as an I/O error of kind `InvalidData`, and no retry changes it. (A server without TLS behind
+/// `rediss://` usually answers the handshake with nothing at all: that is a timeout, retried
+/// like any server that does not answer yet.)
 fn is_transient(error: &PoolError) -> bool {
     match error {
         PoolError::Backend(error) => {
-            error.is_io_error() || error.is_connection_refusal() || error.is_timeout()
+            let tls_refused = io_error_kind(error) == Some(std::io::ErrorKind::InvalidData);
+            !tls_refused && (error.is_io_error() || error.is_connection_refusal() || error.is_timeout())
         }
         PoolError::PostCreateHook(_) => false,
         _ => true,
     }
+}
+
+/// The kind of the I/O error behind `error`, if it is one. The redis crate keeps it shared
+/// (`Arc<dyn Error>`) as the error's source.
+fn io_error_kind(error: &redis::RedisError) -> Option<std::io::ErrorKind> {
+    let source = std::error::Error::source(error)?;
+    let shared = source.downcast_ref::<std::sync::Arc<dyn std::error::Error + Send + Sync>>();
+    source
+        .downcast_ref::<std::io::Error>()
+        .or_else(|| shared.and_then(|inner| inner.downcast_ref::<std::io::Error>()))
+        .map(std::io::Error::kind)
 }
 
 impl Component for RedisPool {

@@ -193,3 +193,23 @@ async fn an_optional_cache_down_at_start_comes_up_in_the_background() {
     assert!(matches!(cache_report.outcome, Outcome::Stopped), "{report}");
     assert!(cache.pool().is_err(), "no pool after the stop");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tls_certificate_that_does_not_verify_fails_at_once() {
+    // A TLS-only server whose certificate comes from an authority this process does not trust.
+    let dir = std::env::temp_dir().join(format!("redis_untrusted_{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let authority = lifecycle_tests::tls::Authority::new();
+    authority.leaf("untrusted").write_to(&dir);
+    std::fs::write(dir.join("ca.pem"), authority.certificate_pem()).unwrap();
+    let server = lifecycle_tests::redis::TlsRedisServer::start(&dir);
+    let began = Instant::now();
+    let (name, text) = start_error(server.url(), Duration::from_secs(5)).await;
+    assert!(began.elapsed() < Duration::from_secs(1), "not retried: {text}");
+    assert!(
+        text.starts_with(&format!("component `{name}` could not connect to rediss://127.0.0.1:")),
+        "{text}"
+    );
+    assert!(text.contains("(1 attempts") && text.contains("certificate"), "{text}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -22,12 +22,11 @@ pub trait Backend: sqlx::Database {
     /// load is most of a successor's wait during an upgrade).
     fn ping(pool: &sqlx::Pool<Self>) -> impl Future<Output = Result<(), sqlx::Error>> + Send + '_;
 
-    /// Whether retrying after `error` can help (the server is not up yet) or not (bad credentials).
+    /// Whether retrying after `error` can help (the server is not up yet) or not (bad
+    /// credentials; a TLS connection the server cannot make, or whose certificate does not
+    /// verify, which no retry changes).
     fn is_transient(error: &sqlx::Error) -> bool {
-        matches!(
-            error,
-            sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::Tls(_) | sqlx::Error::Protocol(_)
-        )
+        matches!(error, sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::Protocol(_))
     }
 }
 
@@ -47,7 +46,7 @@ impl Backend for sqlx::Postgres {
         match error {
             // 57P03 cannot_connect_now: the server is starting up or shutting down.
             sqlx::Error::Database(db) => db.code().as_deref() == Some("57P03"),
-            other => matches!(other, sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::Tls(_)),
+            other => matches!(other, sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut),
         }
     }
 }
