@@ -207,6 +207,19 @@ impl Orders {
         let address = std::net::TcpListener::bind("127.0.0.1:0")
             .and_then(|listener| listener.local_addr())
             .unwrap_or_else(|error| panic!("no free port for orders: {error}"));
+        Self::start_on(dir, address, env).await
+    }
+
+    /// Starts `orders` on `address` (one a test chose, a killed instance's say), as
+    /// [`start`](Self::start) does.
+    ///
+    /// # Panics
+    /// As [`start`](Self::start).
+    pub async fn start_on(
+        dir: &std::path::Path,
+        address: std::net::SocketAddr,
+        env: &[(&str, &str)],
+    ) -> Self {
         let mut child = orders_command(dir, address, env)
             .spawn()
             .unwrap_or_else(|error| panic!("cannot start orders: {error}"));
@@ -236,6 +249,15 @@ impl Orders {
     /// When its status cannot be read.
     pub fn running(&mut self) -> bool {
         self.child.try_wait().unwrap_or_else(|error| panic!("orders' status: {error}")).is_none()
+    }
+
+    /// Kills it with SIGKILL (no drain, no stop, no report) and waits until it is gone.
+    ///
+    /// # Panics
+    /// When it cannot be killed.
+    pub fn kill(mut self) {
+        self.child.kill().unwrap_or_else(|error| panic!("cannot kill orders: {error}"));
+        self.child.wait().unwrap_or_else(|error| panic!("orders' status: {error}"));
     }
 
     /// Sends SIGTERM and waits up to 20 s for it to exit: its exit code and standard error.

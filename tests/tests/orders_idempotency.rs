@@ -85,3 +85,115 @@ async fn an_idempotency_key_writes_one_order_on_postgres() {
         .unwrap();
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// Sends `key`'s order until it is acknowledged (201), as a careful client does: a refused or
+/// reset connection, a timeout or a 503 is retried with the same key. Returns the answer's body
+/// and how many attempts it took.
+async fn post_until_acknowledged(address: SocketAddr, key: &str) -> (String, u32) {
+    let mut attempts = 0;
+    loop {
+        attempts += 1;
+        let body = format!("{{\"item\":\"{key}\",\"quantity\":1}}");
+        let request = hyper::Request::post("/api/orders")
+            .header("host", "orders")
+            .header("content-type", "application/json")
+            .header("connection", "close")
+            .header("idempotency-key", key)
+            .body(Full::new(Bytes::from(body)))
+            .unwrap();
+        let answer = tokio::time::timeout(std::time::Duration::from_secs(2), async {
+            let mut sender = connect(address, Mode::ConnectionClose).await.ok()?;
+            sender.send(request).await.ok()
+        })
+        .await
+        .ok()
+        .flatten();
+        match answer {
+            Some((201, body)) => return (body, attempts),
+            Some((503, _)) | None => tokio::time::sleep(std::time::Duration::from_millis(20)).await,
+            Some((status, body)) => panic!("{key}: unexpected {status}: {body}"),
+        }
+        assert!(attempts < 1_000, "{key}: never acknowledged");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn clients_that_retry_every_post_through_a_kill_9_leave_no_duplicate() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::{Arc, Mutex};
+
+    const CLIENTS: usize = 8;
+    let admin = sqlx::PgPool::connect("postgres://postgres@127.0.0.1:5432/test").await.unwrap();
+    let database = format!("orders_kill9_{}", std::process::id());
+    sqlx::query(AssertSqlSafe(format!("DROP DATABASE IF EXISTS {database}"))).execute(&admin).await.unwrap();
+    sqlx::query(AssertSqlSafe(format!("CREATE DATABASE {database}"))).execute(&admin).await.unwrap();
+    let url = format!("postgres://postgres@127.0.0.1:5432/{database}");
+    let dir = std::env::temp_dir().join(format!("orders_kill9_{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let env = [("DATABASE_URL", url.as_str()), ("DATABASE_WARM_CONNECTIONS", "2")];
+    let orders = Orders::start(&dir, &env).await;
+    let address = orders.address();
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let acknowledged = Arc::new(Mutex::new(Vec::<(String, String, u32)>::new()));
+    let clients: Vec<_> = (0..CLIENTS)
+        .map(|client| {
+            let (stop, acknowledged) = (Arc::clone(&stop), Arc::clone(&acknowledged));
+            tokio::spawn(async move {
+                for order in 0.. {
+                    if stop.load(Ordering::Acquire) {
+                        break;
+                    }
+                    let key = format!("c{client}-{order}");
+                    let (body, attempts) = post_until_acknowledged(address, &key).await;
+                    acknowledged.lock().unwrap().push((key, body, attempts));
+                }
+            })
+        })
+        .collect();
+    tokio::time::sleep(std::time::Duration::from_millis(1_500)).await;
+    // No drain, no stop: requests in flight die with the process, some after their commit.
+    tokio::task::spawn_blocking(move || orders.kill()).await.unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let orders = Orders::start_on(&dir, address, &env).await;
+    tokio::time::sleep(std::time::Duration::from_millis(1_500)).await;
+    stop.store(true, Ordering::Release);
+    for client in clients {
+        client.await.unwrap();
+    }
+    let (code, stderr) = tokio::task::spawn_blocking(move || orders.stop()).await.unwrap();
+    assert_eq!(code, Some(0), "{stderr}");
+
+    // Every acknowledged key is in the database once, with the id its answer gave; nothing else is.
+    let acknowledged = std::mem::take(&mut *acknowledged.lock().unwrap());
+    let retried = acknowledged.iter().filter(|(_, _, attempts)| *attempts > 1).count();
+    assert!(retried > 0, "the kill interrupted no request: nothing was tested");
+    let db = sqlx::PgPool::connect(&url).await.unwrap();
+    let duplicates: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM (SELECT request_id FROM orders GROUP BY request_id HAVING count(*) > 1) d",
+    )
+    .fetch_one(&db)
+    .await
+    .unwrap();
+    assert_eq!(duplicates, 0, "a retried request was written twice");
+    let rows: Vec<(i64, Option<String>)> =
+        sqlx::query_as("SELECT id, request_id FROM orders").fetch_all(&db).await.unwrap();
+    assert_eq!(rows.len(), acknowledged.len(), "one order per acknowledged key, and no other");
+    let by_key: std::collections::HashMap<String, i64> =
+        // Stored as `key:<Idempotency-Key>`, apart from the request ids of unkeyed orders.
+        rows.into_iter().filter_map(|(id, key)| Some((key?.strip_prefix("key:")?.to_owned(), id))).collect();
+    for (key, body, _) in &acknowledged {
+        let id = by_key.get(key).unwrap_or_else(|| panic!("{key} acknowledged but not stored"));
+        assert!(body.contains(&format!("\"id\":{id}")), "{key}: answered {body}, stored as {id}");
+    }
+    eprintln!(
+        "{} orders acknowledged across a kill -9, {retried} of them after a retry, 0 duplicates",
+        acknowledged.len()
+    );
+    db.close().await;
+    sqlx::query(AssertSqlSafe(format!("DROP DATABASE {database} WITH (FORCE)")))
+        .execute(&admin)
+        .await
+        .unwrap();
+    std::fs::remove_dir_all(&dir).unwrap();
+}
