@@ -26,6 +26,24 @@ async fn post(address: SocketAddr, item: &str, key: Option<&str>) -> (u16, Strin
     sender.send(request.body(Full::new(Bytes::from(body))).unwrap()).await.unwrap()
 }
 
+/// A database of the test's own on the shared server, named after `prefix` and this process:
+/// a connection to the server, its name and its URL.
+async fn own_database(prefix: &str) -> (sqlx::PgPool, String, String) {
+    let admin = sqlx::PgPool::connect("postgres://postgres@127.0.0.1:5432/test").await.unwrap();
+    let database = format!("{prefix}_{}", std::process::id());
+    sqlx::query(AssertSqlSafe(format!("DROP DATABASE IF EXISTS {database}"))).execute(&admin).await.unwrap();
+    sqlx::query(AssertSqlSafe(format!("CREATE DATABASE {database}"))).execute(&admin).await.unwrap();
+    let url = format!("postgres://postgres@127.0.0.1:5432/{database}");
+    (admin, database, url)
+}
+
+async fn drop_database(admin: &sqlx::PgPool, database: &str) {
+    sqlx::query(AssertSqlSafe(format!("DROP DATABASE {database} WITH (FORCE)")))
+        .execute(admin)
+        .await
+        .unwrap();
+}
+
 async fn a_key_writes_one_order(address: SocketAddr) {
     let first = post(address, "tea", Some("order-7f3a")).await;
     assert_eq!(first.0, 201, "{}", first.1);
@@ -63,11 +81,7 @@ async fn an_idempotency_key_writes_one_order_on_sqlite() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_idempotency_key_writes_one_order_on_postgres() {
-    let admin = sqlx::PgPool::connect("postgres://postgres@127.0.0.1:5432/test").await.unwrap();
-    let database = format!("orders_idempotency_{}", std::process::id());
-    sqlx::query(AssertSqlSafe(format!("DROP DATABASE IF EXISTS {database}"))).execute(&admin).await.unwrap();
-    sqlx::query(AssertSqlSafe(format!("CREATE DATABASE {database}"))).execute(&admin).await.unwrap();
-    let url = format!("postgres://postgres@127.0.0.1:5432/{database}");
+    let (admin, database, url) = own_database("orders_idempotency").await;
     let dir = std::env::temp_dir().join(format!("orders_idempotency_pg_{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let orders = Orders::start(&dir, &[("DATABASE_URL", &url), ("DATABASE_WARM_CONNECTIONS", "1")]).await;
@@ -79,10 +93,7 @@ async fn an_idempotency_key_writes_one_order_on_postgres() {
     let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM orders").fetch_one(&db).await.unwrap();
     assert_eq!(rows, 4);
     db.close().await;
-    sqlx::query(AssertSqlSafe(format!("DROP DATABASE {database} WITH (FORCE)")))
-        .execute(&admin)
-        .await
-        .unwrap();
+    drop_database(&admin, &database).await;
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
@@ -123,11 +134,7 @@ async fn clients_that_retry_every_post_through_a_kill_9_leave_no_duplicate() {
     use std::sync::{Arc, Mutex};
 
     const CLIENTS: usize = 8;
-    let admin = sqlx::PgPool::connect("postgres://postgres@127.0.0.1:5432/test").await.unwrap();
-    let database = format!("orders_kill9_{}", std::process::id());
-    sqlx::query(AssertSqlSafe(format!("DROP DATABASE IF EXISTS {database}"))).execute(&admin).await.unwrap();
-    sqlx::query(AssertSqlSafe(format!("CREATE DATABASE {database}"))).execute(&admin).await.unwrap();
-    let url = format!("postgres://postgres@127.0.0.1:5432/{database}");
+    let (admin, database, url) = own_database("orders_kill9").await;
     let dir = std::env::temp_dir().join(format!("orders_kill9_{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let env = [("DATABASE_URL", url.as_str()), ("DATABASE_WARM_CONNECTIONS", "2")];
@@ -191,9 +198,6 @@ async fn clients_that_retry_every_post_through_a_kill_9_leave_no_duplicate() {
         acknowledged.len()
     );
     db.close().await;
-    sqlx::query(AssertSqlSafe(format!("DROP DATABASE {database} WITH (FORCE)")))
-        .execute(&admin)
-        .await
-        .unwrap();
+    drop_database(&admin, &database).await;
     std::fs::remove_dir_all(&dir).unwrap();
 }
