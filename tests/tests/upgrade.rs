@@ -463,3 +463,39 @@ async fn inheriting_while_other_threads_run_is_refused_with_the_reason() {
     assert!(stderr.contains("2 threads run: inheriting sockets clears environment variables"), "{stderr}");
     assert!(stderr.contains("call Listeners::inherit before the runtime starts"), "{stderr}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn under_a_container_init_that_exits_with_its_child_an_upgrade_is_refused() {
+    // PID 1 named `tini` that, like tini, exits as soon as the child it started does.
+    let dir = std::env::temp_dir().join(format!("upgrade_tini_{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let init = dir.join("tini");
+    std::fs::write(&init, "#!/bin/sh\n\"$@\" &\nchild=$!\ntrap 'kill -TERM $child' TERM\nwait $child\n")
+        .unwrap();
+    std::process::Command::new("chmod").arg("+x").arg(&init).status().unwrap();
+    let service =
+        Service::spawn("unshare", &["--pid", "--fork", "--mount-proc", init.to_str().unwrap(), FIXTURE])
+            .unwrap();
+    let (address, pid) = ready(&service);
+    assert_eq!(pid, 2, "the child of the namespace's init");
+    // Its process id outside the namespace: the child of the init, the child of `unshare`.
+    let children = |pid: u32| std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap();
+    let init_outside: u32 = children(service.pid()).split_whitespace().next().unwrap().parse().unwrap();
+    let outside: u32 = children(init_outside).split_whitespace().next().unwrap().parse().unwrap();
+    kill("USR2", outside);
+    stderr_contains(
+        &service,
+        "refused: this process runs under the container init `tini`",
+        Duration::from_secs(10),
+    )
+    .await;
+    assert_eq!(served_by(address).await, 2, "still served by the same process");
+    kill("TERM", outside);
+    let (status, stderr, _) = service.wait(Duration::from_secs(20)).unwrap();
+    assert_eq!(status.code(), Some(0), "{stderr}");
+    assert!(
+        stderr.contains("upgrade refused: this process runs under the container init"),
+        "in the report:\n{stderr}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -65,9 +65,20 @@ pub enum UpgradeError {
     /// kernel ends every process of the namespace, the successor included.
     #[error(
         "refused: this process is PID 1 (a container's init), and its exit would end the new process with it; \
-         run it under an init (`docker run --init`, tini) or upgrade by a rolling update"
+         upgrade by replacing the container (a rolling update)"
     )]
     RunsAsInit,
+    /// This process runs under a container init (tini, `docker run --init`, dumb-init) that
+    /// exits as soon as its child does: this process's exit would end the init, and with it
+    /// every process of the PID namespace, the successor included.
+    #[error(
+        "refused: this process runs under the container init `{init}` (PID 1), which exits when this process \
+         does and would end the new process with it; upgrade by replacing the container (a rolling update)"
+    )]
+    InitExitsWithUs {
+        /// PID 1's name.
+        init: String,
+    },
     /// This process is itself the successor of a process that has not exited yet.
     #[error("the previous generation (process {predecessor}) has not exited yet")]
     PredecessorRunning {

@@ -34,8 +34,10 @@
 //!
 //! In a container whose PID 1 is the service itself, an upgrade is refused
 //! ([`UpgradeError::RunsAsInit`]): when PID 1 exits, the kernel ends every process of its PID
-//! namespace, the successor included. Run it under an init (`docker run --init`, tini) to
-//! upgrade in place, or let the orchestrator roll the update.
+//! namespace, the successor included. The same holds under the usual container inits (tini,
+//! `docker run --init`, dumb-init), which exit as soon as their child does
+//! ([`UpgradeError::InitExitsWithUs`]). In a container, upgrade by replacing it (a rolling
+//! update, `deploy/`); upgrades in place are for a service under systemd or on a host.
 
 mod command;
 mod control;

@@ -217,9 +217,9 @@ impl UpgradeHandle {
     pub async fn upgrade(&self) -> Result<u32, UpgradeError> {
         let ctx = lock(&self.shared.running).clone().ok_or(UpgradeError::NotRunning)?;
         // The upgrade would "succeed" and leave nothing serving: refused, in the report too.
-        if std::process::id() == 1 {
-            ctx.note(format!("upgrade {}", UpgradeError::RunsAsInit));
-            return Err(UpgradeError::RunsAsInit);
+        if let Some(refusal) = container_refusal() {
+            ctx.note(format!("upgrade {refusal}"));
+            return Err(refusal);
         }
         let phase = ctx.lifecycle().phase();
         {
@@ -569,4 +569,24 @@ impl std::fmt::Debug for UpgradeHandle {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("UpgradeHandle").field("state", &self.state()).finish()
     }
+}
+
+/// Container inits that exit as soon as the child they started does (rather than when every
+/// process is gone), by the name PID 1 shows in `/proc/1/comm`.
+const INITS_THAT_EXIT_WITH_THEIR_CHILD: [&str; 4] = ["tini", "docker-init", "dumb-init", "catatonit"];
+
+/// Why an upgrade here would end the service with this process: it is PID 1 of its namespace,
+/// or the child of a container init that exits with it. `None` when a successor outlives it.
+fn container_refusal() -> Option<UpgradeError> {
+    if std::process::id() == 1 {
+        return Some(UpgradeError::RunsAsInit);
+    }
+    if std::os::unix::process::parent_id() != 1 {
+        return None;
+    }
+    let init = std::fs::read_to_string("/proc/1/comm").ok()?;
+    let init = init.trim();
+    INITS_THAT_EXIT_WITH_THEIR_CHILD
+        .contains(&init)
+        .then(|| UpgradeError::InitExitsWithUs { init: init.to_owned() })
 }
