@@ -60,7 +60,8 @@ type Case = (&'static [&'static str], &'static [(&'static str, &'static str)], &
 
 #[test]
 fn bad_values_are_refused_at_once_naming_the_setting() {
-    let cases: [Case; 7] = [
+    let cases: [Case; 8] = [
+        (&[], &[("LISTEN_REUSEPORT", "maybe")], "--listen-reuseport"),
         (&[], &[("DRAIN_DELAY", "1e20")], "--drain-delay <SECONDS>"),
         (&["--shutdown-deadline", "soon"], &[], "--shutdown-deadline <SECONDS>"),
         (&[], &[("MAX_CONNECTIONS", "0")], "--max-connections <N>"),
@@ -82,9 +83,12 @@ fn bad_values_are_refused_at_once_naming_the_setting() {
         assert!(!stderr.contains("panicked"), "{stderr}");
         assert!(began.elapsed() < std::time::Duration::from_secs(5), "refused at once, not after retries");
     }
-    // An empty variable is unset, as an upgrade passes DATABASE_URL_FILE to its successor.
-    let (code, _, stderr) =
-        orders(&["--listen", "127.0.0.1:0", "--shutdown-deadline", "soon"], &[("DATABASE_URL_FILE", "")]);
+    // An empty variable is unset, as an upgrade passes DATABASE_URL_FILE to its successor; and
+    // LISTEN_REUSEPORT=1 (what the drill sets) is a yes.
+    let (code, _, stderr) = orders(
+        &["--listen", "127.0.0.1:0", "--shutdown-deadline", "soon"],
+        &[("DATABASE_URL_FILE", ""), ("LISTEN_REUSEPORT", "1")],
+    );
     assert_eq!(code, Some(1));
-    assert!(!stderr.contains("--database-url-file"), "{stderr}");
+    assert!(!stderr.contains("--database-url-file") && !stderr.contains("--listen-reuseport"), "{stderr}");
 }

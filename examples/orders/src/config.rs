@@ -96,7 +96,8 @@ struct Args {
           value_parser = clap::value_parser!(u32).range(0..=20))]
     database_warm_connections: u32,
     /// Bind with SO_REUSEPORT, so a second instance can start on the same port.
-    #[arg(long, env = "LISTEN_REUSEPORT")]
+    /// (1/0, true/false, yes/no, on/off.)
+    #[arg(long, env = "LISTEN_REUSEPORT", value_parser = clap::builder::BoolishValueParser::new())]
     listen_reuseport: bool,
     /// Serve HTTPS with this certificate chain (PEM); needs --tls-key-file.
     #[arg(long, env = "TLS_CERT_FILE", value_name = "PATH", requires = "tls_key_file")]
