@@ -1,5 +1,7 @@
 //! A reload while the service runs: every running component's reload hook, each once the
 //! components it depends on are done with theirs, through the same launcher as every other hook.
+//! The supervisor handles a failure that comes meanwhile once the reload is over (each hook is
+//! bounded by its component's start timeout), so a restart never races a reload.
 
 use std::sync::Arc;
 
