@@ -99,7 +99,7 @@ async fn orders_on_postgres_serves_on_while_its_connections_are_killed_and_the_s
     // Every connection of the service's pool (the worker's among them) killed at once.
     let mut admin = sqlx::PgConnection::connect(&url).await.unwrap();
     let killed: Vec<bool> = sqlx::query_scalar(
-        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = 'orders_db'",
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name LIKE 'orders_db-%'",
     )
     .fetch_all(&mut admin)
     .await

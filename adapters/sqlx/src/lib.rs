@@ -1,6 +1,7 @@
 //! sqlx pools as lifecycle components: connected and checked at start (with backoff until the
-//! start deadline), named after the component on the server, closed at stop with every checked-out
-//! connection waited for, and a PostgreSQL job-queue worker that never loses a job.
+//! start deadline), named after the component on the server, closed at stop (idle connections at
+//! once, checked-out ones waited for until the stop timeout, when PostgreSQL cancels what they
+//! still run), and a PostgreSQL job-queue worker that never loses a job.
 //!
 //! Enable the databases you use: `features = ["postgres"]`, `["sqlite"]`. sqlx is re-exported as
 //! [`sqlx`], so its version is pinned once; add TLS with sqlx's own features.
@@ -26,7 +27,7 @@ mod backend;
 pub mod jobs;
 mod pool;
 
-pub use backend::Backend;
+pub use backend::{Backend, Interrupted};
 pub use pool::SqlxPool;
 pub use sqlx;
 

@@ -15,8 +15,8 @@ use lifecycle_core::{
     BoxError, Component, ComponentOptions, Context, Dep, Dependency, Failure, FnComponent, Outcome, Stage,
 };
 use lifecycle_sqlx::PgPool;
-use lifecycle_sqlx::sqlx::{self, AssertSqlSafe};
-use support::{pg_url, server_connections, unique, until_no_server_connections};
+use lifecycle_sqlx::sqlx::{self, AssertSqlSafe, Connection};
+use support::{of_pool, pg_url, server_connections, stuck_statement, unique, until_no_server_connections};
 
 fn failure_text(report: &lifecycle_core::Report, name: &str) -> String {
     match &report.component(name).unwrap().outcome {
@@ -36,12 +36,16 @@ async fn normal_stop_leaves_no_connection_on_the_server() {
     let pool = db.pool().unwrap();
     let (a, b2, c) = tokio::join!(pool.acquire(), pool.acquire(), pool.acquire());
     drop((a.unwrap(), b2.unwrap(), c.unwrap()));
-    assert!(server_connections(&name).await >= 3, "the server sees the pool under the component's name");
+    assert!(
+        server_connections(&of_pool(&name)).await >= 3,
+        "the server sees the pool under the component's name"
+    );
     assert_eq!(run.handle().health().await[0].1, lifecycle_core::Health::Healthy);
 
     let report = run.stop().await;
     assert!(report.is_success(), "{report}");
-    assert_eq!(until_no_server_connections(&name).await, 0);
+    assert!(report.component(&name).unwrap().notes.is_empty(), "nothing cut short: {report}");
+    assert_eq!(until_no_server_connections(&of_pool(&name)).await, 0);
     assert!(db.pool().is_err(), "the pool is gone after the stop");
 }
 
@@ -58,7 +62,7 @@ async fn start_rollback_caused_by_a_later_component_leaves_no_connection() {
     let report = b.build().unwrap().run().await;
     assert_eq!(report.exit_code, 1, "{report}");
     assert!(matches!(report.component(&name).unwrap().outcome, Outcome::Stopped), "{report}");
-    assert_eq!(until_no_server_connections(&name).await, 0);
+    assert_eq!(until_no_server_connections(&of_pool(&name)).await, 0);
 }
 
 /// Inserts orders, each an order row and a line row in one transaction, from 200 concurrent
@@ -155,48 +159,71 @@ async fn every_acknowledged_insert_survives_a_shutdown_and_none_is_half_written(
     .await
     .unwrap();
     assert_eq!(half_written, 0);
-    assert_eq!(until_no_server_connections(&name).await, 0);
+    assert_eq!(until_no_server_connections(&of_pool(&name)).await, 0);
     for suffix in ["orders", "lines"] {
         sqlx::query(AssertSqlSafe(format!("DROP TABLE {table}_{suffix}"))).execute(&setup).await.unwrap();
     }
 }
 
+/// What the server has of the connections named by `pattern`: all of them, and those running
+/// a `pg_sleep`.
+async fn on_the_server(admin: &mut sqlx::PgConnection, pattern: &str) -> (i64, i64) {
+    sqlx::query_as(
+        "SELECT count(*), count(*) FILTER (WHERE state = 'active' AND query LIKE '%pg_sleep%') \
+         FROM pg_stat_activity WHERE application_name LIKE $1",
+    )
+    .bind(pattern)
+    .fetch_one(admin)
+    .await
+    .unwrap()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_query_stuck_at_stop_is_reported_and_the_deadline_holds() {
+async fn a_query_stuck_at_stop_is_cancelled_on_the_server_within_the_stop_timeout() {
+    const REPORTING_STOP: Duration = Duration::from_millis(300);
+    const POOL_STOP: Duration = Duration::from_millis(500);
     let name = unique("pool_stuck");
+    let pattern = of_pool(&name);
     let mut b = builder();
     b.shutdown_deadline(Duration::from_secs(3));
     let db = b
         .add(
+            // One connection for the stuck query, and idle ones.
             PgPool::new(name.clone(), pg_url())
-                .options(ComponentOptions::new().stop_timeout(Duration::from_millis(800))),
+                .min_connections(2)
+                .options(ComponentOptions::new().stop_timeout(POOL_STOP)),
         )
         .dep();
-    let sleeper_db = db.clone();
-    b.add(
-        FnComponent::new("reporting")
-            .depends_on(&db)
-            .options(ComponentOptions::new().stop_timeout(Duration::from_millis(300)))
-            .on_start(move |ctx| {
-                let pool = sleeper_db.pool().cloned();
-                async move {
-                    let pool = pool?;
-                    // A query that ignores the shutdown entirely.
-                    ctx.tasks().spawn("slow_report", async move {
-                        sqlx::query("SELECT pg_sleep(60)").execute(&pool).await.map(drop)
-                    });
-                    Ok::<(), BoxError>(())
-                }
-            }),
-    );
+    b.add(stuck_statement("reporting", &db, "SELECT pg_sleep(60)", REPORTING_STOP));
     let mut run = TestRun::start(b);
     run.ready().await;
-    testing::within("the stuck query's connection on the server", Duration::from_secs(10), async {
-        while server_connections(&name).await < 1 {
+    let mut admin = sqlx::PgConnection::connect(&pg_url()).await.unwrap();
+    testing::within("the stuck query and idle connections on the server", Duration::from_secs(10), async {
+        while !matches!(on_the_server(&mut admin, &pattern).await, (2.., 1)) {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
     })
     .await;
+
+    // The server's view every 10 ms through the stop, from a connection of its own, until
+    // nothing of the pool is left.
+    let watcher = {
+        let pattern = pattern.clone();
+        tokio::spawn(async move {
+            let mut seen = Vec::new();
+            let until = Instant::now() + Duration::from_secs(10);
+            while Instant::now() < until {
+                let now = on_the_server(&mut admin, &pattern).await;
+                seen.push((Instant::now(), now));
+                if now.0 == 0 {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            admin.close().await.unwrap();
+            seen
+        })
+    };
     let requested = Instant::now();
     let report = run.stop().await;
     assert!(
@@ -214,14 +241,140 @@ async fn a_query_stuck_at_stop_is_reported_and_the_deadline_holds() {
     let text = failure_text(&report, &name);
     assert!(text.starts_with(&format!("component `{name}` stopped waiting after")), "{text}");
     assert!(text.ends_with("1 connection(s) still in use"), "{text}");
+    assert_eq!(
+        report.component(&name).unwrap().notes,
+        ["cancelled 1 query still running at the stop timeout"],
+        "{report}"
+    );
 
-    // Leave the server as we found it.
-    let admin = sqlx::PgPool::connect(&pg_url()).await.unwrap();
-    sqlx::query("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = $1")
-        .bind(&name)
-        .execute(&admin)
+    let seen = watcher.await.unwrap();
+    let gone = seen.iter().find(|(_, now)| now.0 == 0).map(|(at, _)| *at);
+    // Leave the server as we found it, whatever the checks below say.
+    let mut admin = sqlx::PgConnection::connect(&pg_url()).await.unwrap();
+    sqlx::query("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name LIKE $1")
+        .bind(&pattern)
+        .execute(&mut admin)
         .await
         .unwrap();
+    let gone = gone.unwrap_or_else(|| panic!("the pool's connections stayed on the server: {seen:?}"));
+    // The pool's stop begins once the reporting component gave up on its task.
+    let margin = Duration::from_millis(300);
+    assert!(
+        gone - requested < REPORTING_STOP + POOL_STOP + margin,
+        "nothing of the pool on the server within its stop timeout: gone after {:?}",
+        gone - requested
+    );
+    assert!(
+        seen.iter().any(|(_, now)| *now == (1, 1)),
+        "the idle connections closed at once, before the stuck query was cancelled: {seen:?}"
+    );
+}
+
+/// A TCP proxy to the test server that passes its first `passed` connections through and holds
+/// the later ones (accepted, never answered): a server slow to open connections. Records, for
+/// each connection passed through, whether its client said goodbye (PostgreSQL's Terminate
+/// message: `X` and a length of 4) before it closed, rather than just going away.
+struct SlowProxy {
+    url: String,
+    goodbyes: Arc<Mutex<Vec<bool>>>,
+    accepting: tokio::task::JoinHandle<()>,
+}
+
+impl SlowProxy {
+    async fn start(passed: usize) -> Self {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let server: sqlx::postgres::PgConnectOptions = pg_url().parse().unwrap();
+        let upstream = format!("{}:{}", server.get_host(), server.get_port());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let here = listener.local_addr().unwrap().to_string();
+        // In the clear, so that the Terminate message can be seen.
+        let url = pg_url().replacen(&upstream, &here, 1);
+        assert_ne!(url, pg_url(), "the test URL names the server as {upstream}");
+        let url = format!("{url}{}sslmode=disable", if url.contains('?') { '&' } else { '?' });
+        let goodbyes = Arc::new(Mutex::new(Vec::new()));
+        let recorded = Arc::clone(&goodbyes);
+        let accepting = tokio::spawn(async move {
+            let (mut held, mut passing) = (Vec::new(), tokio::task::JoinSet::new());
+            for accepted in 0.. {
+                let (client, _) = listener.accept().await.unwrap();
+                if accepted >= passed {
+                    held.push(client);
+                    continue;
+                }
+                let (upstream, recorded) = (upstream.clone(), Arc::clone(&recorded));
+                passing.spawn(async move {
+                    let server = tokio::net::TcpStream::connect(upstream).await.unwrap();
+                    let ((mut from_client, mut to_client), (mut from_server, mut to_server)) =
+                        (client.into_split(), server.into_split());
+                    let up = async {
+                        let (mut buffer, mut last) = ([0_u8; 8192], Vec::new());
+                        while let Ok(read @ 1..) = from_client.read(&mut buffer).await {
+                            last.extend_from_slice(&buffer[..read]);
+                            last.drain(..last.len().saturating_sub(5));
+                            if to_server.write_all(&buffer[..read]).await.is_err() {
+                                break;
+                            }
+                        }
+                        let _ = to_server.shutdown().await;
+                        recorded.lock().unwrap().push(last == [b'X', 0, 0, 0, 4]);
+                    };
+                    let down = tokio::io::copy(&mut from_server, &mut to_client);
+                    let _ = tokio::join!(up, down);
+                });
+            }
+        });
+        Self { url, goodbyes, accepting }
+    }
+}
+
+impl Drop for SlowProxy {
+    fn drop(&mut self) {
+        self.accepting.abort();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_start_cancelled_while_the_pool_opens_connections_closes_them() {
+    let name = unique("pool_cancelled_start");
+    let proxy = SlowProxy::start(2).await;
+    let mut b = builder();
+    b.add(
+        PgPool::new(name.clone(), proxy.url.clone())
+            .min_connections(4)
+            .max_connections(4)
+            .options(ComponentOptions::new().start_timeout(Duration::from_secs(20))),
+    );
+    let run = TestRun::start(b);
+    // Two connections open on the server, two held up by the proxy: the start is still warming
+    // the pool when the shutdown is requested.
+    testing::within("two connections of the pool on the server", Duration::from_secs(10), async {
+        while server_connections(&of_pool(&name)).await < 2 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    let report = run.stop().await;
+    assert!(matches!(report.component(&name).unwrap().outcome, Outcome::StartCancelled), "{report}");
+    assert_eq!(until_no_server_connections(&of_pool(&name)).await, 0);
+    testing::eventually("both connections ended", Duration::from_secs(5), || {
+        proxy.goodbyes.lock().unwrap().len() == 2
+    })
+    .await;
+    assert_eq!(*proxy.goodbyes.lock().unwrap(), [true, true], "closed with a goodbye, not dropped");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_application_name_in_the_url_stays_in_front_of_the_pools_own() {
+    let name = unique("pool_named");
+    let separator = if pg_url().contains('?') { '&' } else { '?' };
+    let mut b = builder();
+    b.add(PgPool::new(name.clone(), format!("{}{separator}application_name=billing", pg_url())));
+    let mut run = TestRun::start(b);
+    run.ready().await;
+    assert_eq!(server_connections(&format!("billing/{}", of_pool(&name))).await, 1);
+    let report = run.stop().await;
+    assert!(report.is_success(), "{report}");
+    assert_eq!(until_no_server_connections(&format!("billing/{}", of_pool(&name))).await, 0);
 }
 
 async fn start_error(url: String, start_timeout: Duration) -> (String, String) {
