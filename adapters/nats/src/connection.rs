@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use async_nats::{Client, ConnectError, ConnectErrorKind, ConnectOptions, connection::State};
+use async_nats::{Client, ConnectError, ConnectErrorKind, ConnectOptions, ServerAddr, connection::State};
 use lifecycle_core::{ComponentId, Health, ResourceError, Retry, redact_url, scrub_password};
 use tokio::time::Instant;
 
@@ -31,11 +31,20 @@ impl Server {
     /// Connects, retrying while the server is unreachable, until `until`. Wrong credentials, a
     /// TLS failure or a malformed URL fail at once: no retry changes them.
     pub(crate) async fn connect(&self, until: Instant) -> Result<Client, ResourceError> {
+        let credentials = self.credentials()?;
+        let credentials = &credentials;
         let attempt = |attempt| async move {
             // Each attempt bounded, so a server that accepts and never answers is tried again.
             let left = until.saturating_duration_since(Instant::now());
             let component = self.component.clone();
-            let result = ConnectOptions::new()
+            let options = match credentials.clone() {
+                Credentials::None => ConnectOptions::new(),
+                Credentials::Token(token) => ConnectOptions::with_token(token),
+                Credentials::UserPassword(user, password) => {
+                    ConnectOptions::with_user_and_password(user, password)
+                }
+            };
+            let result = options
                 .name(self.component.as_str())
                 .connection_timeout(left.clamp(Duration::from_millis(10), Duration::from_secs(2)))
                 .event_callback(move |event| {
@@ -67,6 +76,21 @@ impl Server {
         }
     }
 
+    /// The credentials in the (first) URL: async-nats parses them but does not send them.
+    fn credentials(&self) -> Result<Credentials, ResourceError> {
+        let first = self.url.split(',').next().unwrap_or_default().trim();
+        let address = first.parse::<ServerAddr>().map_err(|error| ResourceError::InvalidUrl {
+            component: self.component.clone(),
+            url: self.redacted_url(),
+            reason: self.scrub(&error),
+        })?;
+        Ok(match (address.username(), address.password()) {
+            (Some(user), Some(password)) => Credentials::UserPassword(user.to_owned(), password.to_owned()),
+            (Some(token), None) => Credentials::Token(token.to_owned()),
+            _ => Credentials::None,
+        })
+    }
+
     /// The client's error with its cause: async-nats's `Display` is the kind alone ("IO
     /// error"), which does not tell a refused connection from a reset one.
     fn describe(&self, error: &ConnectError) -> String {
@@ -90,6 +114,16 @@ impl Server {
         }
         flushed
     }
+}
+
+/// How the client proves who it is: what the URL's user info says.
+#[derive(Clone)]
+enum Credentials {
+    None,
+    /// `nats://token@host`.
+    Token(String),
+    /// `nats://user:password@host`.
+    UserPassword(String, String),
 }
 
 /// Whether retrying can help: the server is not reachable (yet), rather than refusing us.

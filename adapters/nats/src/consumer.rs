@@ -399,6 +399,7 @@ impl<H: MessageHandler> Component for JetStreamConsumer<H> {
                 counters: Arc::clone(&self.counters),
                 handlers: running.handlers.clone(),
                 abandon: running.abandon.clone(),
+                pull_open_until: Arc::default(),
             },
             ctx: ctx.clone(),
         };
@@ -540,12 +541,20 @@ impl<H: MessageHandler> FetchLoop<H> {
     }
 
     /// One pull request for `permits.len()` messages, each run in a task of its own.
-    async fn fetch(&self, mut permits: Vec<OwnedSemaphorePermit>) -> Result<(), BoxError> {
+    async fn fetch(&self, permits: Vec<OwnedSemaphorePermit>) -> Result<(), BoxError> {
+        let expires = Instant::now() + self.fetch_wait;
+        self.work.pull_open(Some(expires));
+        let fetched = self.take(permits, expires).await;
+        self.work.pull_open(None);
+        fetched
+    }
+
+    async fn take(&self, mut permits: Vec<OwnedSemaphorePermit>, expires: Instant) -> Result<(), BoxError> {
         let mut batch =
             self.consumer.fetch().max_messages(permits.len()).expires(self.fetch_wait).messages().await?;
         // The server ends the batch when it is full or at `expires`; a little more, in case its
         // end-of-batch status is lost.
-        let until = Instant::now() + self.fetch_wait + Duration::from_secs(1);
+        let until = expires + Duration::from_secs(1);
         loop {
             let next = tokio::time::timeout_at(until, batch.next()).await;
             let message = match next {
@@ -573,6 +582,9 @@ struct Work<H> {
     counters: Arc<Counters>,
     handlers: CancellationToken,
     abandon: CancellationToken,
+    /// When the pull request in flight expires: a message nak'ed before then would be sent
+    /// straight back to it.
+    pull_open_until: Arc<Mutex<Option<Instant>>>,
 }
 
 impl<H> Clone for Work<H> {
@@ -584,6 +596,7 @@ impl<H> Clone for Work<H> {
             counters: Arc::clone(&self.counters),
             handlers: self.handlers.clone(),
             abandon: self.abandon.clone(),
+            pull_open_until: Arc::clone(&self.pull_open_until),
         }
     }
 }
@@ -605,6 +618,10 @@ impl Drop for InFlight<'_> {
 }
 
 impl<H: MessageHandler> Work<H> {
+    fn pull_open(&self, until: Option<Instant>) {
+        *self.pull_open_until.lock().unwrap_or_else(PoisonError::into_inner) = until;
+    }
+
     async fn process(self, message: jetstream::Message, permit: OwnedSemaphorePermit) {
         let _slot = permit;
         let _in_flight = InFlight::new(&self.counters.in_flight);
@@ -641,10 +658,17 @@ impl<H: MessageHandler> Work<H> {
         }
     }
 
-    /// Naks a message that was not handled, so that it is delivered again at once.
+    /// Naks a message that was not handled, so that it is delivered again soon: once this
+    /// instance's pull request in flight has expired (it would get it back, and give it back,
+    /// over and over), at once when there is none.
     async fn give_back(&self, message: &jetstream::Message) {
         Counters::bump(&self.counters.left);
-        if let Err(error) = message.ack_with(AckKind::Nak(None)).await {
+        let open_until = *self.pull_open_until.lock().unwrap_or_else(PoisonError::into_inner);
+        let delay = open_until
+            .map(|until| until.saturating_duration_since(Instant::now()))
+            .filter(|left| !left.is_zero())
+            .map(|left| left + Duration::from_millis(50));
+        if let Err(error) = message.ack_with(AckKind::Nak(delay)).await {
             tracing::debug!(component = %self.component, %error, "nak not sent; the message is delivered again after the ack wait");
         }
     }

@@ -71,6 +71,7 @@ async fn every_message_has_its_effect_exactly_once_across_random_shutdowns() {
     let mut runs = 0;
     let mut redelivered = 0;
     let mut left = 0;
+    let mut acked = 0;
     let began = std::time::Instant::now();
     loop {
         runs += 1;
@@ -119,6 +120,7 @@ async fn every_message_has_its_effect_exactly_once_across_random_shutdowns() {
             "{note}"
         );
         redelivered += stats.redelivered;
+        acked += stats.acked;
         left += stats.left;
         let (pending, ack_pending, _) = stream.consumer_counts(durable).await;
         if runs > 2 && rows(&pool, &table).await == MESSAGES as i64 && pending == 0 && ack_pending == 0 {
@@ -135,6 +137,10 @@ async fn every_message_has_its_effect_exactly_once_across_random_shutdowns() {
     assert_eq!(distinct, MESSAGES as i64);
     let (pending, ack_pending, server_redelivered) = stream.consumer_counts(durable).await;
     assert_eq!((pending, ack_pending), (0, 0), "nothing left pending or unacknowledged on the server");
+    // Every ack confirmed by the server, once per message; every message given back at a stop
+    // delivered again, once.
+    assert_eq!(acked, MESSAGES as u64);
+    assert_eq!(redelivered, left);
     println!(
         "{MESSAGES} messages, {runs} runs in {:.1?}: {MESSAGES} rows; redelivered {redelivered} (the server counts {server_redelivered} still marked), given back at stops {left}",
         began.elapsed()
