@@ -5,7 +5,7 @@
 
 mod support;
 
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use futures_util::StreamExt;
@@ -24,7 +24,7 @@ struct Flaky {
 
 impl MessageHandler for Flaky {
     async fn handle(&self, delivery: &Delivery, _cancel: CancellationToken) -> Result<(), BoxError> {
-        self.seen.lock().unwrap().push(delivery.delivered());
+        self.seen.lock().unwrap_or_else(PoisonError::into_inner).push(delivery.delivered());
         if delivery.delivered() <= self.fail_until {
             return Err(format!("malformed order {:?}", delivery.message_id()).into());
         }
@@ -33,7 +33,7 @@ impl MessageHandler for Flaky {
 }
 
 fn seen(handler: &Flaky) -> Vec<u64> {
-    handler.seen.lock().unwrap().clone()
+    handler.seen.lock().unwrap_or_else(PoisonError::into_inner).clone()
 }
 
 #[tokio::test]
@@ -140,7 +140,7 @@ struct Stuck {
 
 impl MessageHandler for Stuck {
     async fn handle(&self, delivery: &Delivery, _cancel: CancellationToken) -> Result<(), BoxError> {
-        self.started.lock().unwrap().push(delivery.delivered());
+        self.started.lock().unwrap_or_else(PoisonError::into_inner).push(delivery.delivered());
         if delivery.delivered() == 1 {
             tokio::time::sleep(Duration::from_secs(3600)).await;
         }
@@ -153,7 +153,7 @@ async fn a_handler_still_running_at_the_stop_timeout_leaves_its_message_to_the_n
     let stream = Stream::create(&unique("STUCK")).await;
     stream.publish(1).await;
     let handler = Stuck::default();
-    let started = || handler.started.lock().unwrap().clone();
+    let started = || handler.started.lock().unwrap_or_else(PoisonError::into_inner).clone();
     // An ack wait far longer than the test: the message can only come back this fast by a nak.
     let consumer = || {
         JetStreamConsumer::new("stuck", nats_url(), &stream.name, "stuck", handler.clone())

@@ -42,6 +42,7 @@ impl MessageHandler for Record {
     }
 }
 
+#[allow(clippy::expect_used)] // a test helper: a failed count fails the test
 async fn rows(pool: &sqlx::PgPool, table: &str) -> i64 {
     sqlx::query_scalar(sqlx::AssertSqlSafe(format!("SELECT count(*) FROM {table}")))
         .fetch_one(pool)

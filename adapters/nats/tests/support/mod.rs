@@ -1,7 +1,8 @@
 //! What the NATS tests share: unique names, streams on the shared server, a private server for
 //! the tests that need credentials, and the PostgreSQL they write to.
 
-#![allow(dead_code, unreachable_pub)]
+// Test helpers: a failed set-up is the test's failure, with the reason.
+#![allow(dead_code, unreachable_pub, clippy::expect_used, clippy::unwrap_used)]
 
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
@@ -103,6 +104,8 @@ pub struct PrivateNats {
 }
 
 impl PrivateNats {
+    // Waited for by `Drop`; a panic before it is stored leaves it to the test process's end.
+    #[allow(clippy::zombie_processes)]
     pub async fn start(extra: &[&str]) -> Self {
         let port = free_port();
         let dir = TempDir::new();
