@@ -260,7 +260,12 @@ impl LifecycleHandle {
         }
         let (reply, answer) = tokio::sync::oneshot::channel();
         if !self.inner.reloads.request(ReloadRequest { cause: ReloadCause::Requested, reply: Some(reply) }) {
-            return Err(ReloadError::Ended);
+            // The run stopped taking requests: at its shutdown, or at its end.
+            return Err(if self.inner.shutdown.is_requested() {
+                ReloadError::ShuttingDown
+            } else {
+                ReloadError::Ended
+            });
         }
         answer.await.unwrap_or(Err(ReloadError::Ended))
     }

@@ -133,8 +133,15 @@ async fn serve(stream: UnixStream, ctx: &Context, upgrade: Option<&UpgradeHandle
         None => "error the service is stopping".to_owned(),
         Some(Err(_)) => "error no command within 5 s".to_owned(),
         Some(Ok(Err(error))) => format!("error cannot read the command: {error}"),
-        Some(Ok(Ok(_))) if line.len() > MAX_COMMAND => "error command too long".to_owned(),
-        Some(Ok(Ok(_))) => execute(line.trim(), ctx, upgrade).await,
+        Some(Ok(Ok(_))) if line.trim_end_matches('\n').len() > MAX_COMMAND => {
+            "error command too long".to_owned()
+        }
+        // The component's stop does not wait for a command (an upgrade waits up to its ready
+        // timeout): its client hears that the service is stopping.
+        Some(Ok(Ok(_))) => tokio::select! {
+            answer = execute(line.trim(), ctx, upgrade) => answer,
+            () = ctx.cancelled() => "error the service is stopping".to_owned(),
+        },
     };
     tracing::info!(command = line.trim(), %answer, "control command");
     // The client may be gone; the command was carried out either way.
@@ -187,7 +194,8 @@ pub enum CommandError {
         /// What happened.
         reason: String,
     },
-    /// The service carried out nothing: its answer says why.
+    /// The command did not take effect, or not in full (a reload that failed for some
+    /// components): the service's answer says why.
     #[error("{0}")]
     Refused(String),
 }

@@ -572,21 +572,47 @@ impl std::fmt::Debug for UpgradeHandle {
 }
 
 /// Container inits that exit as soon as the child they started does (rather than when every
-/// process is gone), by the name PID 1 shows in `/proc/1/comm`.
-const INITS_THAT_EXIT_WITH_THEIR_CHILD: [&str; 4] = ["tini", "docker-init", "dumb-init", "catatonit"];
+/// process is gone), by the name PID 1 shows in `/proc/1/comm`; a shell as PID 1 does the same.
+const INITS_THAT_EXIT_WITH_THEIR_CHILD: [&str; 7] =
+    ["tini", "docker-init", "dumb-init", "catatonit", "sh", "bash", "dash"];
+
+/// Shells, which exit when the command they wait for does (an entrypoint script without `exec`).
+const SHELLS: [&str; 3] = ["sh", "bash", "dash"];
 
 /// Why an upgrade here would end the service with this process: it is PID 1 of its namespace,
-/// or the child of a container init that exits with it. `None` when a successor outlives it.
+/// or it runs under a container init that exits with its child, directly or through shells
+/// that exit with theirs (`tini -- sh entrypoint.sh`). `None` when a successor outlives it, as
+/// far as the process tree tells (another supervisor in between may keep the init alive).
 fn container_refusal() -> Option<UpgradeError> {
     if std::process::id() == 1 {
         return Some(UpgradeError::RunsAsInit);
     }
-    if std::os::unix::process::parent_id() != 1 {
-        return None;
-    }
     let init = std::fs::read_to_string("/proc/1/comm").ok()?;
     let init = init.trim();
-    INITS_THAT_EXIT_WITH_THEIR_CHILD
-        .contains(&init)
-        .then(|| UpgradeError::InitExitsWithUs { init: init.to_owned() })
+    if !INITS_THAT_EXIT_WITH_THEIR_CHILD.contains(&init) {
+        return None;
+    }
+    let mut ancestor = std::os::unix::process::parent_id();
+    // Bounded: a process tree is shallow, and a loop in it would be the kernel's bug.
+    for _ in 0..64 {
+        if ancestor == 1 {
+            return Some(UpgradeError::InitExitsWithUs { init: init.to_owned() });
+        }
+        let (name, parent) = process_name_and_parent(ancestor)?;
+        if !SHELLS.contains(&name.as_str()) {
+            return None;
+        }
+        ancestor = parent;
+    }
+    None
+}
+
+/// The name and parent of process `pid`, from `/proc/PID/stat` (`pid (name) state ppid ...`; the
+/// name may itself hold spaces and parentheses, so it ends at the last `)`).
+fn process_name_and_parent(pid: u32) -> Option<(String, u32)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let (head, rest) = stat.rsplit_once(')')?;
+    let name = head.split_once('(')?.1.to_owned();
+    let parent = rest.split_whitespace().nth(1)?.parse().ok()?;
+    Some((name, parent))
 }

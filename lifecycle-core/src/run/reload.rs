@@ -5,7 +5,7 @@
 
 use std::sync::Arc;
 
-use tokio::time::Instant;
+use tokio::time::{Instant, timeout_at};
 
 use super::hooks::{HookEnd, HookSet};
 use super::{Run, Started};
@@ -37,8 +37,11 @@ impl Run {
         }
     }
 
-    /// Answers every queued request: the run no longer reloads.
+    /// Takes no more requests, and answers every queued one: the run no longer reloads. Closed
+    /// first, so that a request sent at this very moment is either queued (and answered here)
+    /// or refused at once, never left waiting through the stop.
     pub(super) fn refuse_reloads(&mut self) {
+        self.reload_requests.close();
         while let Ok(request) = self.reload_requests.try_recv() {
             request.answer(Err(ReloadError::ShuttingDown));
         }
@@ -96,8 +99,20 @@ impl Run {
                 }
             }
         }
-        // A shutdown request: what is still reloading is cancelled, and the stop follows.
+        // A shutdown request: what is still reloading is cancelled and waited for (it ends at its
+        // next await), so that the drain and the stop do not run beside it; one that blocks its
+        // thread is not waited for past the deadline.
         hooks.cancel_all();
+        let deadline = self.deadline();
+        while let Ok(Some((index, end))) = timeout_at(deadline, hooks.next()).await {
+            let outcome = match end {
+                HookEnd::Done => ReloadOutcome::Reloaded,
+                HookEnd::Cancelled => ReloadOutcome::Cancelled,
+                HookEnd::Failed(failure) => ReloadOutcome::Failed(failure),
+            };
+            self.progress.enter(index, Stage::Running);
+            components.push((self.names[index].clone(), outcome));
+        }
         for index in hooks.abandon() {
             self.progress.enter(index, Stage::Running);
             components.push((self.names[index].clone(), ReloadOutcome::Cancelled));
