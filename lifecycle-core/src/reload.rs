@@ -66,6 +66,11 @@ impl ReloadReport {
         self.components.iter().all(|(_, outcome)| matches!(outcome, ReloadOutcome::Reloaded))
     }
 
+    /// Whether some component's reload failed (not merely cut short by a shutdown).
+    pub fn has_failure(&self) -> bool {
+        self.components.iter().any(|(_, outcome)| matches!(outcome, ReloadOutcome::Failed(_)))
+    }
+
     /// The components whose reload did not succeed, with how it ended.
     pub fn failures(&self) -> impl Iterator<Item = (&ComponentId, &ReloadOutcome)> {
         self.components
@@ -130,7 +135,7 @@ impl ReloadRequest {
 pub struct ReloadCounts {
     /// Reloads that ran.
     pub total: u64,
-    /// Reloads in which some component's reload did not succeed.
+    /// Reloads in which some component's reload failed (one a shutdown cut short is not).
     pub failed: u64,
 }
 
@@ -154,7 +159,7 @@ impl Reloads {
 
     pub(crate) fn count(&self, report: &ReloadReport) {
         self.counts[0].fetch_add(1, Ordering::AcqRel);
-        if !report.is_success() {
+        if report.has_failure() {
             self.counts[1].fetch_add(1, Ordering::AcqRel);
         }
     }

@@ -134,6 +134,9 @@ async fn a_shutdown_cancels_a_reload_in_progress_and_refuses_the_next() {
     handle.shutdown().request("test", 0);
     let report = within("the cancelled reload", Duration::from_secs(5), reload).await.unwrap().unwrap();
     assert!(matches!(outcome_of(&report, "db"), ReloadOutcome::Cancelled), "{report}");
+    assert!(!report.has_failure(), "cut short, not failed: {report}");
+    let counts = handle.reload_counts();
+    assert_eq!((counts.total, counts.failed), (1, 0), "counted, not as failed");
     assert_eq!(handle.reload().await.unwrap_err(), ReloadError::ShuttingDown);
     let report = within("the stop", Duration::from_secs(5), run.finished()).await;
     assert!(report.is_success(), "{report}");

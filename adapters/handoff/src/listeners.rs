@@ -85,9 +85,13 @@ impl Listeners {
     /// of the main attribute (`#[lifecycle_core::main(setup = ...)]`, which runs before the
     /// runtime exists), since clearing variables races with any thread reading the environment.
     ///
+    /// Linux only in practice: it reads `/proc/self/task` (to count threads) and `/proc/self/fd`
+    /// (to check what it adopts), and refuses when it cannot.
+    ///
     /// # Errors
-    /// When there was something to inherit and other threads run (it then takes nothing and
-    /// clears nothing), or the descriptors passed are not sockets.
+    /// When there was something to inherit and other threads run, or their number cannot be
+    /// read (it then takes nothing and clears nothing), or the descriptors passed are not
+    /// sockets.
     pub fn inherit() -> Result<Self, HandoffError> {
         let inherited = inherit::take()?;
         if inherited.source != Source::Nothing {

@@ -25,8 +25,10 @@ impl Run {
                 self.handle.reloads().count(&report);
                 if report.is_success() {
                     tracing::info!(%cause, components = report.components.len(), took_ms = report.took.as_millis() as u64, "reloaded");
-                } else {
+                } else if report.has_failure() {
                     tracing::warn!(%report, "reload failed");
+                } else {
+                    tracing::info!(%report, "reload cut short by the shutdown");
                 }
                 Ok(report)
             }
