@@ -285,7 +285,15 @@ async fn the_publisher_flushes_what_it_buffered_at_stop() {
     }
     drop(client);
     testing::assert_clean(&run.stop().await);
+    // The flush means the server has every message; JetStream then stores them on its own
+    // time, so the stream's count is read until it is complete (or the wait is over).
     let mut info = stream.context.get_stream(&stream.name).await.unwrap();
-    assert_eq!(info.info().await.unwrap().state.messages, 500);
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    let mut stored = info.info().await.unwrap().state.messages;
+    while stored < 500 && std::time::Instant::now() < until {
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        stored = info.info().await.unwrap().state.messages;
+    }
+    assert_eq!(stored, 500);
     stream.delete().await;
 }
