@@ -68,7 +68,12 @@ async fn ctl_commands_answer_once_they_took_effect_and_refuse_with_the_reason_wh
 
     // Draining (3 s of drain delay after SIGTERM): both refused, with the reason, exit 1.
     kill("TERM", second);
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    lifecycle::testing::eventually(
+        "orders unready (draining)",
+        WITHIN,
+        || !matches!(ctl(&socket, "status"), (Some(0), out, _) if out.starts_with("ready")),
+    )
+    .await;
     let (code, out, err) = ctl(&socket, "upgrade");
     assert_eq!(code, Some(1), "{out}");
     assert!(

@@ -9,6 +9,7 @@ use tokio::time::{Instant, timeout_at};
 
 use super::hooks::{HookEnd, HookSet};
 use super::{Run, Started};
+use crate::ComponentId;
 use crate::failure::Stage;
 use crate::reload::{ReloadCause, ReloadError, ReloadOutcome, ReloadReport, ReloadRequest};
 
@@ -80,18 +81,7 @@ impl Run {
                 ended = hooks.next() => ended,
             };
             let Some((index, end)) = ended else { break };
-            let name = self.names[index].clone();
-            let outcome = match end {
-                HookEnd::Done => ReloadOutcome::Reloaded,
-                HookEnd::Cancelled => ReloadOutcome::Cancelled,
-                HookEnd::Failed(failure) => {
-                    tracing::warn!(component = %name, %failure, "reload failed; running on as it was");
-                    self.progress.note(index, format!("reload on {cause} failed: {failure}"));
-                    ReloadOutcome::Failed(failure)
-                }
-            };
-            self.progress.enter(index, Stage::Running);
-            components.push((name, outcome));
+            components.push(self.reload_ended(index, end, cause));
             for &dependent in self.graph.dependents(index) {
                 if running[dependent] {
                     waiting_on[dependent] -= 1;
@@ -107,13 +97,7 @@ impl Run {
         hooks.cancel_all();
         let deadline = self.deadline();
         while let Ok(Some((index, end))) = timeout_at(deadline, hooks.next()).await {
-            let outcome = match end {
-                HookEnd::Done => ReloadOutcome::Reloaded,
-                HookEnd::Cancelled => ReloadOutcome::Cancelled,
-                HookEnd::Failed(failure) => ReloadOutcome::Failed(failure),
-            };
-            self.progress.enter(index, Stage::Running);
-            components.push((self.names[index].clone(), outcome));
+            components.push(self.reload_ended(index, end, cause));
         }
         for index in hooks.abandon() {
             self.progress.enter(index, Stage::Running);
@@ -121,5 +105,22 @@ impl Run {
         }
         self.abandoned.extend(hooks.into_abandoned(&self.names));
         Some(ReloadReport { cause, components, took: began.elapsed() })
+    }
+
+    /// Records how component `index`'s reload hook ended (a failure logged and noted in the
+    /// report); it runs on either way.
+    fn reload_ended(&self, index: usize, end: HookEnd, cause: ReloadCause) -> (ComponentId, ReloadOutcome) {
+        let name = self.names[index].clone();
+        let outcome = match end {
+            HookEnd::Done => ReloadOutcome::Reloaded,
+            HookEnd::Cancelled => ReloadOutcome::Cancelled,
+            HookEnd::Failed(failure) => {
+                tracing::warn!(component = %name, %failure, "reload failed; running on as it was");
+                self.progress.note(index, format!("reload on {cause} failed: {failure}"));
+                ReloadOutcome::Failed(failure)
+            }
+        };
+        self.progress.enter(index, Stage::Running);
+        (name, outcome)
     }
 }
