@@ -3,6 +3,7 @@
 
 pub mod etcd;
 pub mod load;
+pub mod nats;
 pub mod postgres;
 pub mod redis;
 pub mod tls;
@@ -132,6 +133,11 @@ impl Drop for Service {
             let _ = self.child.wait();
         }
     }
+}
+
+/// A free TCP port on 127.0.0.1 (free when asked; bind it soon).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).unwrap_or(0)
 }
 
 /// The debug binary of workspace package `package` (named like it), built with cargo the first

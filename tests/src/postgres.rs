@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 
-use crate::etcd::free_port;
+use crate::free_port;
 
 /// A private PostgreSQL cluster, trust authentication, user `postgres`; stopped (immediately)
 /// and removed on drop.

@@ -7,7 +7,7 @@ use std::net::{SocketAddr, TcpStream};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::etcd::free_port;
+use crate::free_port;
 
 /// How long a start waits for the server to answer `PING`.
 const START_WITHIN: Duration = Duration::from_secs(10);

@@ -9,7 +9,8 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use lifecycle_etcd::{Change, InstanceWatcher};
-use lifecycle_tests::etcd::{Etcd, free_port};
+use lifecycle_tests::etcd::Etcd;
+use lifecycle_tests::free_port;
 use lifecycle_tests::{kill, workspace_binary};
 
 const WITHIN: Duration = Duration::from_secs(20);

@@ -3,8 +3,6 @@
 //! (unreachable server, wrong credentials, missing stream) fail the start with an error naming
 //! the component and without the password; the publisher flushes at stop.
 
-mod support;
-
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -13,7 +11,8 @@ use lifecycle_core::testing::{self, TestRun};
 use lifecycle_core::{BoxError, CancellationToken, ComponentOptions};
 use lifecycle_nats::async_nats::jetstream;
 use lifecycle_nats::{Delivery, JetStreamConsumer, MessageHandler, NatsPublisher, OnError};
-use support::{PrivateNats, Stream, free_port, nats_url, unique};
+use lifecycle_tests::free_port;
+use lifecycle_tests::nats::{PrivateNats, Stream, nats_url, unique};
 
 /// Fails every delivery numbered `fail_until` or less; records each delivery's number.
 #[derive(Clone, Default)]

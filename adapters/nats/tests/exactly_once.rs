@@ -2,16 +2,14 @@
 //! handled: each message's effect (a row keyed by its id in PostgreSQL) exists exactly once, and
 //! the server's consumer has nothing pending nor waiting for an ack at the end.
 
-mod support;
-
 use std::time::Duration;
 
 use lifecycle_core::testing::{self, TestRun};
 use lifecycle_core::{BoxError, CancellationToken, ComponentOptions};
 use lifecycle_nats::{Delivery, JetStreamConsumer, MessageHandler};
+use lifecycle_tests::nats::{Stream, nats_url, postgres_url, unique};
 use rand::{Rng, SeedableRng};
 use sqlx::postgres::PgPoolOptions;
-use support::{Stream, nats_url, postgres_url, unique};
 
 const MESSAGES: usize = 10_000;
 

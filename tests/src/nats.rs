@@ -1,13 +1,16 @@
-//! What the NATS tests share: unique names, streams on the shared server, a private server for
-//! the tests that need credentials, and the PostgreSQL they write to.
+//! What the NATS tests share (the adapter's and the `events` example's): unique names, streams
+//! on the shared server, a private server for the tests that need credentials or kill it, and
+//! the PostgreSQL they write to.
 
 // Test helpers: a failed set-up is the test's failure, with the reason.
-#![allow(dead_code, unreachable_pub, clippy::expect_used, clippy::unwrap_used)]
+#![allow(clippy::expect_used, clippy::unwrap_used, missing_docs)]
 
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use lifecycle_nats::async_nats::{self, jetstream};
+
+use crate::free_port;
 
 /// The shared NATS server with JetStream (`scripts/test` starts it when it is down).
 pub fn nats_url() -> String {
@@ -31,6 +34,7 @@ pub fn unique(prefix: &str) -> String {
 
 /// A stream named `name` on the shared server capturing `name.>`, deleted when dropped... by
 /// the test, with [`Stream::delete`].
+#[derive(Debug)]
 pub struct Stream {
     pub name: String,
     pub context: jetstream::Context,
@@ -90,13 +94,8 @@ impl Stream {
     }
 }
 
-/// A port nothing listens on (bound, then released).
-pub fn free_port() -> u16 {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    listener.local_addr().expect("address").port()
-}
-
 /// A private `nats-server`, killed when dropped: for tests that need credentials or kill it.
+#[derive(Debug)]
 pub struct PrivateNats {
     child: std::process::Child,
     pub port: u16,
@@ -134,10 +133,11 @@ impl Drop for PrivateNats {
 }
 
 /// A scratch directory, removed when dropped.
-pub struct TempDir(pub std::path::PathBuf);
+#[derive(Debug)]
+struct TempDir(std::path::PathBuf);
 
 impl TempDir {
-    pub fn new() -> Self {
+    fn new() -> Self {
         let dir = std::env::temp_dir().join(unique("lifecycle_nats"));
         std::fs::create_dir_all(&dir).expect("scratch directory");
         Self(dir)
