@@ -138,6 +138,12 @@ pub struct ComponentOptions {
     /// succeeded and every task it spawned ended without failing. With several such components,
     /// once all are done. For a migration runner, a batch job, a command-line tool.
     pub run_to_completion: bool,
+    /// Whether every other component of the registry stops before this one (and starts after
+    /// it), as if each declared an [optional](crate::Dependency::optional) dependency on it:
+    /// for what the others use until their last moment, such as telemetry providers that must
+    /// flush the spans of every other stop. Such a component may depend only on others marked
+    /// so (anything else is a cycle, refused by `build`); several marked ones stop together.
+    pub stops_last: bool,
 }
 
 impl Default for ComponentOptions {
@@ -155,6 +161,7 @@ impl ComponentOptions {
             critical: true,
             restart: None,
             run_to_completion: false,
+            stops_last: false,
         }
     }
 
@@ -191,6 +198,14 @@ impl ComponentOptions {
     #[must_use]
     pub const fn run_to_completion(mut self, completes: bool) -> Self {
         self.run_to_completion = completes;
+        self
+    }
+
+    /// Sets whether every other component stops before this one (see
+    /// [`stops_last`](ComponentOptions::stops_last)).
+    #[must_use]
+    pub const fn stops_last(mut self, last: bool) -> Self {
+        self.stops_last = last;
         self
     }
 }

@@ -175,8 +175,9 @@ impl RegistryBuilder {
     /// reported, not only the first. A stop timeout at or above the shutdown deadline is logged
     /// as a warning: should that component hang, the run shares the time left between it and
     /// what it depends on (see the crate documentation).
-    pub fn build(self) -> Result<Registry, BuildError> {
+    pub fn build(mut self) -> Result<Registry, BuildError> {
         let mut errors = self.check_settings();
+        self.add_stops_last_edges();
         let inputs: Vec<GraphInput<'_>> = self
             .entries
             .iter()
@@ -277,6 +278,21 @@ impl RegistryBuilder {
                 reload_requests,
             },
         })
+    }
+
+    /// Makes every component depend, optionally, on each one marked
+    /// [`stops_last`](ComponentOptions::stops_last) and not marked itself: an optional edge
+    /// orders the start and the stop without restarting the others with it, nor stopping them
+    /// when it is down.
+    fn add_stops_last_edges(&mut self) {
+        let last: Vec<ComponentId> =
+            self.entries.iter().filter(|e| e.options.stops_last).map(|e| e.id.clone()).collect();
+        if last.is_empty() {
+            return;
+        }
+        for entry in self.entries.iter_mut().filter(|e| !e.options.stops_last) {
+            entry.dependencies.extend(last.iter().map(|id| Dependency::on(id.clone()).optional()));
+        }
     }
 
     /// Settings that cannot work: a zero or unrepresentable deadline, a grace out of range.
@@ -487,6 +503,13 @@ impl<T> Registration<'_, T> {
     /// marked so) is done: started, and every task it spawned ended without failing.
     pub fn run_to_completion(self) -> Self {
         self.entry.options.run_to_completion = true;
+        self
+    }
+
+    /// Makes every other component stop before this one (see
+    /// [`ComponentOptions::stops_last`]).
+    pub fn stops_last(self) -> Self {
+        self.entry.options.stops_last = true;
         self
     }
 

@@ -6,6 +6,7 @@ mod support;
 
 use std::time::Duration;
 
+use lifecycle_core::ComponentOptions;
 use rand::rngs::SmallRng;
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
@@ -122,4 +123,34 @@ async fn report_lists_durations_and_renders_a_table() {
     );
     assert!(table.contains("component  outcome"), "{table}");
     assert!(table.lines().any(|l| l.trim_start().starts_with("db ") && l.contains("stopped")), "{table}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_component_marked_stops_last_stops_after_every_other_and_starts_before_them() {
+    let log = Log::default();
+    let slow = Hook::Sleep(Duration::from_millis(30));
+    let mut b = builder();
+    // Registered first and last, with components that know nothing about it.
+    b.add(Probe::new("api", &log).deps(&["db"]).stop(slow));
+    b.add(Probe::new("telemetry", &log).stop(slow).options(ComponentOptions::new().stops_last(true)));
+    b.add(Probe::new("db", &log).stop(slow));
+    b.add(Probe::new("worker", &log).stop(slow));
+    b.add(Probe::new("metrics", &log).stop(slow)).stops_last();
+    let report = run_until_ready_then_stop(b.build().unwrap()).await;
+
+    assert!(report.is_success(), "{report}");
+    for last in ["telemetry", "metrics"] {
+        for other in ["api", "db", "worker"] {
+            assert!(
+                log.at(other, "stop-end").unwrap() <= log.at(last, "stop-begin").unwrap(),
+                "{other} vs {last}"
+            );
+            assert!(
+                log.at(last, "start-end").unwrap() <= log.at(other, "start-begin").unwrap(),
+                "{other} vs {last}"
+            );
+        }
+    }
+    // The two marked ones do not wait for each other.
+    assert!(overlaps(&log, "telemetry", "metrics", "stop-begin", "stop-end"), "marked ones stop in parallel");
 }
