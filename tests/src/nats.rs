@@ -42,7 +42,12 @@ pub struct Stream {
 
 impl Stream {
     pub async fn create(name: &str) -> Self {
-        let client = async_nats::connect(nats_url()).await.expect("the shared NATS server is up");
+        Self::create_on(&nats_url(), name).await
+    }
+
+    /// A stream named `name` on the server at `url` (a private one, say).
+    pub async fn create_on(url: &str, name: &str) -> Self {
+        let client = async_nats::connect(url).await.expect("the NATS server is up");
         let context = jetstream::new(client);
         context
             .create_stream(jetstream::stream::Config {
@@ -61,8 +66,13 @@ impl Stream {
 
     /// Publishes `count` messages with ids `m-0`.. and waits for every ack from the stream.
     pub async fn publish(&self, count: usize) {
+        self.publish_from(0, count).await;
+    }
+
+    /// Publishes `count` messages with ids `m-<first>`.. and waits for every ack from the stream.
+    pub async fn publish_from(&self, first: usize, count: usize) {
         let mut acks = Vec::with_capacity(1000);
-        for i in 0..count {
+        for i in first..first + count {
             let mut headers = async_nats::HeaderMap::new();
             headers.insert(async_nats::header::NATS_MESSAGE_ID, format!("m-{i}").as_str());
             let ack = self
@@ -97,38 +107,75 @@ impl Stream {
 /// A private `nats-server`, killed when dropped: for tests that need credentials or kill it.
 #[derive(Debug)]
 pub struct PrivateNats {
-    child: std::process::Child,
+    child: Option<std::process::Child>,
     pub port: u16,
-    _dir: TempDir,
+    extra: Vec<String>,
+    dir: TempDir,
 }
 
 impl PrivateNats {
-    // Waited for by `Drop`; a panic before it is stored leaves it to the test process's end.
-    #[allow(clippy::zombie_processes)]
+    /// Starts one on a free port, with `extra` arguments (credentials, say).
     pub async fn start(extra: &[&str]) -> Self {
-        let port = free_port();
-        let dir = TempDir::new();
+        let mut server = Self {
+            child: None,
+            port: free_port(),
+            extra: extra.iter().map(|arg| (*arg).to_owned()).collect(),
+            dir: TempDir::new(),
+        };
+        server.launch().await;
+        server
+    }
+
+    /// Its URL, without credentials.
+    pub fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    /// Kills it (SIGKILL: clients see their connection drop) and waits until it is gone.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts it again on the same port with the same store: its streams and consumers are back.
+    pub async fn restart(&mut self) {
+        self.kill();
+        self.launch().await;
+    }
+
+    async fn launch(&mut self) {
         let child = std::process::Command::new("nats-server")
-            .args(["-a", "127.0.0.1", "-p", &port.to_string(), "-js", "-sd", dir.0.to_str().expect("utf-8")])
-            .args(extra)
+            .args([
+                "-a",
+                "127.0.0.1",
+                "-p",
+                &self.port.to_string(),
+                "-js",
+                "-sd",
+                self.dir.0.to_str().expect("utf-8"),
+            ])
+            .args(&self.extra)
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
             .spawn()
             .expect("nats-server on PATH");
+        // Waited for by `kill` (and `Drop`).
+        self.child = Some(child);
         for _ in 0..200 {
-            if tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_ok() {
-                return Self { child, port, _dir: dir };
+            if tokio::net::TcpStream::connect(("127.0.0.1", self.port)).await.is_ok() {
+                return;
             }
             tokio::time::sleep(Duration::from_millis(25)).await;
         }
-        panic!("the private nats-server did not listen on {port}");
+        panic!("the private nats-server did not listen on {}", self.port);
     }
 }
 
 impl Drop for PrivateNats {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.kill();
     }
 }
 

@@ -53,7 +53,10 @@ async fn run_drill(
     let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
     assert_eq!(report["mode"], mode);
     assert_eq!(report["restarts_completed"], report["restarts_requested"], "{stderr}");
-    assert!(report["requests"]["ok"].as_u64().unwrap() > 100, "{stderr}");
+    // Load really ran, and was served between the restarts. Not a throughput bound: on a loaded
+    // machine a kill drill saw 578 requests sent and 74 ok in its 2.5 s.
+    assert!(report["requests"]["sent"].as_u64().unwrap() > 100, "{stderr}");
+    assert!(report["requests"]["ok"].as_u64().unwrap() >= 10, "{stderr}");
     report
 }
 

@@ -16,7 +16,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use async_nats::jetstream::consumer::{AckPolicy, Consumer, pull};
-use async_nats::jetstream::context::GetStreamErrorKind;
+use async_nats::jetstream::context::{ConsumerInfoErrorKind, GetStreamErrorKind};
 use async_nats::jetstream::message::AckKind;
 use async_nats::jetstream::{self, ErrorCode};
 use async_nats::{Client, HeaderMap};
@@ -166,6 +166,11 @@ impl Counters {
 /// Fetch errors in a row after which the fetch loop of a consumer with a restart policy fails,
 /// so the supervisor restarts the consumer (a new connection, the consumer bound again).
 pub const ESCALATE_AFTER: u32 = 5;
+
+/// Empty fetches in a row after which the fetch loop asks the server whether the consumer still
+/// exists: a deleted one counts as a fetch error (and so, with a restart policy, is created again
+/// by the restart), which the fetches themselves do not show.
+const CHECK_AFTER_EMPTY: u32 = 5;
 
 /// What one start set up, and its stop takes apart.
 struct Running {
@@ -502,6 +507,7 @@ struct FetchLoop<H> {
 impl<H: MessageHandler> FetchLoop<H> {
     async fn run(self) -> Result<(), String> {
         let mut errors_in_a_row = 0;
+        let mut empty_in_a_row: u32 = 0;
         loop {
             // One free slot at least, then every other free one: a fetch asks for no more
             // messages than can be handled at once, so none waits in a buffer while its ack wait
@@ -517,7 +523,28 @@ impl<H: MessageHandler> FetchLoop<H> {
             while let Ok(permit) = Arc::clone(&self.slots).try_acquire_owned() {
                 permits.push(permit);
             }
-            match self.fetch(permits).await {
+            let fetched = match self.fetch(permits).await {
+                // Empty batches: an idle stream, or a consumer that is gone (deleted by an
+                // operator, or by a server that lost its state), which fetches do not tell.
+                Ok(0) => {
+                    empty_in_a_row += 1;
+                    if empty_in_a_row % CHECK_AFTER_EMPTY != 0 {
+                        continue;
+                    }
+                    let checked = self.check_consumer().await;
+                    if checked.is_err() {
+                        // The server's own word, not a blip: asking again changes nothing.
+                        errors_in_a_row = errors_in_a_row.max(ESCALATE_AFTER - 1);
+                    }
+                    checked
+                }
+                Ok(_) => {
+                    empty_in_a_row = 0;
+                    Ok(())
+                }
+                Err(error) => Err(error),
+            };
+            match fetched {
                 Ok(()) => errors_in_a_row = 0,
                 Err(error) => {
                     if self.fetching.is_cancelled() {
@@ -540,8 +567,25 @@ impl<H: MessageHandler> FetchLoop<H> {
         }
     }
 
-    /// One pull request for `permits.len()` messages, each run in a task of its own.
-    async fn fetch(&self, permits: Vec<OwnedSemaphorePermit>) -> Result<(), BoxError> {
+    /// Whether the server still has the consumer. Failing only when it says it has not: a
+    /// server that does not answer (disconnected, the client reconnecting) is no news.
+    async fn check_consumer(&self) -> Result<(), BoxError> {
+        match self.consumer.get_info().await {
+            Err(error)
+                if matches!(
+                    error.kind(),
+                    ConsumerInfoErrorKind::NotFound | ConsumerInfoErrorKind::StreamNotFound
+                ) =>
+            {
+                Err(error.into())
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// One pull request for `permits.len()` messages, each run in a task of its own: how many
+    /// came.
+    async fn fetch(&self, permits: Vec<OwnedSemaphorePermit>) -> Result<usize, BoxError> {
         let expires = Instant::now() + self.fetch_wait;
         self.work.pull_open(Some(expires));
         let fetched = self.take(permits, expires).await;
@@ -549,18 +593,24 @@ impl<H: MessageHandler> FetchLoop<H> {
         fetched
     }
 
-    async fn take(&self, mut permits: Vec<OwnedSemaphorePermit>, expires: Instant) -> Result<(), BoxError> {
+    async fn take(
+        &self,
+        mut permits: Vec<OwnedSemaphorePermit>,
+        expires: Instant,
+    ) -> Result<usize, BoxError> {
         let mut batch =
             self.consumer.fetch().max_messages(permits.len()).expires(self.fetch_wait).messages().await?;
         // The server ends the batch when it is full or at `expires`; a little more, in case its
         // end-of-batch status is lost.
         let until = expires + Duration::from_secs(1);
+        let mut received = 0;
         loop {
             let next = tokio::time::timeout_at(until, batch.next()).await;
             let message = match next {
-                Err(_) | Ok(None) => return Ok(()),
+                Err(_) | Ok(None) => return Ok(received),
                 Ok(Some(message)) => message?,
             };
+            received += 1;
             match permits.pop() {
                 Some(permit) if !self.fetching.is_cancelled() => {
                     let work = self.work.clone();
