@@ -150,9 +150,10 @@ fn random_suffix() -> u32 {
 }
 
 /// Health from the connection state. The adapter does not reconnect in place: a lost
-/// connection fails the component's task, and its restart policy (if any) starts it afresh.
-/// Until then it is unhealthy, since it cannot consume or publish; while lapin is still
-/// connecting it is degraded.
+/// connection fails the component's task, and its restart policy starts it afresh (without one,
+/// a critical component's failure stops the service). Until then it is degraded, not unhealthy:
+/// every instance shares the broker, and taking them all out of their balancer at once turns a
+/// blip into an outage.
 pub(crate) fn health(connection: Option<&Connection>, component: &ComponentId) -> Health {
     let Some(connection) = connection else {
         return Health::Unhealthy(ResourceError::NotRunning { component: component.clone() }.to_string());
@@ -165,8 +166,9 @@ pub(crate) fn health(connection: Option<&Connection>, component: &ComponentId) -
     } else if status.connecting() || status.reconnecting() {
         Health::Degraded("RabbitMQ connection being established".to_owned())
     } else {
-        Health::Unhealthy(format!(
-            "component `{component}`: RabbitMQ connection lost; it is not reconnected in place"
-        ))
+        Health::Degraded(
+            "RabbitMQ connection lost; the component fails so that its restart policy connects again"
+                .to_owned(),
+        )
     }
 }

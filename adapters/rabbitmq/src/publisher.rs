@@ -256,12 +256,20 @@ impl Component for RabbitPublisher {
                 .into());
             }
         };
+        let watch = Watch {
+            component: self.broker.component.clone(),
+            events: connected.connection.events_listener(),
+            status: connected.connection.status().clone(),
+            channel: channel.clone(),
+            token: ctx.token().clone(),
+        };
         let open =
             Open { connection: connected.connection, channel, name: connected.name, pending: Arc::default() };
         // A restart's stop already took the last channel out; one left is closed anyway.
         if let Some(previous) = self.replace(Some(open)) {
             let _ = self.close(&previous, until).await;
         }
+        ctx.tasks().spawn("rabbitmq_connection", watch.run());
         Ok(())
     }
 
@@ -307,6 +315,48 @@ impl fmt::Debug for RabbitPublisher {
             .field("connection", &self.connection_name())
             .field("stats", &self.stats())
             .finish()
+    }
+}
+
+/// The task that fails when the connection or the channel is lost (a broker restart, or a
+/// publish to an exchange that does not exist, which closes the channel): with a restart policy
+/// the publisher then starts again on a new connection.
+struct Watch<E> {
+    component: ComponentId,
+    events: E,
+    status: lapin::ConnectionStatus,
+    channel: Channel,
+    token: lifecycle_core::CancellationToken,
+}
+
+impl<E: futures_util::Stream<Item = lapin::Event> + Unpin> Watch<E> {
+    async fn run(mut self) -> Result<(), String> {
+        loop {
+            // Woken by the connection's events, and once a second anyway: not every way a
+            // connection ends is sent as an event.
+            let event = tokio::select! {
+                _ = self.token.cancelled() => return Ok(()),
+                event = self.events.next() => event,
+                _ = tokio::time::sleep(Duration::from_secs(1)) => None,
+            };
+            if self.token.is_cancelled() {
+                return Ok(());
+            }
+            let lost = if !self.status.connected() {
+                Some("the connection")
+            } else if !self.channel.status().connected() && !self.channel.status().closing() {
+                Some("the channel")
+            } else {
+                None
+            };
+            if let Some(what) = lost {
+                let cause = match event {
+                    Some(lapin::Event::Error(error)) => format!(": {error}"),
+                    _ => String::new(),
+                };
+                return Err(format!("component `{}`: {what} was lost{cause}", self.component));
+            }
+        }
     }
 }
 

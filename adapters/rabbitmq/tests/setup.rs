@@ -1,16 +1,19 @@
 //! Bad set-ups fail the start with an error naming the component and without the password: an
 //! unreachable broker after retrying until the start deadline, wrong credentials at once, a
-//! missing queue naming it. The publisher's stop waits for every confirm.
+//! missing queue naming it. The publisher's stop waits for every confirm, and a lost connection
+//! restarts it by its restart policy.
 
 mod support;
 
 use std::time::Duration;
 
 use lifecycle_core::testing::{self, TestRun};
-use lifecycle_core::{BoxError, CancellationToken, ComponentOptions};
+use lifecycle_core::{BoxError, CancellationToken, ComponentOptions, RestartPolicy};
 use lifecycle_rabbitmq::lapin::BasicProperties;
 use lifecycle_rabbitmq::{Delivery, MessageHandler, RabbitConsumer, RabbitPublisher};
-use support::{BrokerLog, Queue, amqp_url, connection_names, free_port, queue_counts, unique};
+use support::{
+    BrokerLog, Queue, amqp_url, close_connection, connection_names, free_port, queue_counts, unique,
+};
 
 struct Nothing;
 
@@ -148,5 +151,32 @@ async fn the_publisher_waits_for_every_confirm_at_stop() {
     assert!(!connection_names().await.contains(&connection), "the connection is closed");
     assert!(publisher.publish("", &queue.name, b"late", BasicProperties::default()).await.is_err());
     assert_eq!(log.dropped_connections(&connection), Vec::<String>::new(), "closed with connection.close");
+    queue.delete().await;
+}
+
+#[tokio::test]
+async fn a_publisher_whose_connection_is_closed_restarts_by_its_restart_policy() {
+    let queue = Queue::create(&unique("republished")).await;
+    let name = unique("events");
+    let mut builder = testing::builder();
+    let publisher = builder
+        .add(RabbitPublisher::new(name.clone(), amqp_url()).options(ComponentOptions::new().restart(
+            RestartPolicy::on_failure().backoff(Duration::from_millis(50), Duration::from_millis(200)),
+        )))
+        .dep();
+    let mut run = TestRun::start(builder);
+    run.ready().await;
+    let first = publisher.connection_name().unwrap();
+    close_connection(&first).await;
+    testing::eventually("a new connection", Duration::from_secs(20), || {
+        publisher.connection_name().is_some_and(|name| name != first)
+    })
+    .await;
+    let confirm = publisher.publish("", &queue.name, b"after the restart", BasicProperties::default()).await;
+    assert!(confirm.unwrap().await.unwrap().is_ack());
+    let report = run.stop().await;
+    assert!(report.is_success(), "{report}");
+    assert_eq!(report.component(name.as_str()).unwrap().failures.count, 1, "{report}");
+    assert_eq!(queue.ready().await, 1);
     queue.delete().await;
 }
