@@ -615,6 +615,24 @@ impl HttpServer {
         self
     }
 
+    /// Changes the router before the start: for a server built around routes of its own (the
+    /// gRPC adapter adds each service here).
+    #[must_use]
+    pub fn map_router(self, change: impl FnOnce(Router) -> Router) -> Self {
+        {
+            let mut router = self.router.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            if let Some(current) = router.take() {
+                *router = Some(change(current));
+            }
+        }
+        self
+    }
+
+    /// Client connections open now (WebSockets included).
+    pub fn connections_open(&self) -> u64 {
+        self.shared.counters.connections_open.load(Ordering::Acquire)
+    }
+
     /// Requests being served now.
     pub fn in_flight(&self) -> u64 {
         self.shared.counters.in_flight.load(Ordering::Acquire)

@@ -1,0 +1,254 @@
+//! A small gRPC service for the tests, written by hand (no protoc): `test.Echo` with a unary
+//! `Echo` and a server-streaming `Ticks`, its messages as prost structs, and a client for it.
+//! What the handlers do is chosen by the request, so one service serves every test.
+
+#![allow(dead_code, unreachable_pub, missing_docs, clippy::unwrap_used, clippy::expect_used)]
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use lifecycle_grpc::tonic::body::Body;
+use lifecycle_grpc::tonic::codegen::{BoxFuture, BoxStream, Service, http};
+use lifecycle_grpc::tonic::server::{Grpc, NamedService, ServerStreamingService, UnaryService};
+use lifecycle_grpc::tonic::transport::{Channel, Endpoint};
+use lifecycle_grpc::tonic::{Code, Request, Response, Status, Streaming};
+use tokio::sync::Notify;
+use tonic_prost::ProstCodec;
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct EchoRequest {
+    /// Echoed back; `panic` makes the handler panic, `forever` makes it wait forever, deaf to
+    /// every cancellation.
+    #[prost(string, tag = "1")]
+    pub text: String,
+    /// How long the handler works before it answers.
+    #[prost(uint64, tag = "2")]
+    pub delay_ms: u64,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct EchoReply {
+    #[prost(string, tag = "1")]
+    pub text: String,
+    /// Which server answered.
+    #[prost(string, tag = "2")]
+    pub server: String,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct TicksRequest {
+    #[prost(uint32, tag = "1")]
+    pub count: u32,
+    #[prost(uint64, tag = "2")]
+    pub interval_ms: u64,
+    /// The stream panics when it reaches this tick (0: never).
+    #[prost(uint32, tag = "3")]
+    pub panic_at: u32,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct Tick {
+    #[prost(uint32, tag = "1")]
+    pub n: u32,
+}
+
+/// What the handlers saw, for the tests to wait on.
+#[derive(Debug, Default)]
+pub struct Seen {
+    /// Notified when an `Echo` handler begins.
+    pub echo_entered: Notify,
+    pub echoes: AtomicU64,
+    /// Ticks streams begun.
+    pub streams: AtomicU64,
+}
+
+/// The `test.Echo` service.
+#[derive(Clone, Debug)]
+pub struct EchoServer {
+    name: Arc<str>,
+    seen: Arc<Seen>,
+}
+
+impl EchoServer {
+    pub fn new(name: &str) -> (Self, Arc<Seen>) {
+        let seen = Arc::new(Seen::default());
+        (Self { name: name.into(), seen: Arc::clone(&seen) }, seen)
+    }
+}
+
+impl NamedService for EchoServer {
+    const NAME: &'static str = "test.Echo";
+}
+
+struct EchoMethod(EchoServer);
+
+impl UnaryService<EchoRequest> for EchoMethod {
+    type Response = EchoReply;
+    type Future = BoxFuture<Response<EchoReply>, Status>;
+
+    fn call(&mut self, request: Request<EchoRequest>) -> Self::Future {
+        let server = self.0.clone();
+        Box::pin(async move {
+            server.seen.echo_entered.notify_one();
+            let EchoRequest { text, delay_ms } = request.into_inner();
+            match text.as_str() {
+                "panic" => panic!("handler bug"),
+                "forever" => std::future::pending::<()>().await,
+                _ => {}
+            }
+            if delay_ms > 0 {
+                tokio::time::sleep(Duration::from_millis(delay_ms)).await;
+            }
+            server.seen.echoes.fetch_add(1, Ordering::AcqRel);
+            Ok(Response::new(EchoReply { text, server: server.name.to_string() }))
+        })
+    }
+}
+
+struct TicksMethod(EchoServer);
+
+impl ServerStreamingService<TicksRequest> for TicksMethod {
+    type Response = Tick;
+    type ResponseStream = BoxStream<Tick>;
+    type Future = BoxFuture<Response<BoxStream<Tick>>, Status>;
+
+    fn call(&mut self, request: Request<TicksRequest>) -> Self::Future {
+        let seen = Arc::clone(&self.0.seen);
+        Box::pin(async move {
+            seen.streams.fetch_add(1, Ordering::AcqRel);
+            let TicksRequest { count, interval_ms, panic_at } = request.into_inner();
+            let interval = Duration::from_millis(interval_ms);
+            let ticks = futures_util::stream::unfold(1, move |n| async move {
+                if n > count {
+                    return None;
+                }
+                if n > 1 {
+                    tokio::time::sleep(interval).await;
+                }
+                // After the pause, in which the ticks before were sent.
+                assert!(n != panic_at, "stream bug at tick {n}");
+                Some((Ok(Tick { n }), n + 1))
+            });
+            Ok(Response::new(ticks.boxed() as BoxStream<Tick>))
+        })
+    }
+}
+
+impl Service<http::Request<Body>> for EchoServer {
+    type Response = http::Response<Body>;
+    type Error = Infallible;
+    type Future = BoxFuture<http::Response<Body>, Infallible>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: http::Request<Body>) -> Self::Future {
+        let server = self.clone();
+        Box::pin(async move {
+            Ok(match request.uri().path() {
+                "/test.Echo/Echo" => {
+                    Grpc::new(ProstCodec::default()).unary(EchoMethod(server), request).await
+                }
+                "/test.Echo/Ticks" => {
+                    Grpc::new(ProstCodec::default()).server_streaming(TicksMethod(server), request).await
+                }
+                _ => Status::unimplemented("no such method").into_http(),
+            })
+        })
+    }
+}
+
+/// A client of `test.Echo` over one channel (one connection, made again when it closes).
+#[derive(Clone, Debug)]
+pub struct EchoClient {
+    grpc: lifecycle_grpc::tonic::client::Grpc<Channel>,
+}
+
+impl EchoClient {
+    pub fn channel(address: SocketAddr) -> Channel {
+        Endpoint::from_shared(format!("http://{address}")).unwrap().connect_lazy()
+    }
+
+    pub fn new(channel: Channel) -> Self {
+        Self { grpc: lifecycle_grpc::tonic::client::Grpc::new(channel) }
+    }
+
+    pub fn to(address: SocketAddr) -> Self {
+        Self::new(Self::channel(address))
+    }
+
+    pub async fn echo(&mut self, text: &str, delay_ms: u64) -> Result<EchoReply, Status> {
+        self.grpc.ready().await.map_err(|error| Status::from_error(error.into()))?;
+        let path = http::uri::PathAndQuery::from_static("/test.Echo/Echo");
+        let request = Request::new(EchoRequest { text: text.to_owned(), delay_ms });
+        Ok(self.grpc.unary(request, path, ProstCodec::default()).await?.into_inner())
+    }
+
+    pub async fn ticks(
+        &mut self,
+        count: u32,
+        interval_ms: u64,
+        panic_at: u32,
+    ) -> Result<Streaming<Tick>, Status> {
+        self.grpc.ready().await.map_err(|error| Status::from_error(error.into()))?;
+        let path = http::uri::PathAndQuery::from_static("/test.Echo/Ticks");
+        let request = Request::new(TicksRequest { count, interval_ms, panic_at });
+        Ok(self.grpc.server_streaming(request, path, ProstCodec::default()).await?.into_inner())
+    }
+}
+
+/// How a call that did not succeed failed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Failure {
+    /// The connection was refused: no server took the call.
+    Refused,
+    /// The call never reached a server: cancelled or handed back by a closed connection before
+    /// it was sent, or an HTTP/2 stream the server refused or left above its `GOAWAY` (RFC 9113,
+    /// 8.7 and 6.8). Safe to send again.
+    NotProcessed,
+    /// Anything else: a call a server took and did not answer.
+    Failed,
+}
+
+/// The kind of `status`'s failure, from its cause.
+pub fn classify(status: &Status) -> Failure {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(status);
+    while let Some(error) = source {
+        if let Some(io) = error.downcast_ref::<std::io::Error>() {
+            if io.kind() == std::io::ErrorKind::ConnectionRefused {
+                return Failure::Refused;
+            }
+        }
+        if let Some(h2) = error.downcast_ref::<h2::Error>() {
+            let refused = h2.reason() == Some(h2::Reason::REFUSED_STREAM);
+            let graceful_go_away = h2.is_go_away() && h2.reason() == Some(h2::Reason::NO_ERROR);
+            if h2.is_remote() && (refused || graceful_go_away) {
+                return Failure::NotProcessed;
+            }
+        }
+        source = error.source();
+    }
+    let text = format!("{status:?}").to_lowercase();
+    if text.contains("connection refused") {
+        Failure::Refused
+    } else if status.code() == Code::Cancelled || text.contains("operation was canceled") {
+        // hyper guarantees a cancelled request was never written to the socket.
+        Failure::NotProcessed
+    } else {
+        Failure::Failed
+    }
+}
+
+/// Whether `status` is the clean end the server gives a stream at the soft deadline (a status in
+/// the trailers, not a transport error).
+pub fn is_clean_unavailable(status: &Status) -> bool {
+    status.code() == Code::Unavailable
+        && status.message() == "the server is shutting down"
+        && std::error::Error::source(status).is_none()
+}
