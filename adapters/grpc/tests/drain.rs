@@ -224,12 +224,16 @@ async fn health_says_not_serving_while_the_listener_still_accepts_then_watches_e
     let served = serve(b, |server| server.options(stop_timeout(Duration::from_secs(10)))).await;
     let serving = ServingStatus::Serving as i32;
     let not_serving = ServingStatus::NotServing as i32;
+    let mut health = HealthClient::new(EchoClient::channel(served.address));
+    let mut watch = health.watch(HealthCheckRequest { service: String::new() }).await.unwrap().into_inner();
+    // SERVING once the service is ready: the watch sees it (after NOT_SERVING if it came first).
+    within("SERVING on the watch", Duration::from_secs(5), async {
+        while watch.message().await.unwrap().unwrap().status != serving {}
+    })
+    .await;
     for service in ["", "test.Echo"] {
         assert_eq!(check(served.address, service).await.unwrap(), serving, "{service:?} once ready");
     }
-    let mut health = HealthClient::new(EchoClient::channel(served.address));
-    let mut watch = health.watch(HealthCheckRequest { service: String::new() }).await.unwrap().into_inner();
-    assert_eq!(watch.message().await.unwrap().unwrap().status, serving);
 
     served.run.handle().shutdown().request("test over", 0);
     let status = within("NOT_SERVING on the watch", Duration::from_secs(5), watch.message()).await;
@@ -361,4 +365,48 @@ async fn a_successor_on_the_same_socket_takes_the_clients_over_without_a_failed_
     assert!(
         first.seen.echoes.load(Ordering::Acquire) > 0 && successor.seen.echoes.load(Ordering::Acquire) > 0
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_says_not_serving_until_the_whole_service_is_ready() {
+    let warmed = Arc::new(tokio::sync::Notify::new());
+    let mut b = builder();
+    let release = Arc::clone(&warmed);
+    // Another component still starting: the service is not ready, though the server accepts.
+    b.add(lifecycle_core::FnComponent::new("warmup").on_start(move |_ctx| {
+        let release = Arc::clone(&release);
+        async move {
+            release.notified().await;
+            Ok::<(), lifecycle_core::BoxError>(())
+        }
+    }));
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let address = listener.local_addr().unwrap();
+    let (echo, _) = EchoServer::new("first");
+    b.add(GrpcServer::new("grpc", listener).add_service(echo));
+    let mut run = TestRun::start(b);
+    let not_serving = ServingStatus::NotServing as i32;
+    let answer = within("an answer while starting", Duration::from_secs(5), async {
+        loop {
+            match check(address, "test.Echo").await {
+                Ok(status) => return status,
+                // The server's start may not have begun yet.
+                Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+            }
+        }
+    })
+    .await;
+    assert_eq!(answer, not_serving, "not serving while another component starts");
+    assert_eq!(check(address, "").await.unwrap(), not_serving);
+    warmed.notify_one();
+    run.ready().await;
+    let serving = ServingStatus::Serving as i32;
+    let mut health = HealthClient::new(EchoClient::channel(address));
+    let mut watch =
+        health.watch(HealthCheckRequest { service: "test.Echo".to_owned() }).await.unwrap().into_inner();
+    within("SERVING once ready", Duration::from_secs(5), async {
+        while watch.message().await.unwrap().unwrap().status != serving {}
+    })
+    .await;
+    testing::assert_clean(&run.stop().await);
 }
