@@ -119,8 +119,9 @@ impl GrpcServer {
         self
     }
 
-    /// The most client connections served at once (see [`HttpServer::max_connections`]; one
-    /// beyond it is closed).
+    /// The most client connections served at once (see [`HttpServer::max_connections`]). One
+    /// beyond it is answered in HTTP/1.1 (`503`) and closed, which a gRPC client sees as a
+    /// failed connection, before any call of it was taken.
     #[must_use]
     pub fn max_connections(mut self, max: usize) -> Self {
         self.http = self.http.max_connections(max);

@@ -263,6 +263,11 @@ async fn a_panicking_handler_answers_internal_and_the_server_carries_on() {
     let status = client.echo("panic", 0).await.unwrap_err();
     assert_eq!(status.code(), lifecycle_grpc::tonic::Code::Internal, "{status:?}");
     assert_eq!(client.echo("after", 0).await.unwrap().text, "after", "the same connection carries on");
+    assert_eq!(
+        client.echo("context", 0).await.unwrap().text,
+        "context reached",
+        "RequestContext in the request"
+    );
 
     // A stream that panics after two ticks: the ticks sent stay sent, then INTERNAL.
     let mut stream = client.ticks(5, 1, 3).await.unwrap();

@@ -95,10 +95,17 @@ impl UnaryService<EchoRequest> for EchoMethod {
         let server = self.0.clone();
         Box::pin(async move {
             server.seen.echo_entered.notify_one();
+            let request_context = request.extensions().get::<lifecycle_grpc::RequestContext>().cloned();
             let EchoRequest { text, delay_ms } = request.into_inner();
             match text.as_str() {
                 "panic" => panic!("handler bug"),
                 "forever" => std::future::pending::<()>().await,
+                // Whether the server's signals reach the handler through the request.
+                "context" => {
+                    let reached = request_context.is_some_and(|context| !context.is_going_away());
+                    let text = if reached { "context reached" } else { "no context" }.to_owned();
+                    return Ok(Response::new(EchoReply { text, server: server.name.to_string() }));
+                }
                 _ => {}
             }
             if delay_ms > 0 {
