@@ -10,7 +10,8 @@ use std::time::{Duration, Instant};
 use lifecycle_core::testing::{self, TestRun, builder};
 use lifecycle_core::{BoxError, ComponentOptions, FnComponent};
 use lifecycle_etcd::{Change, EtcdRegistration, InstanceWatcher};
-use lifecycle_tests::etcd::{Etcd, free_port};
+use lifecycle_tests::etcd::Etcd;
+use lifecycle_tests::free_port;
 
 /// How long a watcher waits for the change it expects.
 const CHANGE_WITHIN: Duration = Duration::from_secs(10);
