@@ -197,6 +197,46 @@ async fn failed_upgrades_leave_the_old_process_serving() {
     assert_eq!(stderr.matches("`upgrade`: upgrade failed, still serving").count(), 4, "{stderr}");
 }
 
+/// The process id of the successor the log says was started last.
+async fn successor_started(service: &Service) -> u32 {
+    stderr_contains(service, "upgrade: successor started", Duration::from_secs(10)).await;
+    let stderr = service.stderr();
+    let line = stderr.lines().rfind(|line| line.contains("upgrade: successor started")).unwrap();
+    let pid = line.split_whitespace().find_map(|field| field.strip_prefix("pid=")).unwrap();
+    pid.parse().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upgrade_signal_before_the_successor_handles_it_does_not_kill_it() {
+    let knobs = temp_dir("early-signal");
+    let service = Service::spawn(FIXTURE, &["--knobs", knobs.to_str().unwrap()]).unwrap();
+    let (address, pid) = ready(&service);
+    // The successor waits 1 s before it sets anything up: a deploy script that signals it in
+    // that time (its pid is known, the PID file does not name it yet) hits a process with no
+    // handler of its own.
+    std::fs::write(knobs.join("slow"), b"").unwrap();
+    kill("USR2", pid);
+    let successor = successor_started(&service).await;
+    for _ in 0..5 {
+        kill("USR2", successor);
+        kill("USR1", successor);
+        tokio::time::sleep(Duration::from_millis(40)).await;
+    }
+    std::fs::remove_file(knobs.join("slow")).unwrap();
+    let (_, ready_pid) = ready(&service);
+    assert_eq!(ready_pid, successor, "the signalled successor took over:\n{}", service.stderr());
+    wait_exited(pid, Duration::from_secs(10)).await;
+    assert_eq!(served_by(address).await, successor);
+    let stderr = stop(service, successor).await;
+    assert!(!stderr.contains("upgrade failed"), "{stderr}");
+    assert_eq!(
+        stderr.matches("upgrade: successor started").count(),
+        1,
+        "signals in the window were dropped:\n{stderr}"
+    );
+    let _ = std::fs::remove_dir_all(knobs);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_triggers_start_one_upgrade_and_a_successor_defers_one_until_its_predecessor_is_gone() {
     let service = Service::spawn(FIXTURE, &[]).unwrap();

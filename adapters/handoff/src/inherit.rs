@@ -1,16 +1,23 @@
 //! Taking over what a previous process passed us: the listening sockets and the readiness
 //! channel from a parent during an upgrade, or systemd's socket-activated descriptors.
 //!
-//! This is the only module of the workspace with `unsafe` code, for two operations the
-//! protocols require: claiming a descriptor number as our own (`OwnedFd::from_raw_fd`) and
+//! Also what a successor inherits besides them: its upgrade signals set to be ignored, so that
+//! one arriving before it installs its handlers cannot kill it.
+//!
+//! This is the only module of the workspace with `unsafe` code, for three operations the
+//! protocols require: claiming a descriptor number as our own (`OwnedFd::from_raw_fd`),
 //! clearing the variables that described them (`env::remove_var`), so that processes we start
-//! later inherit neither.
+//! later inherit neither, and changing a signal's disposition in a successor between `fork`
+//! and `exec` (`pre_exec`).
 
 #![allow(unsafe_code)]
 
 use std::env;
 use std::os::fd::{FromRawFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicBool, Ordering};
+
+use nix::sys::signal::{SigHandler, Signal};
+use tokio::signal::unix::SignalKind;
 
 use crate::HandoffError;
 
@@ -144,4 +151,29 @@ fn adopt(fd: RawFd, what: &str) -> Result<OwnedFd, HandoffError> {
         HandoffError::Inherit(format!("descriptor {fd} for {what}: close-on-exec: {error}"))
     })?;
     Ok(owned)
+}
+
+/// Makes the successor `command` starts ignore `signals` from its first instruction on.
+///
+/// A signal's default action (ending the process, for SIGUSR1/SIGUSR2) applies until a process
+/// installs a handler, which a successor does only once its `Upgrade` starts, tens of
+/// milliseconds after `exec`: a deploy script that signals it in that window would kill it. An
+/// ignored disposition, unlike a handler, survives `exec`, and the successor's handlers replace
+/// it when they are installed. A signal in the window is so dropped, not fatal; scripts that
+/// signal the process the PID file names never hit it (the file names a successor once it is
+/// ready).
+pub(crate) fn ignore_in_successor(command: &mut tokio::process::Command, signals: &[SignalKind]) {
+    let signals: Vec<Signal> =
+        signals.iter().filter_map(|kind| Signal::try_from(kind.as_raw_value()).ok()).collect();
+    // SAFETY: the closure runs in the child between `fork` and `exec`, where only
+    // async-signal-safe calls are allowed: it allocates nothing (the list is built above) and
+    // calls only `sigaction`, which is async-signal-safe.
+    unsafe {
+        command.pre_exec(move || {
+            for signal in &signals {
+                nix::sys::signal::signal(*signal, SigHandler::SigIgn).map_err(std::io::Error::from)?;
+            }
+            Ok(())
+        });
+    }
 }

@@ -16,7 +16,7 @@ use tokio::net::UnixStream;
 use tokio::process::Child;
 use tokio::signal::unix::SignalKind;
 
-use crate::inherit::{CONTROL_FD, FIRST_LISTENER_FD, NAMES_VAR, PARENT_VAR};
+use crate::inherit::{CONTROL_FD, FIRST_LISTENER_FD, NAMES_VAR, PARENT_VAR, ignore_in_successor};
 use crate::{Listeners, UpgradeError, control, pidfile};
 
 /// Default for [`Upgrade::ready_timeout`].
@@ -284,6 +284,7 @@ impl UpgradeHandle {
         for variable in NOT_INHERITED {
             command.env_remove(variable);
         }
+        ignore_in_successor(&mut command, &lock(&shared.signals));
         let mut mappings = vec![FdMapping { parent_fd: theirs.into(), child_fd: CONTROL_FD }];
         for (index, (_, socket)) in listeners.into_iter().enumerate() {
             let child_fd =

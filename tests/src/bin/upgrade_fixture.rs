@@ -7,8 +7,9 @@
 //! `GET /grandchild` (runs `sh` and returns its environment and open descriptors). Options:
 //! `--listen ADDR` (default `127.0.0.1:0`), `--unix PATH` (also a Unix listener), `--pid-file
 //! PATH`, `--ready-timeout MS`, `--sd-notify`, `--knobs DIR`: when `DIR/crash` exists at start
-//! the process exits with code 3 while starting; when `DIR/hang` exists its start never ends.
-//! Both are read at start, so a test can change them between generations. Without `--listen`
+//! the process exits with code 3 while starting; when `DIR/hang` exists its start never ends;
+//! when `DIR/slow` exists the process waits 1 s before it sets anything up (as one that loads a
+//! large configuration first, before any handler is installed). All are read at start, so a test can change them between generations. Without `--listen`
 //! and `--pid-file`, the variables `LISTEN_ADDR` and `PID_FILE` give them: the contract of
 //! `lifecycle-drill`, which can so measure an upgrade with nothing but the hand-over in it.
 
@@ -108,6 +109,9 @@ fn grandchild() -> String {
 fn main() -> Result<(), String> {
     tracing_subscriber::fmt().with_writer(std::io::stderr).with_ansi(false).with_env_filter("info").init();
     let options = options()?;
+    if options.knobs.as_ref().is_some_and(|dir| dir.join("slow").exists()) {
+        std::thread::sleep(Duration::from_secs(1));
+    }
     if options.inherit_late {
         // What a program that inherits too late looks like: another thread already runs.
         std::thread::spawn(|| std::thread::sleep(Duration::from_secs(5)));
