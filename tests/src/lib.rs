@@ -2,6 +2,7 @@
 //! generator they share with the benchmarks.
 
 pub mod etcd;
+pub mod grpc;
 pub mod load;
 pub mod nats;
 pub mod postgres;

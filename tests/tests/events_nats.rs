@@ -8,100 +8,15 @@
 
 use std::time::{Duration, Instant};
 
+mod events_support;
+
+use events_support::{DURABLE, Database, start_events};
 use lifecycle_nats::async_nats;
-use lifecycle_sqlx::sqlx::{self, AssertSqlSafe};
-use lifecycle_tests::nats::{Stream, nats_url, postgres_url, unique};
-use lifecycle_tests::{Service, free_port, load, pid_in, upgrade, wait_exited, workspace_binary};
+use lifecycle_tests::nats::{Stream, nats_url, unique};
+use lifecycle_tests::{pid_in, upgrade, wait_exited};
 use rand::{Rng, SeedableRng};
 
 const MESSAGES: i64 = 10_000;
-const DURABLE: &str = "recorder";
-
-/// A database of the test's own on the shared server, dropped by [`Database::drop_now`].
-struct Database {
-    name: String,
-    admin: sqlx::PgPool,
-    pool: sqlx::PgPool,
-}
-
-impl Database {
-    async fn create(prefix: &str) -> Self {
-        let name = unique(prefix).to_lowercase();
-        let admin = sqlx::PgPool::connect(&postgres_url()).await.expect("PostgreSQL is up");
-        sqlx::query(AssertSqlSafe(format!("CREATE DATABASE {name}")))
-            .execute(&admin)
-            .await
-            .expect("database");
-        let pool = sqlx::PgPool::connect(&Self::url_of(&name)).await.expect("the new database");
-        Self { name, admin, pool }
-    }
-
-    fn url_of(name: &str) -> String {
-        let base = postgres_url();
-        let server = base.rsplit_once('/').map_or(base.as_str(), |(server, _)| server);
-        format!("{server}/{name}")
-    }
-
-    fn url(&self) -> String {
-        Self::url_of(&self.name)
-    }
-
-    /// Rows in `events`, 0 before the service created the table.
-    async fn rows(&self) -> i64 {
-        sqlx::query_scalar("SELECT count(*) FROM events").fetch_one(&self.pool).await.unwrap_or(0)
-    }
-
-    async fn distinct_expected_ids(&self) -> i64 {
-        sqlx::query_scalar("SELECT count(DISTINCT id) FROM events WHERE id ~ '^m-[0-9]+$'")
-            .fetch_one(&self.pool)
-            .await
-            .expect("count")
-    }
-
-    async fn drop_now(self) {
-        self.pool.close().await;
-        sqlx::query(AssertSqlSafe(format!("DROP DATABASE {} WITH (FORCE)", self.name)))
-            .execute(&self.admin)
-            .await
-            .expect("drop database");
-    }
-}
-
-/// Starts `events` on `stream` and `database`, its probes on a free port; waits until ready.
-async fn start_events(
-    stream: &Stream,
-    database: &Database,
-    pid_file: Option<&std::path::Path>,
-) -> (Service, u16) {
-    let port = free_port();
-    let listen = format!("127.0.0.1:{port}");
-    let subjects = format!("{}.>", stream.name);
-    let database_url = database.url();
-    let nats = nats_url();
-    let mut env = vec![
-        ("NATS_URL", nats.as_str()),
-        ("STREAM", stream.name.as_str()),
-        ("SUBJECTS", subjects.as_str()),
-        ("CONSUMER", DURABLE),
-        ("DATABASE_URL", database_url.as_str()),
-        ("LISTEN_ADDR", listen.as_str()),
-        ("CONCURRENCY", "16"),
-        ("SHUTDOWN_DEADLINE", "10"),
-    ];
-    if let Some(path) = pid_file.and_then(|path| path.to_str()) {
-        env.push(("PID_FILE", path));
-    }
-    let binary = workspace_binary("events");
-    let service =
-        Service::spawn_with_env(binary.to_str().expect("utf-8 path"), &[], &env).expect("events starts");
-    let address = std::net::SocketAddr::from(([127, 0, 0, 1], port));
-    let until = Instant::now() + Duration::from_secs(30);
-    while load::get(address, "/readyz").await.is_none_or(|(status, _)| status != 200) {
-        assert!(Instant::now() < until, "events not ready within 30 s:\n{}", service.stderr());
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    (service, port)
-}
 
 /// The consumer's stop notes in a service's standard error: `(acked, redelivered, left)` summed
 /// over every report in it (a process and its successors write to the same pipe).
@@ -162,7 +77,7 @@ async fn sigterm_at_random_points_then_a_restart_records_every_event_once() {
     let mut rng = rand::rngs::SmallRng::seed_from_u64(seed);
     let (mut acked, mut redelivered, mut left) = (0, 0, 0);
     for run in 1..=3 {
-        let (service, _) = start_events(&stream, &database, None).await;
+        let service = start_events(&stream, &database, None).await.service;
         if run < 3 {
             // A random point of what is left: handlers are in flight when SIGTERM comes.
             let done = database.rows().await;
@@ -208,7 +123,7 @@ async fn twenty_upgrades_while_events_arrive_record_every_event_once() {
     let dir = std::env::temp_dir().join(unique("events_upgrade"));
     std::fs::create_dir_all(&dir).expect("scratch directory");
     let pid_file = dir.join("events.pid");
-    let (first, _) = start_events(&stream, &database, Some(&pid_file)).await;
+    let first = start_events(&stream, &database, Some(&pid_file)).await.service;
 
     // Messages keep arriving during the upgrades: about 400 a second, each stored by the server.
     let publisher = {

@@ -18,7 +18,8 @@ use lifecycle_grpc::GrpcServer;
 use lifecycle_grpc::tonic_health::pb::HealthCheckRequest;
 use lifecycle_grpc::tonic_health::pb::health_check_response::ServingStatus;
 use lifecycle_grpc::tonic_health::pb::health_client::HealthClient;
-use support::{EchoClient, EchoServer, Failure, Seen, classify, is_clean_unavailable};
+use lifecycle_tests::grpc::{Failure, classify, is_clean_unavailable};
+use support::{EchoClient, EchoServer, Seen};
 
 struct Served {
     server: lifecycle_core::Dep<GrpcServer>,

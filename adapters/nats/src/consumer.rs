@@ -129,7 +129,8 @@ pub struct ConsumerStats {
     pub nacked: u64,
     /// Messages terminated (or dead-lettered) because their handler failed.
     pub terminated: u64,
-    /// Deliveries that were not the message's first.
+    /// Deliveries that were not the message's first (handled, or given back at once after the
+    /// drain).
     pub redelivered: u64,
     /// Messages given back at a stop without being handled: their handler was cancelled at the
     /// stop timeout, or they arrived after the drain. The server delivers them again.
@@ -618,7 +619,10 @@ impl<H: MessageHandler> FetchLoop<H> {
                 }
                 // After the drain (or if the server sent more than asked): back to the server
                 // now, for another instance, rather than after the ack wait.
-                _ => self.work.give_back(&message).await,
+                _ => {
+                    self.work.delivered(&message);
+                    self.work.give_back(&message).await;
+                }
             }
         }
     }
@@ -675,13 +679,7 @@ impl<H: MessageHandler> Work<H> {
     async fn process(self, message: jetstream::Message, permit: OwnedSemaphorePermit) {
         let _slot = permit;
         let _in_flight = InFlight::new(&self.counters.in_flight);
-        let (delivered, stream_sequence) = match message.info() {
-            Ok(info) => (u64::try_from(info.delivered).unwrap_or(1), info.stream_sequence),
-            Err(_) => (1, 0),
-        };
-        if delivered > 1 {
-            Counters::bump(&self.counters.redelivered);
-        }
+        let (delivered, stream_sequence) = self.delivered(&message);
         let delivery = Delivery { message, delivered, stream_sequence };
         let cancel = self.handlers.child_token();
         let outcome = tokio::select! {
@@ -695,6 +693,19 @@ impl<H: MessageHandler> Work<H> {
             Some(Err(error)) => self.failed(&delivery, &error).await,
             None => self.give_back(&delivery.message).await,
         }
+    }
+
+    /// Which delivery of its message `message` is, and the message's place in the stream;
+    /// counts it when it is not the first.
+    fn delivered(&self, message: &jetstream::Message) -> (u64, u64) {
+        let (delivered, stream_sequence) = match message.info() {
+            Ok(info) => (u64::try_from(info.delivered).unwrap_or(1), info.stream_sequence),
+            Err(_) => (1, 0),
+        };
+        if delivered > 1 {
+            Counters::bump(&self.counters.redelivered);
+        }
+        (delivered, stream_sequence)
     }
 
     async fn ack(&self, delivery: &Delivery) {

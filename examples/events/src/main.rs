@@ -1,17 +1,23 @@
 //! Run with `cargo run -p events` (NATS with JetStream on 127.0.0.1:4222, PostgreSQL on
 //! 127.0.0.1:5432): records every message published on `events.>` in the `events` table, once,
-//! whatever stops or upgrades the service in between. A message is acknowledged only after its
+//! whatever stops or upgrades the service in between, and serves them over gRPC
+//! (`proto/events.proto`: `Get`, `Count`, and `Follow`, a stream of new events). A message is acknowledged only after its
 //! row is committed, and the row is keyed by the message's id, so a message delivered again
 //! (after a crash, a stop that cut its handler, an upgrade) changes nothing. Ctrl-C or SIGTERM
-//! drains and stops it; SIGUSR2 upgrades it to the binary now on disk, the successor consuming
-//! before this process stops.
+//! drains and stops it (gRPC health says `NOT_SERVING` first, calls in flight finish, `Follow`
+//! streams end with `UNAVAILABLE`); SIGUSR2 upgrades it to the binary now on disk, the
+//! successor consuming and serving before this process stops.
 //!
 //! ```text
 //! nats pub events.signup '{"user":1}' -H Nats-Msg-Id:signup-1   # the id makes a retry harmless
 //! psql postgres://postgres@127.0.0.1/test -c 'SELECT id, subject FROM events'
+//! grpcurl -plaintext -import-path examples/events/proto -proto events.proto localhost:50051 events.v1.Events/Count
+//! grpcurl -plaintext localhost:50051 grpc.health.v1.Health/Check
 //! curl -s localhost:8081/readyz
 //! curl -s localhost:8081/metrics
 //! ```
+
+mod api;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -19,10 +25,13 @@ use std::time::Duration;
 
 use axum::Router;
 use clap::Parser;
+use events::proto::Event;
+use events::proto::events_server::EventsServer;
 use lifecycle_core::{
     BoxError, CancellationToken, ComponentOptions, Dep, Dependency, FnComponent, RegistryBuilder,
     RestartPolicy, redact_url,
 };
+use lifecycle_grpc::GrpcServer;
 use lifecycle_handoff::{Listeners, Upgrade};
 use lifecycle_http::{HealthPaths, HttpServer};
 use lifecycle_nats::async_nats::jetstream;
@@ -68,6 +77,14 @@ struct Config {
         hide_env_values = true
     )]
     database_url: String,
+    /// Where the gRPC API (and its `grpc.health.v1` service) is served.
+    #[arg(
+        long = "grpc-listen",
+        env = "GRPC_LISTEN_ADDR",
+        value_name = "ADDR",
+        default_value = "127.0.0.1:50051"
+    )]
+    grpc_listen: SocketAddr,
     /// Where `/livez`, `/readyz` and `/metrics` are served.
     #[arg(long = "listen", env = "LISTEN_ADDR", value_name = "ADDR", default_value = "127.0.0.1:8081")]
     listen: SocketAddr,
@@ -77,10 +94,21 @@ struct Config {
     /// Where the serving process writes its id (rewritten by each upgrade).
     #[arg(long, env = "PID_FILE", value_name = "PATH")]
     pid_file: Option<PathBuf>,
+    /// Seconds between turning unready (`/readyz` 503, gRPC health `NOT_SERVING`) and stopping:
+    /// time for load balancers and health-checking clients to stop sending new work.
+    #[arg(long, env = "DRAIN_DELAY", value_name = "SECONDS", default_value = "0", value_parser = delay)]
+    drain_delay: Duration,
     /// Seconds a stop may take in all; handlers still running after 80% of it are cancelled and
     /// their messages given back.
     #[arg(long, env = "SHUTDOWN_DEADLINE", value_name = "SECONDS", default_value = "10", value_parser = seconds)]
     shutdown_deadline: Duration,
+}
+
+fn delay(text: &str) -> Result<Duration, String> {
+    match text.parse::<f64>() {
+        Ok(value) if (0.0..=300.0).contains(&value) => Ok(Duration::from_secs_f64(value)),
+        _ => Err(format!("`{text}` is not a number of seconds from 0 to 300")),
+    }
 }
 
 fn seconds(text: &str) -> Result<Duration, String> {
@@ -96,6 +124,8 @@ const MIGRATION: &str = "CREATE TABLE IF NOT EXISTS events (id TEXT PRIMARY KEY,
 /// Writes each message as a row keyed by its id (`Nats-Msg-Id`, else its place in the stream).
 struct Record {
     db: Dep<PgPool>,
+    /// Where new rows are announced (to `Follow` calls).
+    recorded: tokio::sync::broadcast::Sender<Event>,
 }
 
 impl MessageHandler for Record {
@@ -107,16 +137,23 @@ impl MessageHandler for Record {
         let insert = sqlx::query(
             "INSERT INTO events (id, subject, payload) VALUES ($1, $2, $3) ON CONFLICT (id) DO NOTHING",
         )
-        .bind(id)
+        .bind(&id)
         .bind(delivery.subject())
         .bind(delivery.payload())
         .execute(self.db.pool()?);
         // Cut at the stop timeout: the row may or may not be committed; either way the message
         // is not acked, comes back, and its second insert changes nothing.
-        tokio::select! {
-            inserted = insert => { inserted?; Ok(()) }
-            () = cancel.cancelled() => Err("cancelled by the stop".into()),
+        let inserted = tokio::select! {
+            inserted = insert => inserted?,
+            () = cancel.cancelled() => return Err("cancelled by the stop".into()),
+        };
+        if inserted.rows_affected() == 1 {
+            let event =
+                Event { id, subject: delivery.subject().to_owned(), payload: delivery.payload().to_vec() };
+            // Nobody following is fine.
+            let _ = self.recorded.send(event);
         }
+        Ok(())
     }
 }
 
@@ -138,13 +175,16 @@ async fn main(listeners: Listeners) -> Result<RegistryBuilder, String> {
     let admin = listeners
         .tcp("admin", config.listen)
         .map_err(|error| format!("{error} (LISTEN_ADDR or --listen)"))?;
+    let grpc = listeners
+        .tcp("grpc", config.grpc_listen)
+        .map_err(|error| format!("{error} (GRPC_LISTEN_ADDR or --grpc-listen)"))?;
     let mut upgrade = Upgrade::new(&listeners);
     if let Some(path) = &config.pid_file {
         upgrade = upgrade.pid_file(path);
     }
 
     let mut builder = RegistryBuilder::new();
-    builder.shutdown_deadline(config.shutdown_deadline);
+    builder.drain_delay(config.drain_delay).shutdown_deadline(config.shutdown_deadline);
     builder.add(upgrade.systemd_notify());
     let db = builder
         .add(
@@ -179,6 +219,8 @@ async fn main(listeners: Listeners) -> Result<RegistryBuilder, String> {
             }
         }))
         .dep();
+    let recorded = tokio::sync::broadcast::channel(1024).0;
+    let stop_timeout = config.shutdown_deadline.mul_f64(0.8);
     // A consumer whose connection keeps failing is started again, with a new connection.
     let restart = RestartPolicy::on_failure()
         .backoff(Duration::from_millis(200), Duration::from_secs(10))
@@ -190,16 +232,21 @@ async fn main(listeners: Listeners) -> Result<RegistryBuilder, String> {
                 config.nats_url.clone(),
                 &config.stream,
                 &config.consumer,
-                Record { db: db.clone() },
+                Record { db: db.clone(), recorded: recorded.clone() },
             )
             .concurrency(usize::from(config.concurrency))
-            .options(
-                ComponentOptions::new().stop_timeout(config.shutdown_deadline.mul_f64(0.8)).restart(restart),
-            ),
+            .options(ComponentOptions::new().stop_timeout(stop_timeout).restart(restart)),
         )
         .depends_on(&migrations)
         .depends_on(&stream)
         .depends_on(&db);
+    builder
+        .add(
+            GrpcServer::new("grpc", grpc)
+                .add_service(EventsServer::new(api::Api { db: db.clone(), recorded }))
+                .options(ComponentOptions::new().stop_timeout(stop_timeout)),
+        )
+        .depends_on(&migrations);
     builder.add(
         HttpServer::new("admin", admin, Router::new())
             .with_health(HealthPaths::default())
