@@ -330,12 +330,21 @@ fn send_signal(name: &str, pid: u32) -> Result<(), String> {
     if status.success() { Ok(()) } else { Err(format!("kill -{name} {pid} failed: {status}")) }
 }
 
-/// The process id in PID file `file`.
+/// The process id in PID file `file`, waiting up to 10 s for the file to appear: a service
+/// writes it once it serves, which its `/readyz` may say a moment before.
 ///
 /// # Panics
-/// When the file cannot be read or holds no process id.
+/// When the file is still missing after 10 s, cannot be read or holds no process id.
 pub fn pid_in(file: &std::path::Path) -> u32 {
-    let text = std::fs::read_to_string(file).unwrap_or_else(|error| panic!("{}: {error}", file.display()));
+    let until = Instant::now() + Duration::from_secs(10);
+    let text = loop {
+        match std::fs::read_to_string(file) {
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound && Instant::now() < until => {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            read => break read.unwrap_or_else(|error| panic!("{}: {error}", file.display())),
+        }
+    };
     text.trim().parse().unwrap_or_else(|error| panic!("{}: `{text}`: {error}", file.display()))
 }
 
