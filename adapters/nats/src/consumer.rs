@@ -19,8 +19,8 @@ use async_nats::jetstream::consumer::{AckPolicy, Consumer, pull};
 use async_nats::jetstream::context::{ConsumerInfoErrorKind, GetStreamErrorKind};
 use async_nats::jetstream::message::AckKind;
 use async_nats::jetstream::{self, ErrorCode};
-use async_nats::{Client, HeaderMap};
-use futures_util::StreamExt;
+use async_nats::{Client, HeaderMap, StatusCode};
+use futures_util::{FutureExt, StreamExt};
 use lifecycle_core::{
     BoxError, CancellationToken, Component, ComponentId, ComponentOptions, Context, Health, Retry,
 };
@@ -29,6 +29,7 @@ use tokio::time::Instant;
 
 use crate::NatsError;
 use crate::connection::{self, MARGIN, Server};
+use crate::pulls::{Ended, Pulls};
 
 /// Handles messages. Return `Ok` once the message's effects are durable: the consumer acks it
 /// then. An error (or giving up when `cancel` fires at stop) leaves it to be delivered again,
@@ -193,6 +194,7 @@ pub struct JetStreamConsumer<H> {
     durable: String,
     filter_subject: Option<String>,
     concurrency: usize,
+    prefetch: Option<usize>,
     ack_wait: Duration,
     max_deliver: Option<i64>,
     fetch_wait: Duration,
@@ -219,6 +221,7 @@ impl<H: MessageHandler> JetStreamConsumer<H> {
             durable: durable.into(),
             filter_subject: None,
             concurrency: 4,
+            prefetch: None,
             ack_wait: Duration::from_secs(30),
             max_deliver: None,
             fetch_wait: Duration::from_secs(1),
@@ -244,6 +247,16 @@ impl<H: MessageHandler> JetStreamConsumer<H> {
         self
     }
 
+    /// How many messages beyond `concurrency` may wait here for a free handler (default: as many
+    /// as `concurrency`). They are asked for ahead, so a handler that finishes finds its next
+    /// message here rather than a round trip away; their ack wait runs while they wait, and at
+    /// the drain they are given back. With 0, a pull asks only for handlers that are free.
+    #[must_use]
+    pub fn prefetch(mut self, messages: usize) -> Self {
+        self.prefetch = Some(messages);
+        self
+    }
+
     /// How long the server waits for an ack before delivering a message again (default 30 s;
     /// when the consumer is created). Make it longer than a handler takes.
     #[must_use]
@@ -260,8 +273,8 @@ impl<H: MessageHandler> JetStreamConsumer<H> {
         self
     }
 
-    /// How long one fetch waits for messages when there are none (default 1 s). The drain
-    /// waits for the fetch in flight, at most this long.
+    /// How long one pull request waits on the server for messages when there are none (default
+    /// 1 s). The drain waits for the pulls in flight, at most this long.
     #[must_use]
     pub fn fetch_wait(mut self, wait: Duration) -> Self {
         self.fetch_wait = wait.max(Duration::from_millis(10));
@@ -292,6 +305,16 @@ impl<H: MessageHandler> JetStreamConsumer<H> {
     /// The URL with its password hidden.
     pub fn redacted_url(&self) -> String {
         self.server.redacted_url()
+    }
+
+    /// The credit for messages asked for, waiting or being handled, and how much of it must be
+    /// free before a pull is sent.
+    fn credits(&self) -> (Arc<Semaphore>, u32) {
+        let prefetch = self.prefetch.unwrap_or(self.concurrency);
+        let total = self.concurrency.saturating_add(prefetch).min(Semaphore::MAX_PERMITS);
+        // Without a prefetch a free handler waits for its pull: ask for it at once.
+        let pull_at = if prefetch == 0 { 1 } else { (total / 2).max(1) };
+        (Arc::new(Semaphore::new(total)), u32::try_from(pull_at).unwrap_or(u32::MAX))
     }
 
     fn running(&self) -> std::sync::MutexGuard<'_, Option<Running>> {
@@ -391,10 +414,13 @@ impl<H: MessageHandler> Component for JetStreamConsumer<H> {
             abandon: CancellationToken::new(),
             since: self.counters.snapshot(),
         };
+        let (credits, pull_at) = self.credits();
         let fetch = FetchLoop {
             component: self.server.component.clone(),
+            client: running.client.clone(),
             consumer,
-            slots: Arc::new(Semaphore::new(self.concurrency)),
+            credits,
+            pull_at,
             fetch_wait: self.fetch_wait,
             escalate_after: ctx.restarts_on_failure().then_some(ESCALATE_AFTER),
             fetching: running.fetching.clone(),
@@ -403,6 +429,8 @@ impl<H: MessageHandler> Component for JetStreamConsumer<H> {
                 handler: Arc::clone(&self.handler),
                 on_error: self.on_error.clone(),
                 counters: Arc::clone(&self.counters),
+                slots: Arc::new(Semaphore::new(self.concurrency)),
+                fetching: running.fetching.clone(),
                 handlers: running.handlers.clone(),
                 abandon: running.abandon.clone(),
                 pull_open_until: Arc::default(),
@@ -493,11 +521,17 @@ impl<H> fmt::Debug for JetStreamConsumer<H> {
     }
 }
 
-/// The task that pulls messages, as many as there are free handler slots.
+/// The task that keeps pull requests open for as many messages as the handlers and the prefetch
+/// can hold, and hands each message that comes to a task of its own.
 struct FetchLoop<H> {
     component: ComponentId,
+    client: Client,
     consumer: Consumer<pull::Config>,
-    slots: Arc<Semaphore>,
+    /// One permit for each message asked for, waiting for a handler or being handled.
+    credits: Arc<Semaphore>,
+    /// A pull is sent once this many credits are free: pulls of a few messages each would cost a
+    /// request per message.
+    pull_at: u32,
     fetch_wait: Duration,
     escalate_after: Option<u32>,
     fetching: CancellationToken,
@@ -505,65 +539,196 @@ struct FetchLoop<H> {
     ctx: Context,
 }
 
+/// What woke the fetch loop.
+enum Event {
+    Drained,
+    /// `None`: the subscription ended (the client closed).
+    Answer(Option<async_nats::Message>),
+    Overdue,
+    /// Credit for a pull is free.
+    Credit(OwnedSemaphorePermit),
+}
+
+/// What came on the pull inbox.
+enum Answer {
+    Message(async_nats::Message),
+    /// The server ended a pull, with this many messages not brought.
+    Ended(usize),
+    /// The server refused or ended a pull for a reason worth reporting.
+    Failed(String),
+    /// The consumer is gone: asking again changes nothing.
+    Gone(String),
+    Heartbeat,
+}
+
+impl Answer {
+    fn of(message: async_nats::Message) -> Self {
+        let Some(status) = message.status.filter(|status| *status != StatusCode::OK) else {
+            return Self::Message(message);
+        };
+        let description = message.description.clone().unwrap_or_default();
+        let pending = message
+            .headers
+            .as_ref()
+            .and_then(|headers| headers.get("Nats-Pending-Messages"))
+            .and_then(|value| value.as_str().parse().ok())
+            .unwrap_or(usize::MAX);
+        match status {
+            StatusCode::IDLE_HEARTBEAT => Self::Heartbeat,
+            StatusCode::TIMEOUT => Self::Ended(pending),
+            StatusCode::REQUEST_TERMINATED
+                if description == "Consumer Deleted" || description == "Consumer is push based" =>
+            {
+                Self::Gone(description)
+            }
+            StatusCode::NO_RESPONDERS => {
+                Self::Failed("no responders (JetStream is not enabled, or the stream is gone)".to_owned())
+            }
+            status => Self::Failed(format!("the server ended a pull: {status} {description}")),
+        }
+    }
+}
+
 impl<H: MessageHandler> FetchLoop<H> {
     async fn run(self) -> Result<(), String> {
+        let inbox = async_nats::Subject::from(self.client.new_inbox());
+        let mut answers = self.client.subscribe(inbox.clone()).await.map_err(|error| {
+            format!("component `{}`: subscribing to its pull inbox failed: {error}", self.component)
+        })?;
+        let context = jetstream::new(self.client.clone());
+        let mut pulls = Pulls::default();
         let mut errors_in_a_row = 0;
         let mut empty_in_a_row: u32 = 0;
+        let mut paused_until: Option<Instant> = None;
+        // Made once: a timer made afresh for each message would cost a timer-wheel entry each.
+        let overdue_timer = tokio::time::sleep_until(Instant::now());
+        tokio::pin!(overdue_timer);
+        let mut timer_set_for = None;
+        let drained = self.fetching.cancelled();
+        tokio::pin!(drained);
+        // Answers that were already there when the last one was handled, taken without a select.
+        let mut ready = None;
         loop {
-            // One free slot at least, then every other free one: a fetch asks for no more
-            // messages than can be handled at once, so none waits in a buffer while its ack wait
-            // runs out.
-            let first = tokio::select! {
-                _ = self.fetching.cancelled() => return Ok(()),
-                permit = Arc::clone(&self.slots).acquire_owned() => match permit {
-                    Ok(permit) => permit,
-                    Err(_) => return Ok(()),
+            let draining = self.fetching.is_cancelled();
+            if draining && pulls.is_empty() {
+                return Ok(());
+            }
+            self.work.pull_open(pulls.open_until());
+            let overdue = pulls.next_overdue();
+            if overdue != timer_set_for {
+                if let Some(at) = overdue {
+                    overdue_timer.as_mut().reset(at);
+                }
+                timer_set_for = overdue;
+            }
+            let event = match ready.take() {
+                Some(answer) => Event::Answer(answer),
+                None => tokio::select! {
+                    biased;
+                    _ = &mut drained, if !draining => Event::Drained,
+                    answer = answers.next() => Event::Answer(answer),
+                    // A pull whose end never came: lost with a connection, most likely.
+                    _ = &mut overdue_timer, if overdue.is_some() => Event::Overdue,
+                    credit = async {
+                        if let Some(until) = paused_until {
+                            tokio::time::sleep_until(until).await;
+                        }
+                        Arc::clone(&self.credits).acquire_many_owned(self.pull_at).await
+                    }, if !draining => match credit {
+                        Ok(credit) => Event::Credit(credit),
+                        Err(_) => return Ok(()),
+                    },
                 },
             };
-            let mut permits = vec![first];
-            while let Ok(permit) = Arc::clone(&self.slots).try_acquire_owned() {
-                permits.push(permit);
-            }
-            let fetched = match self.fetch(permits).await {
-                // Empty batches: an idle stream, or a consumer that is gone (deleted by an
-                // operator, or by a server that lost its state), which fetches do not tell.
-                Ok(0) => {
-                    empty_in_a_row += 1;
-                    if empty_in_a_row % CHECK_AFTER_EMPTY != 0 {
-                        continue;
+            let mut failure = None;
+            let mut empty = false;
+            match event {
+                Event::Drained => {}
+                Event::Answer(answer) => match answer.map(Answer::of) {
+                    // The client closed under the loop: only the stop does that.
+                    None if draining => return Ok(()),
+                    None => return Err(format!("component `{}`: the NATS client closed", self.component)),
+                    Some(Answer::Message(message)) => {
+                        let message = jetstream::Message { message, context: context.clone() };
+                        (errors_in_a_row, empty_in_a_row) = (0, 0);
+                        match pulls.delivered() {
+                            Some(credit) if !draining => {
+                                self.ctx
+                                    .tasks()
+                                    .spawn("nats_message", self.work.clone().process(message, credit));
+                            }
+                            // After the drain (or more than was asked for): back to the server
+                            // now, for another instance, rather than after the ack wait.
+                            _ => {
+                                self.work.delivered(&message);
+                                self.work.give_back(&message).await;
+                            }
+                        }
+                        ready = answers.next().now_or_never();
                     }
-                    let checked = self.check_consumer().await;
-                    if checked.is_err() {
-                        // The server's own word, not a blip: asking again changes nothing.
+                    Some(Answer::Ended(pending)) => {
+                        errors_in_a_row = 0;
+                        empty = pulls.expired(pending) == Ended::Empty;
+                    }
+                    Some(Answer::Failed(reason)) => {
+                        pulls.expired(usize::MAX);
+                        failure = Some(reason);
+                    }
+                    Some(Answer::Gone(reason)) => {
+                        pulls.expired(usize::MAX);
+                        // The server's own word, not a blip.
                         errors_in_a_row = errors_in_a_row.max(ESCALATE_AFTER - 1);
+                        failure = Some(reason);
                     }
-                    checked
+                    Some(Answer::Heartbeat) => {}
+                },
+                Event::Overdue => {
+                    timer_set_for = None;
+                    empty = pulls.drop_overdue(Instant::now()) > 0;
                 }
-                Ok(_) => {
-                    empty_in_a_row = 0;
-                    Ok(())
-                }
-                Err(error) => Err(error),
-            };
-            match fetched {
-                Ok(()) => errors_in_a_row = 0,
-                Err(error) => {
-                    if self.fetching.is_cancelled() {
-                        return Ok(());
+                Event::Credit(mut credit) => {
+                    let free = u32::try_from(self.credits.available_permits()).unwrap_or(u32::MAX);
+                    if let Ok(more) = Arc::clone(&self.credits).try_acquire_many_owned(free) {
+                        credit.merge(more);
                     }
-                    errors_in_a_row += 1;
-                    let error = format!("component `{}`: fetching failed: {error}", self.component);
-                    if self.escalate_after.is_some_and(|limit| errors_in_a_row >= limit) {
-                        // Let it crash: the restart policy connects and binds afresh.
-                        return Err(format!("{error} ({errors_in_a_row} times in a row)"));
-                    }
-                    tracing::warn!(component = %self.component, %error, "NATS fetch failed; retrying");
-                    let pause = Duration::from_millis(100) * errors_in_a_row.min(20);
-                    tokio::select! {
-                        _ = self.fetching.cancelled() => return Ok(()),
-                        _ = tokio::time::sleep(pause) => {}
+                    let request = pull::BatchConfig {
+                        batch: credit.num_permits(),
+                        expires: Some(self.fetch_wait),
+                        ..Default::default()
+                    };
+                    let expires = Instant::now() + self.fetch_wait;
+                    match self.consumer.request_batch(request, inbox.clone()).await {
+                        Ok(()) => {
+                            pulls.opened(credit, expires);
+                            paused_until = None;
+                        }
+                        Err(error) => failure = Some(error.to_string()),
                     }
                 }
+            }
+            // Empty pulls: an idle stream, or a consumer that is gone (deleted by an operator, or
+            // by a server that lost its state), which a pull does not always tell.
+            if empty {
+                empty_in_a_row += 1;
+                if empty_in_a_row % CHECK_AFTER_EMPTY == 0
+                    && let Err(error) = self.check_consumer().await
+                {
+                    errors_in_a_row = errors_in_a_row.max(ESCALATE_AFTER - 1);
+                    failure = Some(error.to_string());
+                }
+            }
+            if let Some(error) = failure {
+                if self.fetching.is_cancelled() {
+                    continue;
+                }
+                errors_in_a_row += 1;
+                let error = format!("component `{}`: fetching failed: {error}", self.component);
+                if self.escalate_after.is_some_and(|limit| errors_in_a_row >= limit) {
+                    // Let it crash: the restart policy connects and binds afresh.
+                    return Err(format!("{error} ({errors_in_a_row} times in a row)"));
+                }
+                tracing::warn!(component = %self.component, %error, "NATS fetch failed; retrying");
+                paused_until = Some(Instant::now() + Duration::from_millis(100) * errors_in_a_row.min(20));
             }
         }
     }
@@ -583,49 +748,6 @@ impl<H: MessageHandler> FetchLoop<H> {
             _ => Ok(()),
         }
     }
-
-    /// One pull request for `permits.len()` messages, each run in a task of its own: how many
-    /// came.
-    async fn fetch(&self, permits: Vec<OwnedSemaphorePermit>) -> Result<usize, BoxError> {
-        let expires = Instant::now() + self.fetch_wait;
-        self.work.pull_open(Some(expires));
-        let fetched = self.take(permits, expires).await;
-        self.work.pull_open(None);
-        fetched
-    }
-
-    async fn take(
-        &self,
-        mut permits: Vec<OwnedSemaphorePermit>,
-        expires: Instant,
-    ) -> Result<usize, BoxError> {
-        let mut batch =
-            self.consumer.fetch().max_messages(permits.len()).expires(self.fetch_wait).messages().await?;
-        // The server ends the batch when it is full or at `expires`; a little more, in case its
-        // end-of-batch status is lost.
-        let until = expires + Duration::from_secs(1);
-        let mut received = 0;
-        loop {
-            let next = tokio::time::timeout_at(until, batch.next()).await;
-            let message = match next {
-                Err(_) | Ok(None) => return Ok(received),
-                Ok(Some(message)) => message?,
-            };
-            received += 1;
-            match permits.pop() {
-                Some(permit) if !self.fetching.is_cancelled() => {
-                    let work = self.work.clone();
-                    self.ctx.tasks().spawn("nats_message", work.process(message, permit));
-                }
-                // After the drain (or if the server sent more than asked): back to the server
-                // now, for another instance, rather than after the ack wait.
-                _ => {
-                    self.work.delivered(&message);
-                    self.work.give_back(&message).await;
-                }
-            }
-        }
-    }
 }
 
 /// What a message's task needs.
@@ -634,6 +756,10 @@ struct Work<H> {
     handler: Arc<H>,
     on_error: OnError,
     counters: Arc<Counters>,
+    /// One per handler running.
+    slots: Arc<Semaphore>,
+    /// Cancelled at drain: a message still waiting for a handler is given back.
+    fetching: CancellationToken,
     handlers: CancellationToken,
     abandon: CancellationToken,
     /// When the pull request in flight expires: a message nak'ed before then would be sent
@@ -648,6 +774,8 @@ impl<H> Clone for Work<H> {
             handler: Arc::clone(&self.handler),
             on_error: self.on_error.clone(),
             counters: Arc::clone(&self.counters),
+            slots: Arc::clone(&self.slots),
+            fetching: self.fetching.clone(),
             handlers: self.handlers.clone(),
             abandon: self.abandon.clone(),
             pull_open_until: Arc::clone(&self.pull_open_until),
@@ -676,8 +804,19 @@ impl<H: MessageHandler> Work<H> {
         *self.pull_open_until.lock().unwrap_or_else(PoisonError::into_inner) = until;
     }
 
-    async fn process(self, message: jetstream::Message, permit: OwnedSemaphorePermit) {
-        let _slot = permit;
+    /// Waits for a free handler (a prefetched message), then handles the message.
+    async fn process(self, message: jetstream::Message, credit: OwnedSemaphorePermit) {
+        let _credit = credit;
+        let slot = tokio::select! {
+            biased;
+            _ = self.fetching.cancelled() => None,
+            slot = Arc::clone(&self.slots).acquire_owned() => slot.ok(),
+        };
+        let Some(_slot) = slot else {
+            self.delivered(&message);
+            self.give_back(&message).await;
+            return;
+        };
         let _in_flight = InFlight::new(&self.counters.in_flight);
         let (delivered, stream_sequence) = self.delivered(&message);
         let delivery = Delivery { message, delivered, stream_sequence };

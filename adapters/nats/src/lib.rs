@@ -33,6 +33,7 @@ mod connection;
 mod consumer;
 mod error;
 mod publisher;
+mod pulls;
 
 pub use async_nats;
 pub use consumer::{ConsumerStats, Delivery, ESCALATE_AFTER, JetStreamConsumer, MessageHandler, OnError};

@@ -10,7 +10,8 @@
 //! - **raw**: `consumer.messages()` (async-nats's own continuous pull) and
 //!   `for_each_concurrent(CONCURRENCY, ..)` acking each message.
 //! - **adapter**: a `JetStreamConsumer` with `concurrency(CONCURRENCY)` in a registry, as a
-//!   service runs it; timed from the registry's start to the last confirmed ack.
+//!   service runs it; timed from the registry's start to the last confirmed ack. Twice: with its
+//!   default prefetch (as many as `CONCURRENCY`), and asking as far ahead as the raw loop does.
 //!
 //! The two alternate, `ROUNDS` times each; the table has each round's rate and the median's ratio.
 //! `cargo run --release -p lifecycle-benches --bin nats_consumer [-- --quick]`
@@ -24,7 +25,10 @@ use lifecycle_nats::{Delivery, JetStreamConsumer, MessageHandler};
 
 const URL: &str = "nats://127.0.0.1:4222";
 const CONCURRENCY: usize = 32;
-const ROUNDS: usize = 5;
+const ROUNDS: usize = 7;
+/// What `consumer.messages()` asks for ahead by default (its batch): the adapter's second
+/// measurement waits on as many (`CONCURRENCY` handled, the rest prefetched).
+const RAW_BATCH: usize = 200;
 
 struct Nothing;
 
@@ -72,12 +76,16 @@ async fn raw(
     Ok(time)
 }
 
-async fn adapter(stream: &str, durable: &str, messages: u64) -> Result<Duration, BoxError> {
+async fn adapter(stream: &str, durable: &str, messages: u64, prefetch: usize) -> Result<Duration, BoxError> {
     let began = Instant::now();
     let mut builder = Registry::builder();
     builder.signals(Signals::none());
     let consumer = builder
-        .add(JetStreamConsumer::new("consumer", URL, stream, durable, Nothing).concurrency(CONCURRENCY))
+        .add(
+            JetStreamConsumer::new("consumer", URL, stream, durable, Nothing)
+                .concurrency(CONCURRENCY)
+                .prefetch(prefetch),
+        )
         .dep();
     let registry = builder.build()?;
     let handle = registry.handle();
@@ -125,21 +133,37 @@ fn main() -> Result<(), BoxError> {
             })
             .await?;
         publish(&context, &format!("{stream}.event"), messages).await?;
-        let mut rates = (Vec::new(), Vec::new());
+        let mut rates = (Vec::new(), Vec::new(), Vec::new());
         println!("{messages} messages of 100 bytes, {CONCURRENCY} at a time, acks confirmed by the server\n");
-        println!("| round | raw async-nats | adapter | adapter / raw |");
-        println!("|---|---:|---:|---:|");
+        println!(
+            "| round | raw async-nats (asks {RAW_BATCH} ahead) | adapter, default prefetch ({CONCURRENCY}) | / raw | adapter, prefetch {} | / raw |",
+            RAW_BATCH - CONCURRENCY
+        );
+        println!("|---|---:|---:|---:|---:|---:|");
         for round in 1..=ROUNDS {
-            let raw_rate = messages as f64
-                / raw(&context, &stream, &format!("raw{round}"), messages).await?.as_secs_f64();
-            let adapter_rate =
-                messages as f64 / adapter(&stream, &format!("adapter{round}"), messages).await?.as_secs_f64();
-            println!("| {round} | {raw_rate:.0}/s | {adapter_rate:.0}/s | {:.3}x |", adapter_rate / raw_rate);
+            let rate = |time: Duration| messages as f64 / time.as_secs_f64();
+            let raw_rate = rate(raw(&context, &stream, &format!("raw{round}"), messages).await?);
+            let default_rate =
+                rate(adapter(&stream, &format!("adapter{round}"), messages, CONCURRENCY).await?);
+            let same_rate = rate(
+                adapter(&stream, &format!("adapter_ahead{round}"), messages, RAW_BATCH - CONCURRENCY).await?,
+            );
+            println!(
+                "| {round} | {raw_rate:.0}/s | {default_rate:.0}/s | {:.3}x | {same_rate:.0}/s | {:.3}x |",
+                default_rate / raw_rate,
+                same_rate / raw_rate
+            );
             rates.0.push(raw_rate);
-            rates.1.push(adapter_rate);
+            rates.1.push(default_rate);
+            rates.2.push(same_rate);
         }
-        let (raw, adapter) = (lifecycle_benches::median(rates.0), lifecycle_benches::median(rates.1));
-        println!("| median | {raw:.0}/s | {adapter:.0}/s | **{:.3}x** |", adapter / raw);
+        let raw = lifecycle_benches::median(rates.0);
+        let (default, same) = (lifecycle_benches::median(rates.1), lifecycle_benches::median(rates.2));
+        println!(
+            "| median | {raw:.0}/s | {default:.0}/s | **{:.3}x** | {same:.0}/s | **{:.3}x** |",
+            default / raw,
+            same / raw
+        );
         context.delete_stream(&stream).await?;
         Ok(())
     })
