@@ -1,5 +1,6 @@
 //! A handler's error never acks its message (nak, term, dead letter); a handler still running at
-//! the stop timeout is cancelled and its message given back for the next run; bad set-ups
+//! the stop timeout is cancelled and its message given back for the next run; a prefetch asks no
+//! further ahead than its bound, and what waits in it is given back at the drain; bad set-ups
 //! (unreachable server, wrong credentials, missing stream) fail the start with an error naming
 //! the component and without the password; the publisher flushes at stop.
 
@@ -191,6 +192,87 @@ async fn a_handler_still_running_at_the_stop_timeout_leaves_its_message_to_the_n
     assert_eq!(started(), [1, 2]);
     assert_eq!(second.stats().redelivered, 1);
     let (pending, ack_pending, _) = stream.consumer_counts("stuck").await;
+    assert_eq!((pending, ack_pending), (0, 0));
+    stream.delete().await;
+}
+
+/// Takes `pause` over each message; records each delivery's number.
+#[derive(Clone, Default)]
+struct Slow {
+    pause: Duration,
+    seen: Arc<Mutex<Vec<u64>>>,
+}
+
+impl MessageHandler for Slow {
+    async fn handle(&self, delivery: &Delivery, _cancel: CancellationToken) -> Result<(), BoxError> {
+        self.seen.lock().unwrap_or_else(PoisonError::into_inner).push(delivery.delivered());
+        tokio::time::sleep(self.pause).await;
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn a_prefetch_asks_ahead_within_its_bound_and_the_drain_gives_the_waiting_messages_back() {
+    let stream = Stream::create(&unique("PREFETCH")).await;
+    stream.publish(10).await;
+    let slow = Slow { pause: Duration::from_millis(1500), ..Slow::default() };
+    // An ack wait far longer than the test: the messages can only come back this fast by a nak.
+    let consumer = |handler: Slow| {
+        JetStreamConsumer::new("prefetch", nats_url(), &stream.name, "prefetch", handler)
+            .concurrency(1)
+            .prefetch(3)
+            .ack_wait(Duration::from_secs(120))
+            .options(ComponentOptions::new().stop_timeout(Duration::from_secs(6)))
+    };
+
+    let mut builder = testing::builder();
+    let first = builder.add(consumer(slow.clone())).dep();
+    let mut run = TestRun::start(builder);
+    run.ready().await;
+    testing::eventually("the first handler started", Duration::from_secs(10), || {
+        slow.seen.lock().unwrap_or_else(PoisonError::into_inner).len() == 1
+    })
+    .await;
+    // One handled, three waiting here: the server has given out four, and no more.
+    let until = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let (pending, ack_pending, _) = stream.consumer_counts("prefetch").await;
+        assert!(ack_pending <= 4, "{ack_pending} messages out with concurrency 1 and prefetch 3");
+        if (pending, ack_pending) == (6, 4) {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < until,
+            "the prefetch never filled: {pending} pending, {ack_pending} out"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let report = run.stop().await;
+    testing::assert_clean(&report);
+    assert_eq!(
+        report.component("prefetch").unwrap().notes,
+        ["acked 1, nacked 0, redelivered 0; 3 left for redelivery"]
+    );
+    assert_eq!(
+        *slow.seen.lock().unwrap_or_else(PoisonError::into_inner),
+        [1],
+        "a waiting message was handled after the drain"
+    );
+    assert_eq!((first.stats().acked, first.stats().left, first.stats().in_flight), (1, 3, 0));
+
+    let fast = Slow::default();
+    let mut builder = testing::builder();
+    let second = builder.add(consumer(fast.clone())).dep();
+    let mut run = TestRun::start(builder);
+    run.ready().await;
+    testing::eventually("the other nine handled", Duration::from_secs(10), || second.stats().acked == 9)
+        .await;
+    testing::assert_clean(&run.stop().await);
+    let mut deliveries = fast.seen.lock().unwrap_or_else(PoisonError::into_inner).clone();
+    deliveries.sort_unstable();
+    assert_eq!(deliveries, [1, 1, 1, 1, 1, 1, 2, 2, 2], "the three given back came again, once each");
+    assert_eq!(second.stats().redelivered, 3);
+    let (pending, ack_pending, _) = stream.consumer_counts("prefetch").await;
     assert_eq!((pending, ack_pending), (0, 0));
     stream.delete().await;
 }
