@@ -22,7 +22,8 @@ use async_nats::jetstream::{self, ErrorCode};
 use async_nats::{Client, HeaderMap, StatusCode};
 use futures_util::{FutureExt, StreamExt};
 use lifecycle_core::{
-    BoxError, CancellationToken, Component, ComponentId, ComponentOptions, Context, Health, Retry,
+    BoxError, CancellationToken, CatchUnwind, Component, ComponentId, ComponentOptions, Context, Health,
+    Retry,
 };
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
@@ -33,7 +34,8 @@ use crate::pulls::{Ended, Pulls};
 
 /// Handles messages. Return `Ok` once the message's effects are durable: the consumer acks it
 /// then. An error (or giving up when `cancel` fires at stop) leaves it to be delivered again,
-/// so make the effects idempotent (a unique key on the message id).
+/// so make the effects idempotent (a unique key on the message id). A panic counts as an error:
+/// the message goes by [`OnError`], and the consumer and the service carry on.
 pub trait MessageHandler: Send + Sync + 'static {
     /// Handles one message.
     fn handle<'a>(
@@ -823,7 +825,11 @@ impl<H: MessageHandler> Work<H> {
         let cancel = self.handlers.child_token();
         let outcome = tokio::select! {
             biased;
-            result = self.handler.handle(&delivery, cancel.clone()) => Some(result),
+            // A panic is the handler's failure like an error: its message goes by `on_error`,
+            // and the consumer (a task of a critical component) carries on.
+            result = CatchUnwind::new(self.handler.handle(&delivery, cancel.clone())) => {
+                Some(result.unwrap_or_else(|panic| Err(format!("the handler panicked: {panic}").into())))
+            }
             _ = self.abandon.cancelled() => None,
         };
         match outcome {

@@ -15,10 +15,12 @@ use lifecycle_nats::{Delivery, JetStreamConsumer, MessageHandler, NatsPublisher,
 use lifecycle_tests::free_port;
 use lifecycle_tests::nats::{PrivateNats, Stream, nats_url, unique};
 
-/// Fails every delivery numbered `fail_until` or less; records each delivery's number.
+/// Fails every delivery numbered `fail_until` or less (by panicking when `panics`); records each
+/// delivery's number.
 #[derive(Clone, Default)]
 struct Flaky {
     fail_until: u64,
+    panics: bool,
     seen: Arc<Mutex<Vec<u64>>>,
 }
 
@@ -26,6 +28,7 @@ impl MessageHandler for Flaky {
     async fn handle(&self, delivery: &Delivery, _cancel: CancellationToken) -> Result<(), BoxError> {
         self.seen.lock().unwrap_or_else(PoisonError::into_inner).push(delivery.delivered());
         if delivery.delivered() <= self.fail_until {
+            assert!(!self.panics, "malformed order {:?}", delivery.message_id());
             return Err(format!("malformed order {:?}", delivery.message_id()).into());
         }
         Ok(())
@@ -38,9 +41,18 @@ fn seen(handler: &Flaky) -> Vec<u64> {
 
 #[tokio::test]
 async fn a_handler_error_naks_and_the_message_comes_back() {
+    naks_and_comes_back(false).await;
+}
+
+#[tokio::test]
+async fn a_handler_that_panics_naks_like_an_error_and_the_service_carries_on() {
+    naks_and_comes_back(true).await;
+}
+
+async fn naks_and_comes_back(panics: bool) {
     let stream = Stream::create(&unique("NAK")).await;
     stream.publish(1).await;
-    let handler = Flaky { fail_until: 1, ..Flaky::default() };
+    let handler = Flaky { fail_until: 1, panics, ..Flaky::default() };
     let mut builder = testing::builder();
     let consumer =
         builder.add(JetStreamConsumer::new("naks", nats_url(), &stream.name, "naks", handler.clone())).dep();
@@ -53,10 +65,8 @@ async fn a_handler_error_naks_and_the_message_comes_back() {
     assert_eq!(seen(&handler), [1, 2], "failed once, delivered again, then handled");
     let stats = consumer.stats();
     assert_eq!((stats.nacked, stats.acked, stats.redelivered, stats.terminated), (1, 1, 1, 0), "{stats:?}");
-    assert_eq!(
-        report.component("naks").unwrap().notes,
-        ["acked 1, nacked 1, redelivered 1; 0 left for redelivery"]
-    );
+    let notes = report.component("naks").map(|component| component.notes.clone()).unwrap_or_default();
+    assert_eq!(notes, ["acked 1, nacked 1, redelivered 1; 0 left for redelivery"]);
     let (pending, ack_pending, _) = stream.consumer_counts("naks").await;
     assert_eq!((pending, ack_pending), (0, 0), "nothing left on the server");
     stream.delete().await;

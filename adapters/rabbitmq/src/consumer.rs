@@ -23,7 +23,7 @@ use lapin::protocol::{AMQPErrorKind, AMQPSoftError};
 use lapin::types::{DeliveryTag, FieldTable};
 use lapin::{BasicProperties, Channel, Connection, ErrorKind};
 use lifecycle_core::{
-    BoxError, CancellationToken, Component, ComponentId, ComponentOptions, Context, Health,
+    BoxError, CancellationToken, CatchUnwind, Component, ComponentId, ComponentOptions, Context, Health,
 };
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
@@ -34,7 +34,8 @@ use crate::connection::{self, Broker, Connected, MARGIN};
 /// Handles deliveries. Return `Ok` once the message's effects are durable: the consumer acks it
 /// then. An error (or giving up when `cancel` fires at stop) leaves it to be delivered again
 /// (or dead-lettered, by [`OnError::Reject`]), so make the effects idempotent (a unique key on
-/// the message id).
+/// the message id). A panic counts as an error: the delivery goes by [`OnError`], and the
+/// consumer and the service carry on.
 pub trait MessageHandler: Send + Sync + 'static {
     /// Handles one delivery.
     fn handle<'a>(
@@ -606,7 +607,11 @@ impl<H: MessageHandler> Work<H> {
         let cancel = self.handlers.child_token();
         let outcome = tokio::select! {
             biased;
-            result = self.handler.handle(&delivery, cancel.clone()) => Some(result),
+            // A panic is the handler's failure like an error: its message goes by `on_error`,
+            // and the consumer (a task of a critical component) carries on.
+            result = CatchUnwind::new(self.handler.handle(&delivery, cancel.clone())) => {
+                Some(result.unwrap_or_else(|panic| Err(format!("the handler panicked: {panic}").into())))
+            }
             _ = self.abandon.cancelled() => None,
         };
         match outcome {

@@ -21,6 +21,8 @@ use support::{
 struct Flaky {
     fail_first: bool,
     fail_all: bool,
+    /// Fail by panicking rather than by returning an error.
+    panics: bool,
     seen: Arc<Mutex<Vec<(String, bool)>>>,
 }
 
@@ -29,6 +31,7 @@ impl MessageHandler for Flaky {
         let id = delivery.message_id().unwrap_or_default().to_owned();
         self.seen.lock().unwrap_or_else(PoisonError::into_inner).push((id.clone(), delivery.redelivered()));
         if self.fail_all || (self.fail_first && !delivery.redelivered()) {
+            assert!(!self.panics, "malformed order {id}");
             return Err(format!("malformed order {id}").into());
         }
         Ok(())
@@ -41,9 +44,18 @@ fn seen(handler: &Flaky) -> Vec<(String, bool)> {
 
 #[tokio::test]
 async fn a_handler_error_requeues_and_the_message_comes_back_flagged_redelivered() {
+    requeues_and_comes_back(false).await;
+}
+
+#[tokio::test]
+async fn a_handler_that_panics_requeues_like_an_error_and_the_service_carries_on() {
+    requeues_and_comes_back(true).await;
+}
+
+async fn requeues_and_comes_back(panics: bool) {
     let queue = Queue::create(&unique("requeue")).await;
     queue.publish(1).await;
-    let handler = Flaky { fail_first: true, ..Flaky::default() };
+    let handler = Flaky { fail_first: true, panics, ..Flaky::default() };
     let mut builder = testing::builder();
     let consumer =
         builder.add(RabbitConsumer::new("requeues", amqp_url(), &queue.name, handler.clone())).dep();
@@ -56,10 +68,8 @@ async fn a_handler_error_requeues_and_the_message_comes_back_flagged_redelivered
     assert_eq!(seen(&handler), [("m-0".to_owned(), false), ("m-0".to_owned(), true)]);
     let stats = consumer.stats();
     assert_eq!((stats.nacked, stats.acked, stats.redelivered, stats.rejected), (1, 1, 1, 0), "{stats:?}");
-    assert_eq!(
-        report.component("requeues").unwrap().notes,
-        ["acked 1, nacked 1, redelivered 1; 0 left for redelivery"]
-    );
+    let notes = report.component("requeues").map(|component| component.notes.clone()).unwrap_or_default();
+    assert_eq!(notes, ["acked 1, nacked 1, redelivered 1; 0 left for redelivery"]);
     assert_eq!(queue_counts(&queue.name).await, (0, 0), "nothing left ready or unacked");
     queue.delete().await;
 }
