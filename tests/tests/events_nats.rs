@@ -13,7 +13,7 @@ mod events_support;
 use events_support::{DURABLE, Database, start_events};
 use lifecycle_nats::async_nats;
 use lifecycle_tests::nats::{Stream, nats_url, unique};
-use lifecycle_tests::{pid_in, upgrade, wait_exited};
+use lifecycle_tests::{load, pid_in, upgrade, wait_exited};
 use rand::{Rng, SeedableRng};
 
 const MESSAGES: i64 = 10_000;
@@ -77,7 +77,9 @@ async fn sigterm_at_random_points_then_a_restart_records_every_event_once() {
     let mut rng = rand::rngs::SmallRng::seed_from_u64(seed);
     let (mut acked, mut redelivered, mut left) = (0, 0, 0);
     for run in 1..=3 {
-        let service = start_events(&stream, &database, None).await.service;
+        let events = start_events(&stream, &database, None).await;
+        let service = events.service;
+        let mut scraped = None;
         if run < 3 {
             // A random point of what is left: handlers are in flight when SIGTERM comes.
             let done = database.rows().await;
@@ -89,6 +91,9 @@ async fn sigterm_at_random_points_then_a_restart_records_every_event_once() {
             }
         } else {
             wait_all_recorded(&stream, &database, Duration::from_secs(60)).await;
+            let (status, text) = load::get(events.admin, "/metrics").await.expect("/metrics answers");
+            assert_eq!(status, 200, "{text}");
+            scraped = Some(text);
         }
         service.signal("TERM").expect("SIGTERM");
         let (status, stderr, _) = service.wait(Duration::from_secs(20)).expect("exits after SIGTERM");
@@ -98,6 +103,18 @@ async fn sigterm_at_random_points_then_a_restart_records_every_event_once() {
             "run {run}: {} rows; acked {run_acked}, redelivered {run_redelivered}, given back {run_left}",
             database.rows().await
         );
+        if let Some(text) = scraped {
+            // The consumer's own counters on /metrics agree with its report.
+            let value = |name: &str| -> u64 {
+                text.lines()
+                    .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+                    .unwrap_or_else(|| panic!("no {name} in:\n{text}"))
+            };
+            assert_eq!(value("events_consumer_acked_total"), run_acked, "{text}");
+            assert_eq!(value("events_consumer_in_flight"), 0, "{text}");
+            assert_eq!(value("events_consumer_left_total"), 0, "{text}");
+            assert!(text.contains("lifecycle_phase{phase=\"ready\"} 1"), "{text}");
+        }
         acked += run_acked;
         redelivered += run_redelivered;
         left += run_left;

@@ -1,5 +1,5 @@
 //! `/metrics` in the Prometheus text format: the run's phase, each component's state and
-//! durations, and the server's request counters, read at scrape time.
+//! durations, the server's request counters and the service's own metrics, read at scrape time.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -39,9 +39,13 @@ struct ComponentStateLabel {
 
 type FloatGauge = Gauge<f64, AtomicU64>;
 
+/// Registers a service's own metrics at each scrape (see `HttpServer::with_metrics_from`).
+pub(crate) type MetricsSource = Arc<dyn Fn(&mut Registry) + Send + Sync>;
+
 pub(crate) struct MetricsState {
     pub(crate) handle: LifecycleHandle,
     pub(crate) counters: Arc<Counters>,
+    pub(crate) sources: Vec<MetricsSource>,
 }
 
 /// Renders the metrics. A fresh registry per scrape: every value is read from its source, so
@@ -188,8 +192,14 @@ pub(crate) fn render(state: &MetricsState) -> Result<String, std::fmt::Error> {
         http.register(name, help, counter);
     }
 
+    let mut own = Registry::default();
+    for source in &state.sources {
+        source(&mut own);
+    }
     let mut text = String::new();
-    prometheus_client::encoding::text::encode(&mut text, &registry)?;
+    prometheus_client::encoding::text::encode_registry(&mut text, &registry)?;
+    prometheus_client::encoding::text::encode_registry(&mut text, &own)?;
+    prometheus_client::encoding::text::encode_eof(&mut text)?;
     Ok(text)
 }
 

@@ -17,7 +17,7 @@ use lifecycle_core::{BoxError, CancellationToken, Component, ComponentId, Compon
 
 use crate::accept::{AcceptErrors, REFUSALS_AT_ONCE, turn_away};
 use crate::backlog;
-use crate::metrics::{MetricsState, metrics};
+use crate::metrics::{MetricsSource, MetricsState, metrics};
 use crate::panic::catch_panic;
 #[cfg(feature = "tls")]
 use crate::tls::TlsConfig;
@@ -471,6 +471,7 @@ pub struct HttpServer {
     max_connections: usize,
     health: Option<HealthPaths>,
     metrics: Option<String>,
+    metrics_sources: Vec<MetricsSource>,
     options: ComponentOptions,
     #[cfg(feature = "tls")]
     tls: Option<TlsConfig>,
@@ -493,6 +494,7 @@ impl HttpServer {
             max_connections: default_max_connections(),
             health: None,
             metrics: None,
+            metrics_sources: Vec::new(),
             options: ComponentOptions::new(),
             #[cfg(feature = "tls")]
             tls: None,
@@ -586,6 +588,34 @@ impl HttpServer {
     #[must_use]
     pub fn with_metrics(mut self, path: impl Into<String>) -> Self {
         self.metrics = Some(path.into());
+        self
+    }
+
+    /// Adds the service's own metrics to what [`with_metrics`](HttpServer::with_metrics)
+    /// serves: at every scrape `source` registers them in a fresh registry (no prefix; the
+    /// built-in ones are `lifecycle_*`), so set each from where it is counted rather than
+    /// keeping it in sync. A consumer's counters, for instance:
+    ///
+    /// ```
+    /// use lifecycle_http::prometheus_client::metrics::counter::Counter;
+    /// use lifecycle_http::{HttpServer, axum::Router};
+    ///
+    /// # fn acked_so_far() -> u64 { 7 }
+    /// # let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    /// let server = HttpServer::new("admin", listener, Router::new())
+    ///     .with_metrics("/metrics")
+    ///     .with_metrics_from(|registry| {
+    ///         let acked = Counter::<u64>::default();
+    ///         acked.inc_by(acked_so_far());
+    ///         registry.register("orders_acked", "Messages handled and acked", acked);
+    ///     });
+    /// ```
+    #[must_use]
+    pub fn with_metrics_from(
+        mut self,
+        source: impl Fn(&mut prometheus_client::registry::Registry) + Send + Sync + 'static,
+    ) -> Self {
+        self.metrics_sources.push(Arc::new(source));
         self
     }
 
@@ -729,8 +759,11 @@ impl Component for HttpServer {
             router = router.merge(health_router(ctx.lifecycle().clone(), paths));
         }
         if let Some(path) = &self.metrics {
-            let state =
-                MetricsState { handle: ctx.lifecycle().clone(), counters: Arc::clone(&self.shared.counters) };
+            let state = MetricsState {
+                handle: ctx.lifecycle().clone(),
+                counters: Arc::clone(&self.shared.counters),
+                sources: self.metrics_sources.clone(),
+            };
             router = router.merge(Router::new().route(path, get(metrics)).with_state(Arc::new(state)));
         }
         let (shared, tasks, token, name) =

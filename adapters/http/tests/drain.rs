@@ -17,6 +17,7 @@ use hyper::body::Bytes;
 use lifecycle_core::testing::{self, TestRun, builder, within};
 use lifecycle_core::{ComponentOptions, Phase, RegistryBuilder, Report, Stage};
 use lifecycle_http::axum::{self, Router};
+use lifecycle_http::prometheus_client::metrics::counter::Counter;
 use lifecycle_http::{HealthPaths, HttpServer, RequestContext};
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
@@ -629,17 +630,25 @@ async fn a_flood_of_readiness_probes_runs_the_health_checks_once_a_second_at_mos
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn health_and_metrics_can_live_on_their_own_port() {
+async fn health_and_metrics_can_live_on_their_own_port_with_the_services_own_metrics() {
     let public = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let admin = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let (public_address, admin_address) = (public.local_addr().unwrap(), admin.local_addr().unwrap());
     let mut b = builder();
     b.add(HttpServer::new("http", public, Router::new().route("/", get(|| async { "hello" }))));
     // A second server with nothing but the probes and the metrics.
+    // With the service's own metrics, read at each scrape.
+    let scrapes = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let counted = Arc::clone(&scrapes);
     b.add(
         HttpServer::new("admin", admin, Router::new())
             .with_health(HealthPaths::default())
-            .with_metrics("/metrics"),
+            .with_metrics("/metrics")
+            .with_metrics_from(move |registry| {
+                let total = Counter::<u64>::default();
+                total.inc_by(counted.fetch_add(1, Ordering::AcqRel) + 1);
+                registry.register("orders_scrapes", "Scrapes so far", total);
+            }),
     );
     let mut run = TestRun::start(b);
     run.ready().await;
@@ -647,6 +656,13 @@ async fn health_and_metrics_can_live_on_their_own_port() {
     assert_eq!(get_once(public_address, "/readyz").await.0, 404, "not on the public port");
     assert_eq!(get_once(admin_address, "/readyz").await.0, 200);
     assert_eq!(get_once(admin_address, "/metrics").await.0, 200);
+    let (status, _, text) = get_once(admin_address, "/metrics").await;
+    assert_eq!(status, 200, "{text}");
+    let scrape = prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_owned()))).unwrap();
+    assert_eq!(sample(&scrape, &text, "orders_scrapes_total", None), 2.0, "set afresh at each scrape");
+    assert_eq!(sample(&scrape, &text, "lifecycle_phase", Some(("phase", "ready"))), 1.0);
+    assert_eq!(text.matches("# EOF").count(), 1, "one document:\n{text}");
+    assert!(text.ends_with("# EOF\n"), "{text}");
     assert!(run.stop().await.is_success());
 }
 

@@ -14,7 +14,7 @@
 //! grpcurl -plaintext -import-path examples/events/proto -proto events.proto localhost:50051 events.v1.Events/Count
 //! grpcurl -plaintext localhost:50051 grpc.health.v1.Health/Check
 //! curl -s localhost:8081/readyz
-//! curl -s localhost:8081/metrics
+//! curl -s localhost:8081/metrics    # events_consumer_acked_total and the rest, with lifecycle_*
 //! ```
 
 mod api;
@@ -33,9 +33,12 @@ use lifecycle_core::{
 };
 use lifecycle_grpc::GrpcServer;
 use lifecycle_handoff::{Listeners, Upgrade};
+use lifecycle_http::prometheus_client::metrics::counter::Counter;
+use lifecycle_http::prometheus_client::metrics::gauge::Gauge;
+use lifecycle_http::prometheus_client::registry::Registry;
 use lifecycle_http::{HealthPaths, HttpServer};
 use lifecycle_nats::async_nats::jetstream;
-use lifecycle_nats::{Delivery, JetStreamConsumer, MessageHandler, NatsPublisher};
+use lifecycle_nats::{ConsumerStats, Delivery, JetStreamConsumer, MessageHandler, NatsPublisher};
 use lifecycle_sqlx::PgPool;
 use lifecycle_sqlx::sqlx;
 
@@ -225,7 +228,7 @@ async fn main(listeners: Listeners) -> Result<RegistryBuilder, String> {
     let restart = RestartPolicy::on_failure()
         .backoff(Duration::from_millis(200), Duration::from_secs(10))
         .max_restarts(100, Duration::from_secs(60));
-    builder
+    let consumer = builder
         .add(
             JetStreamConsumer::new(
                 "consumer",
@@ -239,7 +242,8 @@ async fn main(listeners: Listeners) -> Result<RegistryBuilder, String> {
         )
         .depends_on(&migrations)
         .depends_on(&stream)
-        .depends_on(&db);
+        .depends_on(&db)
+        .dep();
     builder
         .add(
             GrpcServer::new("grpc", grpc)
@@ -250,7 +254,8 @@ async fn main(listeners: Listeners) -> Result<RegistryBuilder, String> {
     builder.add(
         HttpServer::new("admin", admin, Router::new())
             .with_health(HealthPaths::default())
-            .with_metrics("/metrics"),
+            .with_metrics("/metrics")
+            .with_metrics_from(move |registry| consumer_metrics(registry, consumer.stats())),
     );
     builder.add(upgrade);
     tracing::info!(
@@ -261,4 +266,23 @@ async fn main(listeners: Listeners) -> Result<RegistryBuilder, String> {
         "events configured"
     );
     Ok(builder)
+}
+
+/// The consumer's counters on `/metrics` (`events_consumer_*`), read at each scrape.
+fn consumer_metrics(registry: &mut Registry, stats: ConsumerStats) {
+    let registry = registry.sub_registry_with_prefix("events_consumer");
+    let in_flight = Gauge::<i64>::default();
+    in_flight.set(i64::try_from(stats.in_flight).unwrap_or(i64::MAX));
+    registry.register("in_flight", "Messages whose handler is running", in_flight);
+    for (name, help, value) in [
+        ("acked", "Messages handled and acked (the server confirmed the ack)", stats.acked),
+        ("nacked", "Messages nak'ed because their handler failed", stats.nacked),
+        ("terminated", "Messages terminated or dead-lettered because their handler failed", stats.terminated),
+        ("redelivered", "Deliveries that were not their message's first", stats.redelivered),
+        ("left", "Messages given back at a stop without being handled", stats.left),
+    ] {
+        let counter = Counter::<u64>::default();
+        counter.inc_by(value);
+        registry.register(name, help, counter);
+    }
 }
