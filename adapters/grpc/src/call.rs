@@ -1,6 +1,7 @@
-//! One gRPC call through the server: a handler's panic becomes `INTERNAL` for that call alone,
-//! and a response stream still open when the stop says so ends with `UNAVAILABLE` in its
-//! trailers, a status clients retry, rather than with a reset stream.
+//! One gRPC call through the server: a handler's panic becomes `INTERNAL` for that call alone;
+//! a call still running at its client's deadline (`grpc-timeout`) ends with `DEADLINE_EXCEEDED`,
+//! its handler cancelled; and a response stream still open when the stop says so ends with
+//! `UNAVAILABLE` in its trailers, a status clients retry, rather than with a reset stream.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -9,6 +10,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use axum::http::{HeaderMap, Request, Response, Uri};
 use http_body::{Body as _, Frame, SizeHint};
@@ -29,6 +31,8 @@ pub(crate) struct Counters {
     pub(crate) watches_ended: AtomicU64,
     /// Calls whose handler panicked (answered `INTERNAL`).
     pub(crate) panicked: AtomicU64,
+    /// Calls still running at their client's deadline (ended with `DEADLINE_EXCEEDED`).
+    pub(crate) deadline_exceeded: AtomicU64,
     /// Calls dropped before they had a status: reset by their client, or cut with their
     /// connection at the hard deadline.
     pub(crate) dropped: AtomicU64,
@@ -85,18 +89,31 @@ where
         // Put there by the HTTP server for every request: the stop's signals.
         let context = request.extensions().get::<RequestContext>().cloned();
         let uri = request.uri().clone();
+        let deadline = client_deadline(request.headers()).map(|after| tokio::time::Instant::now() + after);
         Box::pin(async move {
             // The call inside the future: a panic in it is caught with the handler's.
-            let response = CatchUnwind::new(async move { inner.call(request.map(Body::new)).await }).await;
+            let response = CatchUnwind::new(async move { inner.call(request.map(Body::new)).await });
+            let response = match deadline {
+                None => response.await,
+                // Dropping the handler at the deadline cancels whatever it awaits.
+                Some(deadline) => match tokio::time::timeout_at(deadline, response).await {
+                    Ok(response) => response,
+                    Err(_) => {
+                        guard.ended = Some(CallEnd::DeadlineExceeded);
+                        let answer = deadline_exceeded().into_http();
+                        return Ok(answer.map(|body| CallBody::new(body, None, ends_at, None, guard)));
+                    }
+                },
+            };
             let response = match response {
                 Ok(Ok(response)) => response,
                 Ok(Err(never)) => match never {},
                 Err(panic) => {
                     guard.panicked(&component, &uri, &panic);
-                    return Ok(internal().map(|body| CallBody::new(body, None, ends_at, guard)));
+                    return Ok(internal().map(|body| CallBody::new(body, None, ends_at, None, guard)));
                 }
             };
-            Ok(response.map(|body| CallBody::new(body, context, ends_at, guard)))
+            Ok(response.map(|body| CallBody::new(body, context, ends_at, deadline, guard)))
         })
     }
 }
@@ -104,6 +121,32 @@ where
 /// The answer to a call whose handler panicked: a trailers-only `INTERNAL`.
 fn internal() -> Response<Body> {
     Status::internal("the handler failed").into_http()
+}
+
+fn deadline_exceeded() -> Status {
+    Status::deadline_exceeded("the call's deadline passed")
+}
+
+/// The client's deadline for the call: its `grpc-timeout` header (at most 8 digits and a unit,
+/// `H`ours, `M`inutes, `S`econds, `m`illi-, `u`micro- or `n`anoseconds). A malformed one is
+/// ignored, as gRPC servers do.
+fn client_deadline(headers: &HeaderMap) -> Option<Duration> {
+    let text = headers.get("grpc-timeout")?.to_str().ok()?;
+    let unit = text.chars().last()?;
+    let digits = &text[..text.len() - unit.len_utf8()];
+    if digits.is_empty() || digits.len() > 8 || !digits.bytes().all(|byte| byte.is_ascii_digit()) {
+        return None;
+    }
+    let value: u64 = digits.parse().ok()?;
+    Some(match unit {
+        'H' => Duration::from_secs(value * 3600),
+        'M' => Duration::from_secs(value * 60),
+        'S' => Duration::from_secs(value),
+        'm' => Duration::from_millis(value),
+        'u' => Duration::from_micros(value),
+        'n' => Duration::from_nanos(value),
+        _ => return None,
+    })
 }
 
 /// Counts a call in flight from its request until its response body is done or dropped.
@@ -120,6 +163,7 @@ enum CallEnd {
     Unavailable,
     WatchClosed,
     Panicked,
+    DeadlineExceeded,
 }
 
 impl InFlight {
@@ -142,6 +186,7 @@ impl Drop for InFlight {
             Some(CallEnd::Unavailable) => &self.counters.ended_unavailable,
             Some(CallEnd::WatchClosed) => &self.counters.watches_ended,
             Some(CallEnd::Panicked) => &self.counters.panicked,
+            Some(CallEnd::DeadlineExceeded) => &self.counters.deadline_exceeded,
             None => &self.counters.dropped,
         };
         counter.fetch_add(1, Ordering::AcqRel);
@@ -158,18 +203,27 @@ pub(crate) struct CallBody {
     ends_at: EndsAt,
     /// The stop's signal, made only once the body has had to wait (a unary answer never does).
     wait: Option<Wait>,
+    /// The client's deadline, made into a timer only once the body has had to wait.
+    deadline: Option<tokio::time::Instant>,
+    deadline_timer: Option<Pin<Box<tokio::time::Sleep>>>,
     guard: InFlight,
     /// The body sent its last frame.
     done: bool,
 }
 
 impl CallBody {
-    fn new(inner: Body, context: Option<RequestContext>, ends_at: EndsAt, mut guard: InFlight) -> Self {
+    fn new(
+        inner: Body,
+        context: Option<RequestContext>,
+        ends_at: EndsAt,
+        deadline: Option<tokio::time::Instant>,
+        mut guard: InFlight,
+    ) -> Self {
         // A trailers-only answer (an error status, or the `INTERNAL` of a panic) has no body to poll.
         if inner.is_end_stream() && guard.ended.is_none() {
             guard.ended = Some(CallEnd::Finished);
         }
-        Self { inner, context, ends_at, wait: None, guard, done: false }
+        Self { inner, context, ends_at, wait: None, deadline, deadline_timer: None, guard, done: false }
     }
 
     /// Whether the stop's signal for this stream has come.
@@ -188,6 +242,7 @@ impl CallBody {
     ) -> Poll<Option<Result<Frame<axum::body::Bytes>, Status>>> {
         self.done = true;
         self.wait = None;
+        self.deadline_timer = None;
         self.guard.ended = Some(ended);
         let mut trailers = HeaderMap::new();
         match status.add_header(&mut trailers) {
@@ -225,6 +280,9 @@ impl http_body::Body for CallBody {
         if this.stop_says_end() {
             return this.end_for_stop();
         }
+        if this.deadline.is_some_and(|deadline| deadline <= tokio::time::Instant::now()) {
+            return this.end_with(&deadline_exceeded(), CallEnd::DeadlineExceeded);
+        }
         // Unwind safety: after a panic the inner body is never polled again, only dropped.
         let polled = catch_unwind(AssertUnwindSafe(|| Pin::new(&mut this.inner).poll_frame(cx)));
         match polled {
@@ -250,6 +308,14 @@ impl http_body::Body for CallBody {
                 Poll::Ready(Some(Err(status)))
             }
             Ok(Poll::Pending) => {
+                if let Some(deadline) = this.deadline {
+                    let timer = this
+                        .deadline_timer
+                        .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+                    if timer.as_mut().poll(cx).is_ready() {
+                        return this.end_with(&deadline_exceeded(), CallEnd::DeadlineExceeded);
+                    }
+                }
                 let Some(context) = &this.context else { return Poll::Pending };
                 let ends_at = this.ends_at;
                 let wait = this.wait.get_or_insert_with(|| {
@@ -282,5 +348,30 @@ impl http_body::Body for CallBody {
 impl std::fmt::Debug for CallBody {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("CallBody").field("done", &self.done).finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn deadline(value: &str) -> Option<Duration> {
+        let mut headers = HeaderMap::new();
+        headers.insert("grpc-timeout", value.parse().expect("a header value"));
+        client_deadline(&headers)
+    }
+
+    #[test]
+    fn grpc_timeout_is_read_in_each_unit_and_a_malformed_one_is_ignored() {
+        assert_eq!(deadline("2H"), Some(Duration::from_secs(7200)));
+        assert_eq!(deadline("3M"), Some(Duration::from_secs(180)));
+        assert_eq!(deadline("10S"), Some(Duration::from_secs(10)));
+        assert_eq!(deadline("250m"), Some(Duration::from_millis(250)));
+        assert_eq!(deadline("99999999u"), Some(Duration::from_micros(99_999_999)));
+        assert_eq!(deadline("5n"), Some(Duration::from_nanos(5)));
+        for malformed in ["", "S", "100000000S", "10s", "-1S", "1.5S", "10"] {
+            assert_eq!(deadline(malformed), None, "{malformed:?}");
+        }
+        assert_eq!(client_deadline(&HeaderMap::new()), None);
     }
 }

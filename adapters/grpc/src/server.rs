@@ -42,7 +42,10 @@ use crate::call::{Call, Counters, EndsAt};
 ///
 /// A handler reaches the stop's signals through its request:
 /// `request.extensions().get::<RequestContext>()`. A handler that panics answers its call with
-/// `INTERNAL`; its connection, the other calls and the service carry on.
+/// `INTERNAL`; its connection, the other calls and the service carry on. A call still running
+/// at its client's deadline (the `grpc-timeout` header) ends with `DEADLINE_EXCEEDED`: a unary
+/// handler is dropped there (cancelling what it awaits), a response stream ends with that status
+/// in its trailers.
 ///
 /// The health service says `SERVING` once the whole service is ready, not when this component
 /// starts; [`health_reporter`](GrpcServer::health_reporter) lets the application set statuses of
@@ -157,6 +160,12 @@ impl GrpcServer {
         self.counters.panicked.load(Ordering::Acquire)
     }
 
+    /// Calls still running at their client's deadline (its `grpc-timeout`), ended with
+    /// `DEADLINE_EXCEEDED` and their handler cancelled, since the start.
+    pub fn calls_past_deadline(&self) -> u64 {
+        self.counters.deadline_exceeded.load(Ordering::Acquire)
+    }
+
     /// `""` and every service added, to `status`.
     async fn set_all(health: &HealthReporter, services: &[&'static str], status: ServingStatus) {
         health.set_service_status("", status).await;
@@ -266,7 +275,8 @@ impl Component for GrpcServer {
         ctx.note(format!(
             "gRPC: {} connections and {} calls open at the drain; since then {} calls finished, {} streams ended \
              UNAVAILABLE at the soft deadline, {} health watches ended, {} calls dropped without a status (cut at the \
-             hard deadline or reset by their client); {} handler panics since the start",
+             hard deadline or reset by their client); {} handler panics and {} calls past their client's deadline \
+             since the start",
             at_drain.connections,
             at_drain.calls,
             now.finished - at_drain.finished,
@@ -274,6 +284,7 @@ impl Component for GrpcServer {
             now.watches - at_drain.watches,
             now.dropped - at_drain.dropped,
             self.calls_panicked(),
+            self.calls_past_deadline(),
         ));
         stopped
     }

@@ -283,7 +283,46 @@ async fn a_panicking_handler_answers_internal_and_the_server_carries_on() {
     let report = served.run.stop().await;
     testing::assert_clean(&report);
     assert!(report.component("grpc").unwrap().failures.is_empty(), "{report}");
-    assert!(notes(&report).contains("2 handler panics since the start"), "{report}");
+    assert!(notes(&report).contains("2 handler panics and 0 calls past"), "{report}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_past_its_clients_deadline_ends_with_deadline_exceeded_and_its_handler_is_dropped() {
+    let served = serve(builder(), |server| server.options(stop_timeout(Duration::from_secs(5)))).await;
+    let began = Instant::now();
+    let status = within(
+        "the server's answer",
+        Duration::from_secs(5),
+        EchoClient::echo_raw(served.address, "forever", "200m"),
+    )
+    .await;
+    assert_eq!(status.as_deref(), Some("4"), "DEADLINE_EXCEEDED");
+    assert!(began.elapsed() < Duration::from_secs(2), "answered at the deadline: {:?}", began.elapsed());
+    testing::eventually("the handler dropped", Duration::from_secs(2), || {
+        served.server.calls_in_flight() == 0
+    })
+    .await;
+    assert_eq!(EchoClient::echo_raw(served.address, "in time", "5S").await.as_deref(), Some("0"));
+    let mut client = EchoClient::to(served.address);
+
+    // A stream still sending at its deadline: the ticks sent stay sent, then the status.
+    let mut stream = client.ticks_within(1000, 20, Duration::from_millis(300)).await.unwrap();
+    let mut received = 0;
+    let status = loop {
+        match stream.message().await {
+            Ok(Some(_)) => received += 1,
+            Ok(None) => panic!("the stream completed after {received} ticks"),
+            Err(status) => break status,
+        }
+    };
+    assert_eq!(status.code(), lifecycle_grpc::tonic::Code::DeadlineExceeded, "{status:?}");
+    assert!((1..1000).contains(&received), "{received} ticks before the deadline");
+
+    assert_eq!(served.server.calls_past_deadline(), 2);
+    assert_eq!(served.run.handle().phase(), Phase::Ready, "the service carries on");
+    let report = served.run.stop().await;
+    testing::assert_clean(&report);
+    assert!(notes(&report).contains("0 handler panics and 2 calls past their client's deadline"), "{report}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

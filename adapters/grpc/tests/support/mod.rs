@@ -197,6 +197,54 @@ impl EchoClient {
         Ok(self.grpc.unary(request, path, ProstCodec::default()).await?.into_inner())
     }
 
+    /// `count` ticks `interval_ms` apart, with a deadline the server is told (`grpc-timeout`).
+    /// The channel enforces it only until the response's headers, so the stream's end is the
+    /// server's.
+    pub async fn ticks_within(
+        &mut self,
+        count: u32,
+        interval_ms: u64,
+        deadline: Duration,
+    ) -> Result<Streaming<Tick>, Status> {
+        self.grpc.ready().await.map_err(|error| Status::from_error(error.into()))?;
+        let path = http::uri::PathAndQuery::from_static("/test.Echo/Ticks");
+        let mut request = Request::new(TicksRequest { count, interval_ms, panic_at: 0 });
+        request.set_timeout(deadline);
+        Ok(self.grpc.server_streaming(request, path, ProstCodec::default()).await?.into_inner())
+    }
+
+    /// `Echo` sent by a bare HTTP/2 client with `grpc-timeout: <grpc_timeout>`: unlike a tonic
+    /// channel, which also enforces the deadline it sends (and so races the server's), it waits
+    /// for the server's answer. Returns the `grpc-status` the server answered with.
+    pub async fn echo_raw(address: SocketAddr, text: &str, grpc_timeout: &str) -> Option<String> {
+        use http_body_util::{BodyExt, Full};
+        use prost::Message as _;
+
+        let stream = tokio::net::TcpStream::connect(address).await.unwrap();
+        let (mut sender, connection) = hyper::client::conn::http2::handshake(
+            hyper_util::rt::TokioExecutor::new(),
+            hyper_util::rt::TokioIo::new(stream),
+        )
+        .await
+        .unwrap();
+        tokio::spawn(connection);
+        let message = EchoRequest { text: text.to_owned(), delay_ms: 0 }.encode_to_vec();
+        let mut frame = vec![0];
+        frame.extend_from_slice(&u32::try_from(message.len()).unwrap().to_be_bytes());
+        frame.extend_from_slice(&message);
+        let request = http::Request::post(format!("http://{address}/test.Echo/Echo"))
+            .header("content-type", "application/grpc")
+            .header("te", "trailers")
+            .header("grpc-timeout", grpc_timeout)
+            .body(Full::new(hyper::body::Bytes::from(frame)))
+            .unwrap();
+        let response = sender.send_request(request).await.unwrap();
+        let (parts, body) = response.into_parts();
+        let in_headers = parts.headers.get("grpc-status").map(|value| value.to_str().unwrap().to_owned());
+        let trailers = body.collect().await.unwrap().trailers().cloned();
+        in_headers.or_else(|| trailers?.get("grpc-status").map(|value| value.to_str().unwrap().to_owned()))
+    }
+
     pub async fn ticks(
         &mut self,
         count: u32,
