@@ -238,6 +238,31 @@ async fn an_upgrade_signal_before_the_successor_handles_it_does_not_kill_it() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upgrade_signal_before_the_first_generation_handles_it_does_not_kill_it() {
+    let knobs = temp_dir("early-signal-first");
+    std::fs::write(knobs.join("slow_after_inherit"), b"").unwrap();
+    let service = Service::spawn(FIXTURE, &["--knobs", knobs.to_str().unwrap()]).unwrap();
+    // It inherited (nothing) and waits 1 s before its runtime and its upgrade handler exist: a
+    // deploy script that signals it then hits a process with no handler of its own.
+    service.wait_for_line("inherited; setting up slowly", Duration::from_secs(10)).unwrap();
+    let pid = service.pid();
+    for _ in 0..5 {
+        kill("USR2", pid);
+        tokio::time::sleep(Duration::from_millis(40)).await;
+    }
+    std::fs::remove_file(knobs.join("slow_after_inherit")).unwrap();
+    let (address, ready_pid) = ready(&service);
+    assert_eq!(ready_pid, pid, "the first generation lived on:\n{}", service.stderr());
+    assert_eq!(served_by(address).await, pid);
+    // Dropped, not queued: no upgrade came of them; the next trigger upgrades as always.
+    assert!(!service.stderr().contains("upgrade: successor started"), "{}", service.stderr());
+    let successor = upgrade(&service, pid).await;
+    assert_eq!(served_by(address).await, successor);
+    stop(service, successor).await;
+    let _ = std::fs::remove_dir_all(knobs);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_triggers_start_one_upgrade_and_a_successor_defers_one_until_its_predecessor_is_gone() {
     let service = Service::spawn(FIXTURE, &[]).unwrap();
     let (address, pid) = ready(&service);

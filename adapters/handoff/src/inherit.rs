@@ -2,13 +2,14 @@
 //! channel from a parent during an upgrade, or systemd's socket-activated descriptors.
 //!
 //! Also what a successor inherits besides them: its upgrade signals set to be ignored, so that
-//! one arriving before it installs its handlers cannot kill it.
+//! one arriving before it installs its handlers cannot kill it; and the same for a first
+//! generation, from the moment it inherits.
 //!
 //! This is the only module of the workspace with `unsafe` code, for three operations the
 //! protocols require: claiming a descriptor number as our own (`OwnedFd::from_raw_fd`),
 //! clearing the variables that described them (`env::remove_var`), so that processes we start
-//! later inherit neither, and changing a signal's disposition in a successor between `fork`
-//! and `exec` (`pre_exec`).
+//! later inherit neither, and changing a signal's disposition (`sigaction`), in this process
+//! or in a successor between `fork` and `exec` (`pre_exec`).
 
 #![allow(unsafe_code)]
 
@@ -16,7 +17,7 @@ use std::env;
 use std::os::fd::{FromRawFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use nix::sys::signal::{SigHandler, Signal};
+use nix::sys::signal::{SaFlags, SigAction, SigHandler, SigSet, Signal};
 use tokio::signal::unix::SignalKind;
 
 use crate::HandoffError;
@@ -162,6 +163,22 @@ fn adopt(fd: RawFd, what: &str) -> Result<OwnedFd, HandoffError> {
 /// it when they are installed. A signal in the window is so dropped, not fatal; scripts that
 /// signal the process the PID file names never hit it (the file names a successor once it is
 /// ready).
+/// Ignores `signal` in this process when its disposition is still the default (which, for
+/// SIGUSR2, ends the process): a handler installed later (the upgrade's) replaces it. One the
+/// program installed already is left alone.
+pub(crate) fn ignore_while_default(signal: Signal) {
+    let ignore = SigAction::new(SigHandler::SigIgn, SaFlags::empty(), SigSet::empty());
+    // SAFETY: the dispositions set are "ignore" and the one found, not a handler function, so
+    // no code of ours can run in a signal's context; `sigaction` itself is thread-safe.
+    unsafe {
+        if let Ok(found) = nix::sys::signal::sigaction(signal, &ignore)
+            && !matches!(found.handler(), SigHandler::SigDfl)
+        {
+            let _ = nix::sys::signal::sigaction(signal, &found);
+        }
+    }
+}
+
 pub(crate) fn ignore_in_successor(command: &mut tokio::process::Command, signals: &[SignalKind]) {
     let signals: Vec<Signal> =
         signals.iter().filter_map(|kind| Signal::try_from(kind.as_raw_value()).ok()).collect();

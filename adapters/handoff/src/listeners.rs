@@ -88,11 +88,18 @@ impl Listeners {
     /// Linux only in practice: it reads `/proc/self/task` (to count threads) and `/proc/self/fd`
     /// (to check what it adopts), and refuses when it cannot.
     ///
+    /// A process that inherits is one an upgrade may be asked of: from here until the
+    /// [`Upgrade`](crate::Upgrade) component handles its trigger, SIGUSR2 is ignored rather
+    /// than left to its default disposition, which ends the process (a trigger sent that early
+    /// is dropped, and one sent to a service that never starts an `Upgrade` is ignored). A
+    /// handler the program installed before is left alone.
+    ///
     /// # Errors
     /// When there was something to inherit and other threads run, or their number cannot be
     /// read (it then takes nothing and clears nothing), or the descriptors passed are not
     /// sockets.
     pub fn inherit() -> Result<Self, HandoffError> {
+        inherit::ignore_while_default(nix::sys::signal::Signal::SIGUSR2);
         let inherited = inherit::take()?;
         if inherited.source != Source::Nothing {
             let names: Vec<&str> = inherited.sockets.iter().map(|(name, _)| name.as_str()).collect();

@@ -9,7 +9,9 @@
 //! PATH`, `--ready-timeout MS`, `--sd-notify`, `--knobs DIR`: when `DIR/crash` exists at start
 //! the process exits with code 3 while starting; when `DIR/hang` exists its start never ends;
 //! when `DIR/slow` exists the process waits 1 s before it sets anything up (as one that loads a
-//! large configuration first, before any handler is installed). All are read at start, so a test can change them between generations. Without `--listen`
+//! large configuration first, before any handler is installed); when `DIR/slow_after_inherit`
+//! exists it prints `inherited; setting up slowly` on standard output right after inheriting and
+//! waits 1 s there. All are read at start, so a test can change them between generations. Without `--listen`
 //! and `--pid-file`, the variables `LISTEN_ADDR` and `PID_FILE` give them: the contract of
 //! `lifecycle-drill`, which can so measure an upgrade with nothing but the hand-over in it.
 
@@ -118,6 +120,10 @@ fn main() -> Result<(), String> {
     }
     // Before the runtime starts its threads: inheriting clears environment variables.
     let listeners = Listeners::inherit().map_err(|e| e.to_string())?;
+    if options.knobs.as_ref().is_some_and(|dir| dir.join("slow_after_inherit").exists()) {
+        println!("inherited; setting up slowly");
+        std::thread::sleep(Duration::from_secs(1));
+    }
     let tcp = listeners.tcp("http", options.listen).map_err(|e| e.to_string())?;
     let unix = match &options.unix {
         Some(path) => Some(listeners.unix("admin", path).map_err(|e| e.to_string())?),
