@@ -53,7 +53,8 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use lifecycle_core::{
-    BoxError, CancellationToken, Component, ComponentId, ComponentOptions, Context, Dep, Dependency,
+    BoxError, CancellationToken, CatchUnwind, Component, ComponentId, ComponentOptions, Context, Dep,
+    Dependency,
 };
 use sqlx::{PgConnection, Postgres, Row};
 
@@ -306,7 +307,10 @@ pub struct Job {
 }
 
 /// Runs jobs. Write through `transaction` what must commit together with the job's completion;
-/// return an error (or observe `cancel`) to roll it back and leave the job to a later try.
+/// return an error (or observe `cancel`) to roll it back and leave the job to a later try. A
+/// failure (an error, or a panic, which the worker survives) is undone and counted while the job
+/// is still locked, so no other slot runs it in between, and a job runs at most
+/// [`JobWorker::max_attempts`] times.
 pub trait JobHandler: Send + Sync + 'static {
     /// Runs one job.
     fn handle<'a>(
@@ -540,6 +544,19 @@ impl<H: JobHandler> Slot<H> {
         }
     }
 
+    /// One more failed run of job `id`, with its error.
+    async fn count_failure<'e, E>(executor: E, id: i64, error: &BoxError) -> Result<(), sqlx::Error>
+    where
+        E: sqlx::PgExecutor<'e>,
+    {
+        sqlx::query("UPDATE lifecycle_jobs SET attempts = attempts + 1, last_error = $2 WHERE id = $1")
+            .bind(id)
+            .bind(error.to_string())
+            .execute(executor)
+            .await?;
+        Ok(())
+    }
+
     /// Claims and runs one job. `Ok(false)` when the queue is empty.
     async fn run_one(&self) -> Result<bool, sqlx::Error> {
         let mut transaction = self.pool.begin().await?;
@@ -554,27 +571,42 @@ impl<H: JobHandler> Slot<H> {
         };
         let job = Job { id, payload, attempts };
         let cancel = self.jobs.child_token();
-        match self.handler.handle(&job, &mut transaction, cancel.clone()).await {
+        // The handler works in a savepoint, so that a failure is undone while the job stays
+        // locked: its count goes up before any other slot can claim it again. A panic is a
+        // failure like an error: the job is retried by the same rule, the worker carries on.
+        let mut savepoint = sqlx::Connection::begin(&mut *transaction).await?;
+        let outcome = CatchUnwind::new(self.handler.handle(&job, &mut savepoint, cancel.clone()))
+            .await
+            .unwrap_or_else(|panic| Err(format!("the job handler panicked: {panic}").into()));
+        match outcome {
             Ok(()) => {
+                savepoint.commit().await?;
                 let complete = if self.keep_history { COMPLETE_KEEPING } else { COMPLETE_DROPPING };
                 sqlx::query(complete).bind(job.id).execute(&mut *transaction).await?;
                 transaction.commit().await?;
             }
-            Err(error) => {
+            Err(_) if cancel.is_cancelled() => {
+                drop(savepoint);
                 transaction.rollback().await?;
-                if cancel.is_cancelled() {
-                    tracing::info!(component = %self.component, job = job.id, "job cancelled by the shutdown; it stays claimable");
-                } else {
-                    tracing::warn!(component = %self.component, job = job.id, %error, "job failed");
-                    // The job stays in the claim's table, with its count and its error, for the
-                    // next try (and they go into the history with it once it succeeds).
-                    sqlx::query(
-                        "UPDATE lifecycle_jobs SET attempts = attempts + 1, last_error = $2 WHERE id = $1",
-                    )
-                    .bind(job.id)
-                    .bind(error.to_string())
-                    .execute(&self.pool)
-                    .await?;
+                tracing::info!(component = %self.component, job = job.id, "job cancelled by the shutdown; it stays claimable");
+            }
+            Err(error) => {
+                tracing::warn!(component = %self.component, job = job.id, %error, "job failed");
+                // The job stays in the claim's table, with its count and its error, for the next
+                // try (and they go into the history with it once it succeeds).
+                let counted = match savepoint.rollback().await {
+                    Ok(()) => Self::count_failure(&mut *transaction, job.id, &error).await,
+                    Err(rollback) => Err(rollback),
+                };
+                let counted = match counted {
+                    Ok(()) => transaction.commit().await,
+                    Err(failed) => Err(failed),
+                };
+                if let Err(locked) = counted {
+                    // The connection is unusable (a handler cut in the middle of a query): count
+                    // it without the lock, which is all that is left.
+                    tracing::debug!(component = %self.component, job = job.id, error = %locked, "failure not counted under the job's lock");
+                    Self::count_failure(&self.pool, job.id, &error).await?;
                 }
             }
         }

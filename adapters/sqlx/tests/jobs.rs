@@ -10,6 +10,8 @@
 
 mod support;
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use lifecycle_core::testing::{self, TestRun, builder};
@@ -20,17 +22,19 @@ use lifecycle_sqlx::sqlx::{self, AssertSqlSafe, PgConnection};
 use support::{pg_url, unique};
 
 /// Records each run in `runs` inside the job's transaction, after a little work. With
-/// `fail_first`, fails each job's first run ("first try fails"), and every run of the job whose
-/// payload is `always fails` ("this one always fails").
+/// `fail_first`, fails each job's first run ("first try fails"), every run of the job whose
+/// payload is `always fails` ("this one always fails") and panics in every run of the one whose
+/// payload is `panics`; `hopeless_runs` counts the runs of those two.
 struct Recorder {
     runs: String,
     work: Duration,
     fail_first: bool,
+    hopeless_runs: Arc<AtomicU64>,
 }
 
 impl Recorder {
     fn new(runs: &str, work: Duration) -> Self {
-        Self { runs: runs.to_owned(), work, fail_first: false }
+        Self { runs: runs.to_owned(), work, fail_first: false, hopeless_runs: Arc::default() }
     }
 }
 
@@ -42,7 +46,17 @@ impl JobHandler for Recorder {
         cancel: CancellationToken,
     ) -> Result<(), BoxError> {
         if self.fail_first && job.payload == "always fails" {
+            self.hopeless_runs.fetch_add(1, Ordering::AcqRel);
+            // Written, then undone with the failure.
+            sqlx::query(AssertSqlSafe(format!("INSERT INTO {} (job_id) VALUES ($1)", self.runs)))
+                .bind(job.id)
+                .execute(transaction)
+                .await?;
             return Err("this one always fails".into());
+        }
+        if self.fail_first && job.payload == "panics" {
+            self.hopeless_runs.fetch_add(1, Ordering::AcqRel);
+            panic!("job handler bug");
         }
         if self.fail_first && job.attempts == 0 {
             return Err("first try fails".into());
@@ -320,21 +334,25 @@ async fn a_worker_with_a_restart_policy_is_restarted_through_a_database_outage()
 async fn a_failed_job_keeps_its_attempts_and_error_and_takes_them_into_the_history() {
     let (setup, queue, runs) = setup(20).await;
     let hopeless = enqueue(&setup, &queue, "always fails").await.unwrap();
-    // One slot: a failure is recorded after its transaction rolled back, so with more slots
-    // another one may run the job again before its count went up (and count that failure too).
+    let panicking = enqueue(&setup, &queue, "panics").await.unwrap();
+    // Eight slots polling every 20 ms: a failure is counted while its job is still locked, so
+    // no other slot runs it again before its count went up.
     let failing = Recorder { fail_first: true, ..Recorder::new(&runs, Duration::ZERO) };
-    let registry = worker_registry(&pg_url(), &queue, failing, |w| w.concurrency(1).max_attempts(3));
+    let hopeless_runs = Arc::clone(&failing.hopeless_runs);
+    let registry = worker_registry(&pg_url(), &queue, failing, |w| w.concurrency(8).max_attempts(3));
     run_until(registry, "every job done or out of attempts", Duration::from_secs(30), || async {
-        let (attempts,): (i32,) = sqlx::query_as("SELECT attempts FROM lifecycle_jobs WHERE id = $1")
-            .bind(hopeless)
-            .fetch_one(&setup)
-            .await
-            .unwrap();
-        history(&setup, &queue).await == 20 && attempts == 3
+        let (out_of_attempts,): (i64,) =
+            sqlx::query_as("SELECT count(*) FROM lifecycle_jobs WHERE queue = $1 AND attempts = 3")
+                .bind(&queue)
+                .fetch_one(&setup)
+                .await
+                .unwrap();
+        history(&setup, &queue).await == 20 && out_of_attempts == 2
     })
     .await;
 
     assert_eq!(counts(&setup, &runs, &queue).await, (20, 20, 20), "each job succeeded once");
+    assert_eq!(hopeless_runs.load(Ordering::Acquire), 6, "three runs each of the two hopeless jobs, no more");
     let done: Vec<(i32, Option<String>, i64)> = sqlx::query_as(
         "SELECT attempts, last_error, count(*) FROM lifecycle_jobs_done WHERE queue = $1 GROUP BY 1, 2",
     )
@@ -348,7 +366,7 @@ async fn a_failed_job_keeps_its_attempts_and_error_and_takes_them_into_the_histo
         "two runs each, the failed one's error kept"
     );
     let left: Vec<(i64, i32, Option<String>, bool)> = sqlx::query_as(
-        "SELECT id, attempts, last_error, done_at IS NULL FROM lifecycle_jobs WHERE queue = $1",
+        "SELECT id, attempts, last_error, done_at IS NULL FROM lifecycle_jobs WHERE queue = $1 ORDER BY id",
     )
     .bind(&queue)
     .fetch_all(&setup)
@@ -356,8 +374,11 @@ async fn a_failed_job_keeps_its_attempts_and_error_and_takes_them_into_the_histo
     .unwrap();
     assert_eq!(
         left,
-        vec![(hopeless, 3, Some("this one always fails".to_owned()), true)],
-        "only the job out of attempts stays in the claim's table, with its count and its error"
+        vec![
+            (hopeless, 3, Some("this one always fails".to_owned()), true),
+            (panicking, 3, Some("the job handler panicked: job handler bug".to_owned()), true),
+        ],
+        "only the jobs out of attempts stay in the claim's table, with their count and error"
     );
 }
 
