@@ -141,30 +141,38 @@ pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).unwrap_or(0)
 }
 
-/// The debug binary of workspace package `package` (named like it), built with cargo the first
-/// time it is asked for in a test process. Tests run after cargo released its build lock, so the
-/// nested build can take it.
+/// The binary of workspace package `package` (named like it), built with cargo (into the test
+/// run's own target directory and profile) the first time it is asked for in a test process.
+/// Tests run after cargo released its build lock, so the nested build can take it.
 pub fn workspace_binary(package: &str) -> std::path::PathBuf {
     package_binary(package, package)
 }
 
-/// The debug binary `binary` of workspace package `package`, built as
+/// The binary `binary` of workspace package `package`, built as
 /// [`workspace_binary`] builds it.
 pub fn package_binary(package: &str, binary: &str) -> std::path::PathBuf {
     static BUILT: Mutex<Vec<String>> = Mutex::new(Vec::new());
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    // Where this test binary was built (`<target dir>/<profile>/deps/`), so a `CARGO_TARGET_DIR`
+    // or `--release` of the test run is the binary's too.
+    let profile_dir = std::env::current_exe()
+        .ok()
+        .and_then(|test| Some(test.parent()?.parent()?.to_path_buf()))
+        .unwrap_or_else(|| root.join("target/debug"));
+    let release = profile_dir.file_name().is_some_and(|name| name == "release");
     let mut built = BUILT.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
     let key = format!("{package}/{binary}");
     if !built.contains(&key) {
-        let status = Command::new(env!("CARGO"))
-            .args(["build", "--quiet", "-p", package, "--bin", binary])
-            .current_dir(&root)
-            .status()
-            .unwrap_or_else(|error| panic!("cannot run cargo: {error}"));
+        let mut build = Command::new(env!("CARGO"));
+        build.args(["build", "--quiet", "-p", package, "--bin", binary]).current_dir(&root);
+        if release {
+            build.arg("--release");
+        }
+        let status = build.status().unwrap_or_else(|error| panic!("cannot run cargo: {error}"));
         assert!(status.success(), "cargo build -p {package} --bin {binary} failed");
         built.push(key);
     }
-    root.join("target/debug").join(binary)
+    profile_dir.join(binary)
 }
 
 /// The report's row for `component` in a service's standard error, whitespace collapsed.
