@@ -260,6 +260,13 @@ where
     }
 }
 
+/// Sets on an accepted connection what it needs before it is served (`TCP_NODELAY`, when on).
+fn prepare_accepted(stream: &tokio::net::TcpStream, nodelay: bool, component: &ComponentId) {
+    if nodelay && let Err(error) = stream.set_nodelay(true) {
+        tracing::debug!(component = %component, %error, "cannot set TCP_NODELAY on a connection");
+    }
+}
+
 /// The server's settings a connection needs.
 #[derive(Clone, Copy)]
 struct Settings {
@@ -267,6 +274,7 @@ struct Settings {
     header_read_timeout: Duration,
     idle_timeout: Duration,
     request_timeout: Option<Duration>,
+    tcp_nodelay: bool,
 }
 
 /// One accepted connection, before it is served.
@@ -330,7 +338,7 @@ impl Connection {
         let Self { router, context, component, shared, settings } = self;
         // HTTP/2 streams run as tasks of the server's set: the stop waits for them.
         let executor = TaskSetExecutor(context.tasks().clone());
-        let Settings { idle_close_after, header_read_timeout, idle_timeout, request_timeout } = settings;
+        let Settings { idle_close_after, header_read_timeout, idle_timeout, request_timeout, .. } = settings;
         let service = TowerToHyperService::new(router);
         let activity = Arc::new(Activity::new());
         let watched = Arc::clone(&activity);
@@ -466,6 +474,7 @@ pub struct HttpServer {
     idle_close_after: Duration,
     go_away_at_drain: bool,
     request_timeout: Option<Duration>,
+    tcp_nodelay: bool,
     header_read_timeout: Duration,
     idle_timeout: Duration,
     max_connections: usize,
@@ -489,6 +498,7 @@ impl HttpServer {
             idle_close_after: IDLE_CLOSE_AFTER,
             go_away_at_drain: false,
             request_timeout: None,
+            tcp_nodelay: true,
             header_read_timeout: HEADER_READ_TIMEOUT,
             idle_timeout: IDLE_TIMEOUT,
             max_connections: default_max_connections(),
@@ -540,6 +550,16 @@ impl HttpServer {
     #[must_use]
     pub fn request_timeout(mut self, limit: Duration) -> Self {
         self.request_timeout = Some(limit);
+        self
+    }
+
+    /// Whether accepted connections get `TCP_NODELAY` (default on, as tonic's and nginx's
+    /// servers do): a response, or a stream's message, written in pieces then goes out at once
+    /// instead of waiting for the client to acknowledge the piece before it (up to its
+    /// delayed-ACK time, 40 ms on Linux).
+    #[must_use]
+    pub fn tcp_nodelay(mut self, on: bool) -> Self {
+        self.tcp_nodelay = on;
         self
     }
 
@@ -774,6 +794,7 @@ impl Component for HttpServer {
             header_read_timeout: self.header_read_timeout,
             idle_timeout: self.idle_timeout,
             request_timeout: self.request_timeout,
+            tcp_nodelay: self.tcp_nodelay,
         };
         let context = self.request_context(ctx.tasks());
         let slots = Arc::new(tokio::sync::Semaphore::new(self.max_connections));
@@ -863,6 +884,7 @@ impl Component for HttpServer {
                 let (stream, _) = match accepted {
                     Ok(accepted) => {
                         accept_errors.succeeded(&name);
+                        prepare_accepted(&accepted.0, settings.tcp_nodelay, &name);
                         accepted
                     }
                     Err(error) => {
@@ -958,5 +980,25 @@ impl fmt::Debug for HttpServer {
             .field("completed", &self.completed())
             .field("draining", &self.shared.draining.load(Ordering::Acquire))
             .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn accepted(nodelay: bool) -> bool {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let address = listener.local_addr().expect("address");
+        let _client = tokio::net::TcpStream::connect(address).await.expect("connect");
+        let (stream, _) = listener.accept().await.expect("accept");
+        prepare_accepted(&stream, nodelay, &ComponentId::from("http"));
+        stream.nodelay().expect("TCP_NODELAY readable")
+    }
+
+    #[tokio::test]
+    async fn accepted_connections_get_tcp_nodelay_unless_it_is_turned_off() {
+        assert!(accepted(true).await);
+        assert!(!accepted(false).await, "the kernel's default is kept");
     }
 }
