@@ -89,7 +89,9 @@ where
         // Put there by the HTTP server for every request: the stop's signals.
         let context = request.extensions().get::<RequestContext>().cloned();
         let uri = request.uri().clone();
-        let deadline = client_deadline(request.headers()).map(|after| tokio::time::Instant::now() + after);
+        // One too far off to represent is no deadline.
+        let deadline = client_deadline(request.headers())
+            .and_then(|after| tokio::time::Instant::now().checked_add(after));
         Box::pin(async move {
             // The call inside the future: a panic in it is caught with the handler's.
             let response = CatchUnwind::new(async move { inner.call(request.map(Body::new)).await });

@@ -606,6 +606,7 @@ impl<H: MessageHandler> FetchLoop<H> {
         let overdue_timer = tokio::time::sleep_until(Instant::now());
         tokio::pin!(overdue_timer);
         let mut timer_set_for = None;
+        let mut published_open_until = None;
         let drained = self.fetching.cancelled();
         tokio::pin!(drained);
         // Answers that were already there when the last one was handled, taken without a select.
@@ -615,7 +616,11 @@ impl<H: MessageHandler> FetchLoop<H> {
             if draining && pulls.is_empty() {
                 return Ok(());
             }
-            self.work.pull_open(pulls.open_until());
+            // Published only when it changes: it is read by a message given back, not per message.
+            if pulls.open_until() != published_open_until {
+                published_open_until = pulls.open_until();
+                self.work.pull_open(published_open_until);
+            }
             let overdue = pulls.next_overdue();
             if overdue != timer_set_for {
                 if let Some(at) = overdue {

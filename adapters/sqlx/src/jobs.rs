@@ -571,22 +571,22 @@ impl<H: JobHandler> Slot<H> {
         };
         let job = Job { id, payload, attempts };
         let cancel = self.jobs.child_token();
-        // The handler works in a savepoint, so that a failure is undone while the job stays
-        // locked: its count goes up before any other slot can claim it again. A panic is a
-        // failure like an error: the job is retried by the same rule, the worker carries on.
-        let mut savepoint = sqlx::Connection::begin(&mut *transaction).await?;
-        let outcome = CatchUnwind::new(self.handler.handle(&job, &mut savepoint, cancel.clone()))
+        // The handler works after a savepoint, so that a failure is undone while the job stays
+        // locked: its count goes up before any other slot can claim it again. Set by hand, not
+        // as a nested sqlx transaction: the commit that completes the job releases it, so a job
+        // that succeeds pays one round trip for it, not two. A panic is a failure like an error:
+        // the job is retried by the same rule, and the worker carries on.
+        sqlx::query("SAVEPOINT lifecycle_job").execute(&mut *transaction).await?;
+        let outcome = CatchUnwind::new(self.handler.handle(&job, &mut transaction, cancel.clone()))
             .await
             .unwrap_or_else(|panic| Err(format!("the job handler panicked: {panic}").into()));
         match outcome {
             Ok(()) => {
-                savepoint.commit().await?;
                 let complete = if self.keep_history { COMPLETE_KEEPING } else { COMPLETE_DROPPING };
                 sqlx::query(complete).bind(job.id).execute(&mut *transaction).await?;
                 transaction.commit().await?;
             }
             Err(_) if cancel.is_cancelled() => {
-                drop(savepoint);
                 transaction.rollback().await?;
                 tracing::info!(component = %self.component, job = job.id, "job cancelled by the shutdown; it stays claimable");
             }
@@ -594,15 +594,12 @@ impl<H: JobHandler> Slot<H> {
                 tracing::warn!(component = %self.component, job = job.id, %error, "job failed");
                 // The job stays in the claim's table, with its count and its error, for the next
                 // try (and they go into the history with it once it succeeds).
-                let counted = match savepoint.rollback().await {
-                    Ok(()) => Self::count_failure(&mut *transaction, job.id, &error).await,
-                    Err(rollback) => Err(rollback),
+                let counted = async {
+                    sqlx::query("ROLLBACK TO SAVEPOINT lifecycle_job").execute(&mut *transaction).await?;
+                    Self::count_failure(&mut *transaction, job.id, &error).await?;
+                    transaction.commit().await
                 };
-                let counted = match counted {
-                    Ok(()) => transaction.commit().await,
-                    Err(failed) => Err(failed),
-                };
-                if let Err(locked) = counted {
+                if let Err(locked) = counted.await {
                     // The connection is unusable (a handler cut in the middle of a query): count
                     // it without the lock, which is all that is left.
                     tracing::debug!(component = %self.component, job = job.id, error = %locked, "failure not counted under the job's lock");
