@@ -308,9 +308,8 @@ pub struct Job {
 
 /// Runs jobs. Write through `transaction` what must commit together with the job's completion;
 /// return an error (or observe `cancel`) to roll it back and leave the job to a later try. A
-/// failure (an error, or a panic, which the worker survives) is undone and counted while the job
-/// is still locked, so no other slot runs it in between, and a job runs at most
-/// [`JobWorker::max_attempts`] times.
+/// panic counts as an error (the worker survives it). A failure is counted just after its
+/// rollback, so with several slots another one may run the job once more in between.
 pub trait JobHandler: Send + Sync + 'static {
     /// Runs one job.
     fn handle<'a>(
@@ -545,14 +544,11 @@ impl<H: JobHandler> Slot<H> {
     }
 
     /// One more failed run of job `id`, with its error.
-    async fn count_failure<'e, E>(executor: E, id: i64, error: &BoxError) -> Result<(), sqlx::Error>
-    where
-        E: sqlx::PgExecutor<'e>,
-    {
+    async fn count_failure(pool: &sqlx::PgPool, id: i64, error: &BoxError) -> Result<(), sqlx::Error> {
         sqlx::query("UPDATE lifecycle_jobs SET attempts = attempts + 1, last_error = $2 WHERE id = $1")
             .bind(id)
             .bind(error.to_string())
-            .execute(executor)
+            .execute(pool)
             .await?;
         Ok(())
     }
@@ -571,12 +567,8 @@ impl<H: JobHandler> Slot<H> {
         };
         let job = Job { id, payload, attempts };
         let cancel = self.jobs.child_token();
-        // The handler works after a savepoint, so that a failure is undone while the job stays
-        // locked: its count goes up before any other slot can claim it again. Set by hand, not
-        // as a nested sqlx transaction: the commit that completes the job releases it, so a job
-        // that succeeds pays one round trip for it, not two. A panic is a failure like an error:
-        // the job is retried by the same rule, and the worker carries on.
-        sqlx::query("SAVEPOINT lifecycle_job").execute(&mut *transaction).await?;
+        // A panic is a failure like an error: the job is retried by the same rule, and the
+        // worker carries on.
         let outcome = CatchUnwind::new(self.handler.handle(&job, &mut transaction, cancel.clone()))
             .await
             .unwrap_or_else(|panic| Err(format!("the job handler panicked: {panic}").into()));
@@ -586,23 +578,17 @@ impl<H: JobHandler> Slot<H> {
                 sqlx::query(complete).bind(job.id).execute(&mut *transaction).await?;
                 transaction.commit().await?;
             }
-            Err(_) if cancel.is_cancelled() => {
-                transaction.rollback().await?;
-                tracing::info!(component = %self.component, job = job.id, "job cancelled by the shutdown; it stays claimable");
-            }
             Err(error) => {
-                tracing::warn!(component = %self.component, job = job.id, %error, "job failed");
-                // The job stays in the claim's table, with its count and its error, for the next
-                // try (and they go into the history with it once it succeeds).
-                let counted = async {
-                    sqlx::query("ROLLBACK TO SAVEPOINT lifecycle_job").execute(&mut *transaction).await?;
-                    Self::count_failure(&mut *transaction, job.id, &error).await?;
-                    transaction.commit().await
-                };
-                if let Err(locked) = counted.await {
-                    // The connection is unusable (a handler cut in the middle of a query): count
-                    // it without the lock, which is all that is left.
-                    tracing::debug!(component = %self.component, job = job.id, error = %locked, "failure not counted under the job's lock");
+                // A connection left unusable (a handler cut in the middle of a query) is closed
+                // by the pool; the job's lock goes with it either way.
+                let _ = transaction.rollback().await;
+                if cancel.is_cancelled() {
+                    tracing::info!(component = %self.component, job = job.id, "job cancelled by the shutdown; it stays claimable");
+                } else {
+                    tracing::warn!(component = %self.component, job = job.id, %error, "job failed");
+                    // The job stays in the claim's table, with its count and its error, for the
+                    // next try (and they go into the history with it once it succeeds). Counted
+                    // after the rollback: another slot may run it once more in between.
                     Self::count_failure(&self.pool, job.id, &error).await?;
                 }
             }
