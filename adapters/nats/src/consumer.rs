@@ -20,6 +20,7 @@ use async_nats::jetstream::context::{ConsumerInfoErrorKind, GetStreamErrorKind};
 use async_nats::jetstream::message::AckKind;
 use async_nats::jetstream::{self, ErrorCode};
 use async_nats::{Client, HeaderMap, StatusCode};
+use futures_util::stream::FuturesUnordered;
 use futures_util::{FutureExt, StreamExt};
 use lifecycle_core::{
     BoxError, CancellationToken, CatchUnwind, Component, ComponentId, ComponentOptions, Context, Health,
@@ -197,6 +198,7 @@ pub struct JetStreamConsumer<H> {
     filter_subject: Option<String>,
     concurrency: usize,
     prefetch: Option<usize>,
+    spawn_handlers: bool,
     ack_wait: Duration,
     max_deliver: Option<i64>,
     fetch_wait: Duration,
@@ -224,6 +226,7 @@ impl<H: MessageHandler> JetStreamConsumer<H> {
             filter_subject: None,
             concurrency: 4,
             prefetch: None,
+            spawn_handlers: false,
             ack_wait: Duration::from_secs(30),
             max_deliver: None,
             fetch_wait: Duration::from_secs(1),
@@ -256,6 +259,21 @@ impl<H: MessageHandler> JetStreamConsumer<H> {
     #[must_use]
     pub fn prefetch(mut self, messages: usize) -> Self {
         self.prefetch = Some(messages);
+        self
+    }
+
+    /// Runs each message's handler in a task of its own, so that handlers run on every worker
+    /// thread at once: for handlers that spend long stretches on the CPU between awaits.
+    ///
+    /// By default (false) the handlers in flight run concurrently inside the consumer's fetch
+    /// task, as `for_each_concurrent` would run them: a message costs no task hand-off (with a
+    /// handler that does nothing, about a fifth more messages per second; docs/BENCHMARKS.md),
+    /// but the handlers share one thread at a time, so one that blocks its thread stalls the
+    /// others and the fetching until it returns. Either way a panic is the handler's failure
+    /// alone, and the stop waits for every handler.
+    #[must_use]
+    pub fn spawn_handlers(mut self, spawn: bool) -> Self {
+        self.spawn_handlers = spawn;
         self
     }
 
@@ -424,9 +442,10 @@ impl<H: MessageHandler> Component for JetStreamConsumer<H> {
             credits,
             pull_at,
             fetch_wait: self.fetch_wait,
+            spawn_handlers: self.spawn_handlers,
             escalate_after: ctx.restarts_on_failure().then_some(ESCALATE_AFTER),
             fetching: running.fetching.clone(),
-            work: Work {
+            work: Arc::new(Work {
                 component: self.server.component.clone(),
                 handler: Arc::clone(&self.handler),
                 on_error: self.on_error.clone(),
@@ -435,8 +454,8 @@ impl<H: MessageHandler> Component for JetStreamConsumer<H> {
                 fetching: running.fetching.clone(),
                 handlers: running.handlers.clone(),
                 abandon: running.abandon.clone(),
-                pull_open_until: Arc::default(),
-            },
+                pull_open_until: Mutex::default(),
+            }),
             ctx: ctx.clone(),
         };
         if let Some(previous) = self.running().replace(running) {
@@ -518,13 +537,14 @@ impl<H> fmt::Debug for JetStreamConsumer<H> {
             .field("stream", &self.stream)
             .field("durable", &self.durable)
             .field("concurrency", &self.concurrency)
+            .field("spawn_handlers", &self.spawn_handlers)
             .field("stats", &self.counters.snapshot())
             .finish()
     }
 }
 
 /// The task that keeps pull requests open for as many messages as the handlers and the prefetch
-/// can hold, and hands each message that comes to a task of its own.
+/// can hold, and runs the handler of each message that comes (or hands it to a task of its own).
 struct FetchLoop<H> {
     component: ComponentId,
     client: Client,
@@ -535,9 +555,12 @@ struct FetchLoop<H> {
     /// request per message.
     pull_at: u32,
     fetch_wait: Duration,
+    /// Whether each message's handler gets a task of its own, rather than running in this one.
+    spawn_handlers: bool,
     escalate_after: Option<u32>,
     fetching: CancellationToken,
-    work: Work<H>,
+    /// Shared by every message's handling: one count more per message rather than a copy.
+    work: Arc<Work<H>>,
     ctx: Context,
 }
 
@@ -611,10 +634,12 @@ impl<H: MessageHandler> FetchLoop<H> {
         tokio::pin!(drained);
         // Answers that were already there when the last one was handled, taken without a select.
         let mut ready = None;
-        loop {
+        // Handlers in flight here, when they are not spawned one task each.
+        let mut handling = FuturesUnordered::new();
+        let ended = loop {
             let draining = self.fetching.is_cancelled();
             if draining && pulls.is_empty() {
-                return Ok(());
+                break Ok(());
             }
             // Published only when it changes: it is read by a message given back, not per message.
             if pulls.open_until() != published_open_until {
@@ -633,6 +658,7 @@ impl<H: MessageHandler> FetchLoop<H> {
                 None => tokio::select! {
                     biased;
                     _ = &mut drained, if !draining => Event::Drained,
+                    Some(()) = handling.next(), if !handling.is_empty() => continue,
                     answer = answers.next() => Event::Answer(answer),
                     // A pull whose end never came: lost with a connection, most likely.
                     _ = &mut overdue_timer, if overdue.is_some() => Event::Overdue,
@@ -643,7 +669,7 @@ impl<H: MessageHandler> FetchLoop<H> {
                         Arc::clone(&self.credits).acquire_many_owned(self.pull_at).await
                     }, if !draining => match credit {
                         Ok(credit) => Event::Credit(credit),
-                        Err(_) => return Ok(()),
+                        Err(_) => break Ok(()),
                     },
                 },
             };
@@ -653,16 +679,19 @@ impl<H: MessageHandler> FetchLoop<H> {
                 Event::Drained => {}
                 Event::Answer(answer) => match answer.map(Answer::of) {
                     // The client closed under the loop: only the stop does that.
-                    None if draining => return Ok(()),
-                    None => return Err(format!("component `{}`: the NATS client closed", self.component)),
+                    None if draining => break Ok(()),
+                    None => break Err(format!("component `{}`: the NATS client closed", self.component)),
                     Some(Answer::Message(message)) => {
                         let message = jetstream::Message { message, context: context.clone() };
                         (errors_in_a_row, empty_in_a_row) = (0, 0);
                         match pulls.delivered() {
+                            Some(credit) if !draining && !self.spawn_handlers => {
+                                handling.push(Arc::clone(&self.work).process(message, credit));
+                            }
                             Some(credit) if !draining => {
                                 self.ctx
                                     .tasks()
-                                    .spawn("nats_message", self.work.clone().process(message, credit));
+                                    .spawn("nats_message", Arc::clone(&self.work).process(message, credit));
                             }
                             // After the drain (or more than was asked for): back to the server
                             // now, for another instance, rather than after the ack wait.
@@ -732,12 +761,16 @@ impl<H: MessageHandler> FetchLoop<H> {
                 let error = format!("component `{}`: fetching failed: {error}", self.component);
                 if self.escalate_after.is_some_and(|limit| errors_in_a_row >= limit) {
                     // Let it crash: the restart policy connects and binds afresh.
-                    return Err(format!("{error} ({errors_in_a_row} times in a row)"));
+                    break Err(format!("{error} ({errors_in_a_row} times in a row)"));
                 }
                 tracing::warn!(component = %self.component, %error, "NATS fetch failed; retrying");
                 paused_until = Some(Instant::now() + Duration::from_millis(100) * errors_in_a_row.min(20));
             }
-        }
+        };
+        // Handlers in flight finish (or give up, told by the stop) before the task ends: ending
+        // with them would leave their messages unacked until the ack wait.
+        while handling.next().await.is_some() {}
+        ended
     }
 
     /// Whether the server still has the consumer. Failing only when it says it has not: a
@@ -757,7 +790,7 @@ impl<H: MessageHandler> FetchLoop<H> {
     }
 }
 
-/// What a message's task needs.
+/// What handling a message needs, shared by all of them.
 struct Work<H> {
     component: ComponentId,
     handler: Arc<H>,
@@ -771,23 +804,7 @@ struct Work<H> {
     abandon: CancellationToken,
     /// When the pull request in flight expires: a message nak'ed before then would be sent
     /// straight back to it.
-    pull_open_until: Arc<Mutex<Option<Instant>>>,
-}
-
-impl<H> Clone for Work<H> {
-    fn clone(&self) -> Self {
-        Self {
-            component: self.component.clone(),
-            handler: Arc::clone(&self.handler),
-            on_error: self.on_error.clone(),
-            counters: Arc::clone(&self.counters),
-            slots: Arc::clone(&self.slots),
-            fetching: self.fetching.clone(),
-            handlers: self.handlers.clone(),
-            abandon: self.abandon.clone(),
-            pull_open_until: Arc::clone(&self.pull_open_until),
-        }
-    }
+    pull_open_until: Mutex<Option<Instant>>,
 }
 
 /// Counts a message in flight while it lives.
@@ -812,12 +829,22 @@ impl<H: MessageHandler> Work<H> {
     }
 
     /// Waits for a free handler (a prefetched message), then handles the message.
-    async fn process(self, message: jetstream::Message, credit: OwnedSemaphorePermit) {
+    async fn process(self: Arc<Self>, message: jetstream::Message, credit: OwnedSemaphorePermit) {
         let _credit = credit;
-        let slot = tokio::select! {
-            biased;
-            _ = self.fetching.cancelled() => None,
-            slot = Arc::clone(&self.slots).acquire_owned() => slot.ok(),
+        // A free handler is taken at once: waiting on the drain token registers a waiter under a
+        // lock that every message's task shares, so it is done only when there is a wait.
+        let free = if self.fetching.is_cancelled() {
+            None
+        } else {
+            Arc::clone(&self.slots).try_acquire_owned().ok()
+        };
+        let slot = match free {
+            Some(slot) => Some(slot),
+            None => tokio::select! {
+                biased;
+                _ = self.fetching.cancelled() => None,
+                slot = Arc::clone(&self.slots).acquire_owned() => slot.ok(),
+            },
         };
         let Some(_slot) = slot else {
             self.delivered(&message);

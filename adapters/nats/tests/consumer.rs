@@ -49,13 +49,26 @@ async fn a_handler_that_panics_naks_like_an_error_and_the_service_carries_on() {
     naks_and_comes_back(true).await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_handler_that_panics_in_a_task_of_its_own_naks_like_an_error_too() {
+    naks_and_comes_back_with(true, true).await;
+}
+
 async fn naks_and_comes_back(panics: bool) {
+    naks_and_comes_back_with(panics, false).await;
+}
+
+async fn naks_and_comes_back_with(panics: bool, spawn_handlers: bool) {
     let stream = Stream::create(&unique("NAK")).await;
     stream.publish(1).await;
     let handler = Flaky { fail_until: 1, panics, ..Flaky::default() };
     let mut builder = testing::builder();
-    let consumer =
-        builder.add(JetStreamConsumer::new("naks", nats_url(), &stream.name, "naks", handler.clone())).dep();
+    let consumer = builder
+        .add(
+            JetStreamConsumer::new("naks", nats_url(), &stream.name, "naks", handler.clone())
+                .spawn_handlers(spawn_handlers),
+        )
+        .dep();
     let mut run = TestRun::start(builder);
     run.ready().await;
     testing::eventually("the redelivery acked", Duration::from_secs(10), || consumer.stats().acked == 1)
@@ -288,6 +301,53 @@ async fn a_prefetch_asks_ahead_within_its_bound_and_the_drain_gives_the_waiting_
 }
 
 /// The start's error, as the report shows it.
+/// Waits inside the handler until `together` handlers are inside at once.
+#[derive(Clone)]
+struct Together {
+    barrier: Arc<tokio::sync::Barrier>,
+}
+
+impl MessageHandler for Together {
+    async fn handle(&self, _delivery: &Delivery, _cancel: CancellationToken) -> Result<(), BoxError> {
+        match tokio::time::timeout(Duration::from_secs(10), self.barrier.wait()).await {
+            Ok(_) => Ok(()),
+            Err(_) => Err("the other handlers never came: handlers do not run at once".into()),
+        }
+    }
+}
+
+#[tokio::test]
+async fn handlers_run_at_once_up_to_the_concurrency_inside_the_fetch_task() {
+    handlers_run_at_once(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn handlers_run_at_once_up_to_the_concurrency_each_in_a_task_of_its_own() {
+    handlers_run_at_once(true).await;
+}
+
+/// 8 messages, 4 handlers that each wait for all 4 to be inside: every message is acked only if
+/// the handlers really run at once, and none fails.
+async fn handlers_run_at_once(spawn_handlers: bool) {
+    let stream = Stream::create(&unique("TOGETHER")).await;
+    stream.publish(8).await;
+    let handler = Together { barrier: Arc::new(tokio::sync::Barrier::new(4)) };
+    let mut builder = testing::builder();
+    let consumer = builder
+        .add(
+            JetStreamConsumer::new("together", nats_url(), &stream.name, "together", handler)
+                .concurrency(4)
+                .spawn_handlers(spawn_handlers),
+        )
+        .dep();
+    let mut run = TestRun::start(builder);
+    run.ready().await;
+    testing::eventually("8 acked", Duration::from_secs(20), || consumer.stats().acked == 8).await;
+    testing::assert_clean(&run.stop().await);
+    assert_eq!(consumer.stats().nacked, 0, "no handler gave up waiting for the others");
+    stream.delete().await;
+}
+
 async fn start_failure(builder: lifecycle_core::RegistryBuilder) -> String {
     let report = TestRun::start(builder).finished().await;
     assert!(!report.is_success(), "{report}");

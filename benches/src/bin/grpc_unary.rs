@@ -84,25 +84,6 @@ fn thread_name(server: Server) -> String {
     format!("bench-grpc-{}", server as u8)
 }
 
-/// CPU time (user and system) used so far by this process's threads named `name`, in seconds.
-fn cpu_seconds(name: &str) -> f64 {
-    let ticks_per_second = 100.0; // USER_HZ on Linux
-    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else { return 0.0 };
-    tasks
-        .filter_map(Result::ok)
-        .filter(|task| {
-            std::fs::read_to_string(task.path().join("comm")).is_ok_and(|comm| comm.trim() == name)
-        })
-        .filter_map(|task| std::fs::read_to_string(task.path().join("stat")).ok())
-        .map(|stat| {
-            // Fields after the `(comm)`: state is the 3rd field, utime the 14th, stime the 15th.
-            let fields: Vec<&str> = stat.rsplit(')').next().unwrap_or("").split_whitespace().collect();
-            let field = |n: usize| fields.get(n - 3).and_then(|f| f.parse::<f64>().ok()).unwrap_or(0.0);
-            (field(14) + field(15)) / ticks_per_second
-        })
-        .sum()
-}
-
 /// [`CONNECTIONS`] clients calling `Check` one call after the other for `seconds`: calls per
 /// second, p50 and p99 latency in seconds, calls in all. Every call must succeed.
 fn load(client: &tokio::runtime::Runtime, address: SocketAddr, seconds: f64) -> (f64, f64, f64, f64) {
@@ -154,9 +135,9 @@ fn main() {
             let (address, runtime, stop) = start(server);
             // Warm-up: connections, allocator, caches.
             let _ = load(&client, address, 0.5);
-            let cpu_before = cpu_seconds(&thread_name(server));
+            let cpu_before = lifecycle_benches::cpu_seconds(Some(&thread_name(server)));
             let (rate, p50, p99, total) = load(&client, address, seconds);
-            let cpu = cpu_seconds(&thread_name(server)) - cpu_before;
+            let cpu = lifecycle_benches::cpu_seconds(Some(&thread_name(server))) - cpu_before;
             stop.cancel();
             runtime.shutdown_timeout(Duration::from_secs(5));
             if round > 0 {

@@ -10,8 +10,9 @@
 //! - **raw**: `consumer.messages()` (async-nats's own continuous pull) and
 //!   `for_each_concurrent(CONCURRENCY, ..)` acking each message.
 //! - **adapter**: a `JetStreamConsumer` with `concurrency(CONCURRENCY)` in a registry, as a
-//!   service runs it; timed from the registry's start to the last confirmed ack. Twice: with its
-//!   default prefetch (as many as `CONCURRENCY`), and asking as far ahead as the raw loop does.
+//!   service runs it; timed from the registry's start to the last confirmed ack. Three times:
+//!   with its defaults (prefetch as many as `CONCURRENCY`, handlers inside the fetch task),
+//!   asking as far ahead as the raw loop does, and with a task per message (`spawn_handlers`).
 //!
 //! The two alternate, `ROUNDS` times each; the table has each round's rate and the median's ratio.
 //! `cargo run --release -p lifecycle-benches --bin nats_consumer [-- --quick]`
@@ -25,7 +26,7 @@ use lifecycle_nats::{Delivery, JetStreamConsumer, MessageHandler};
 
 const URL: &str = "nats://127.0.0.1:4222";
 const CONCURRENCY: usize = 32;
-const ROUNDS: usize = 7;
+const ROUNDS: usize = 11;
 /// What `consumer.messages()` asks for ahead by default (its batch): the adapter's second
 /// measurement waits on as many (`CONCURRENCY` handled, the rest prefetched).
 const RAW_BATCH: usize = 200;
@@ -76,7 +77,14 @@ async fn raw(
     Ok(time)
 }
 
-async fn adapter(stream: &str, durable: &str, messages: u64, prefetch: usize) -> Result<Duration, BoxError> {
+/// How the adapter is set up in a measurement.
+#[derive(Clone, Copy)]
+struct Setup {
+    prefetch: usize,
+    spawn_handlers: bool,
+}
+
+async fn adapter(stream: &str, durable: &str, messages: u64, setup: Setup) -> Result<Duration, BoxError> {
     let began = Instant::now();
     let mut builder = Registry::builder();
     builder.signals(Signals::none());
@@ -84,7 +92,8 @@ async fn adapter(stream: &str, durable: &str, messages: u64, prefetch: usize) ->
         .add(
             JetStreamConsumer::new("consumer", URL, stream, durable, Nothing)
                 .concurrency(CONCURRENCY)
-                .prefetch(prefetch),
+                .prefetch(setup.prefetch)
+                .spawn_handlers(setup.spawn_handlers),
         )
         .dep();
     let registry = builder.build()?;
@@ -129,41 +138,83 @@ fn main() -> Result<(), BoxError> {
             .create_stream(jetstream::stream::Config {
                 name: stream.clone(),
                 subjects: vec![format!("{stream}.>")],
+                // In memory: the server's disk writes for every ack made rounds differ by 2x.
+                storage: jetstream::stream::StorageType::Memory,
                 ..Default::default()
             })
             .await?;
         publish(&context, &format!("{stream}.event"), messages).await?;
-        let mut rates = (Vec::new(), Vec::new(), Vec::new());
+        let setups = [
+            ("default prefetch (32)", Setup { prefetch: CONCURRENCY, spawn_handlers: false }),
+            ("prefetch 168", Setup { prefetch: RAW_BATCH - CONCURRENCY, spawn_handlers: false }),
+            ("default prefetch, `spawn_handlers`", Setup { prefetch: CONCURRENCY, spawn_handlers: true }),
+        ];
+        let mut raw_rates = Vec::new();
+        let mut rates = vec![Vec::new(); setups.len()];
+        let mut ratios = vec![Vec::new(); setups.len()];
+        // This process's CPU time per message (all its threads; the server is another process):
+        // steadier than the rates, which move with how the server and the client share the cores.
+        let mut raw_cpu = Vec::new();
+        let mut cpus = vec![Vec::new(); setups.len()];
         println!("{messages} messages of 100 bytes, {CONCURRENCY} at a time, acks confirmed by the server\n");
-        println!(
-            "| round | raw async-nats (asks {RAW_BATCH} ahead) | adapter, default prefetch ({CONCURRENCY}) | / raw | adapter, prefetch {} | / raw |",
-            RAW_BATCH - CONCURRENCY
-        );
-        println!("|---|---:|---:|---:|---:|---:|");
+        print!("| round | raw async-nats (asks {RAW_BATCH} ahead) |");
+        for (name, _) in &setups {
+            print!(" adapter, {name} | / raw |");
+        }
+        println!("\n|---|---:|{}", "---:|---:|".repeat(setups.len()));
         for round in 1..=ROUNDS {
             let rate = |time: Duration| messages as f64 / time.as_secs_f64();
+            // Each consumer is deleted after its measurement, so that the server's work does not
+            // grow with the rounds.
+            let done = |durable: String| {
+                let context = &context;
+                let stream = &stream;
+                async move {
+                    context.get_stream(stream).await?.delete_consumer(&durable).await?;
+                    Ok::<(), BoxError>(())
+                }
+            };
+            let cpu_before = lifecycle_benches::cpu_seconds(None);
             let raw_rate = rate(raw(&context, &stream, &format!("raw{round}"), messages).await?);
-            let default_rate =
-                rate(adapter(&stream, &format!("adapter{round}"), messages, CONCURRENCY).await?);
-            let same_rate = rate(
-                adapter(&stream, &format!("adapter_ahead{round}"), messages, RAW_BATCH - CONCURRENCY).await?,
-            );
-            println!(
-                "| {round} | {raw_rate:.0}/s | {default_rate:.0}/s | {:.3}x | {same_rate:.0}/s | {:.3}x |",
-                default_rate / raw_rate,
-                same_rate / raw_rate
-            );
-            rates.0.push(raw_rate);
-            rates.1.push(default_rate);
-            rates.2.push(same_rate);
+            raw_cpu.push((lifecycle_benches::cpu_seconds(None) - cpu_before) / messages as f64);
+            done(format!("raw{round}")).await?;
+            print!("| {round} | {raw_rate:.0}/s |");
+            raw_rates.push(raw_rate);
+            for (i, (_, setup)) in setups.iter().enumerate() {
+                let durable = format!("adapter{i}_{round}");
+                let cpu_before = lifecycle_benches::cpu_seconds(None);
+                let adapter_rate = rate(adapter(&stream, &durable, messages, *setup).await?);
+                cpus[i].push((lifecycle_benches::cpu_seconds(None) - cpu_before) / messages as f64);
+                done(durable).await?;
+                print!(" {adapter_rate:.0}/s | {:.3}x |", adapter_rate / raw_rate);
+                rates[i].push(adapter_rate);
+                ratios[i].push(adapter_rate / raw_rate);
+            }
+            println!();
         }
-        let raw = lifecycle_benches::median(rates.0);
-        let (default, same) = (lifecycle_benches::median(rates.1), lifecycle_benches::median(rates.2));
+        let raw = lifecycle_benches::median(raw_rates);
+        let raw_cpu = lifecycle_benches::median(raw_cpu);
+        println!("\nMedians of {ROUNDS} rounds:\n");
         println!(
-            "| median | {raw:.0}/s | {default:.0}/s | **{:.3}x** | {same:.0}/s | **{:.3}x** |",
-            default / raw,
-            same / raw
+            "| consumer | messages/s | / raw | the rounds' own ratios | client CPU per message | / raw |"
         );
+        println!("|---|---:|---:|---:|---:|---:|");
+        println!(
+            "| raw async-nats (asks {RAW_BATCH} ahead) | {raw:.0}/s | 1.0x | | {} | 1.0x |",
+            lifecycle_benches::human(raw_cpu)
+        );
+        for (((name, _), rates), (ratios, cpus)) in setups.iter().zip(rates).zip(ratios.into_iter().zip(cpus))
+        {
+            let rate = lifecycle_benches::median(rates);
+            let cpu = lifecycle_benches::median(cpus);
+            println!(
+                "| adapter, {name} | {rate:.0}/s | **{:.3}x** | {:.3}x | {} | {:.3}x |",
+                rate / raw,
+                lifecycle_benches::median(ratios),
+                lifecycle_benches::human(cpu),
+                cpu / raw_cpu
+            );
+        }
         context.delete_stream(&stream).await?;
         Ok(())
     })

@@ -6,8 +6,6 @@
 //! move to another worker. A hook given up on is aborted (which takes effect at its next await,
 //! if ever) and remembered, so the end of the run can say what is still holding the process.
 
-use std::cmp::Reverse;
-use std::collections::BinaryHeap;
 use std::future::Future;
 use std::pin::Pin;
 
@@ -44,10 +42,12 @@ pub(super) struct HookSet {
     running: JoinSet<(usize, HookResult)>,
     slots: Vec<Option<Slot>>,
     in_flight: usize,
-    limits: BinaryHeap<Reverse<(Instant, usize)>>,
-    /// One timer for the earliest limit. It is re-armed only when it fired or a limit earlier
-    /// than it appeared: firing early is harmless (the limits are checked), while re-arming a
-    /// timer for every hook that ends would cost a timer-wheel update each.
+    /// One timer, at the earliest limit of the hooks in flight when it was armed. A hook
+    /// launched with an earlier limit pulls it in; a hook that ends leaves it (firing early is
+    /// harmless: the slots are then scanned for what ran out and for the next limit). Hooks
+    /// nearly always end long before their limit, so that scan is rare, while keeping the
+    /// limits in order (a heap) would cost every hook a push and a pop, and re-arming the timer
+    /// at every end a timer-wheel update.
     timer: Pin<Box<Sleep>>,
     timer_at: Option<Instant>,
     stage: Stage,
@@ -61,7 +61,6 @@ impl HookSet {
             running: JoinSet::new(),
             slots: (0..components).map(|_| None).collect(),
             in_flight: 0,
-            limits: BinaryHeap::new(),
             timer: Box::pin(tokio::time::sleep_until(Instant::now())),
             timer_at: None,
             stage,
@@ -76,12 +75,34 @@ impl HookSet {
     {
         ctx.set_deadline(limit);
         let span = tracing::info_span!("lifecycle", component = %ctx.name(), hook = %HookName(self.stage));
-        let abort = self.running.spawn(async move { (index, CatchUnwind::new(hook).await) }.instrument(span));
+        let task = async move { (index, CatchUnwind::new(hook).await) };
+        // Without a subscriber that takes the span, entering it at every poll is work for nothing.
+        let abort = if span.is_disabled() {
+            self.running.spawn(task)
+        } else {
+            self.running.spawn(task.instrument(span))
+        };
         let replaced = self.slots[index].replace(Slot { abort, began: Instant::now(), limit });
         if replaced.is_none() {
             self.in_flight += 1;
         }
-        self.limits.push(Reverse((limit, index)));
+        if self.timer_at.is_none_or(|at| limit < at) {
+            self.arm(limit);
+        }
+    }
+
+    fn arm(&mut self, at: Instant) {
+        self.timer.as_mut().reset(at);
+        self.timer_at = Some(at);
+    }
+
+    /// The hook in flight with the earliest limit, and that limit.
+    fn earliest(&self) -> Option<(usize, Instant)> {
+        self.slots
+            .iter()
+            .enumerate()
+            .filter_map(|(index, slot)| slot.as_ref().map(|slot| (index, slot.limit)))
+            .min_by_key(|&(_, limit)| limit)
     }
 
     /// Whether no hook is in flight.
@@ -101,20 +122,8 @@ impl HookSet {
     /// The next hook to end, and how; `None` when none is in flight.
     pub(super) async fn next(&mut self) -> Option<(usize, HookEnd)> {
         loop {
-            // Limits of hooks that already ended are skipped here, lazily.
-            while let Some(&Reverse((limit, index))) = self.limits.peek() {
-                if self.slots[index].as_ref().is_some_and(|slot| slot.limit == limit) {
-                    break;
-                }
-                self.limits.pop();
-            }
             if self.in_flight == 0 {
                 return None;
-            }
-            let next_limit = self.limits.peek().map(|&Reverse((limit, _))| limit);
-            if let Some(limit) = next_limit.filter(|&limit| self.timer_at.is_none_or(|at| limit < at)) {
-                self.timer.as_mut().reset(limit);
-                self.timer_at = Some(limit);
             }
             let timer_armed = self.timer_at.is_some();
             let joined = tokio::select! {
@@ -122,13 +131,17 @@ impl HookSet {
                 joined = self.running.join_next() => joined,
                 () = &mut self.timer, if timer_armed => {
                     self.timer_at = None;
-                    match self.limits.peek() {
-                        Some(&Reverse((limit, index))) if limit <= Instant::now() => {
-                            self.limits.pop();
-                            return Some((index, self.give_up(index)));
-                        }
-                        _ => continue,
+                    let Some((index, limit)) = self.earliest() else { continue };
+                    if limit > Instant::now() {
+                        self.arm(limit);
+                        continue;
                     }
+                    let end = self.give_up(index);
+                    // Others may have run out at the same time: the timer fires again at once.
+                    if let Some((_, next)) = self.earliest() {
+                        self.arm(next);
+                    }
+                    return Some((index, end));
                 }
             };
             match joined {
