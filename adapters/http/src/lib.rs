@@ -24,6 +24,7 @@
 //! already open keep theirs.
 
 mod accept;
+mod activity;
 mod backlog;
 mod health;
 mod metrics;

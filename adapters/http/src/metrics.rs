@@ -168,6 +168,11 @@ pub(crate) fn render(state: &MetricsState) -> Result<String, std::fmt::Error> {
         ("requests_completed", "Requests answered since the start", &counters.completed),
         ("requests_panicked", "Requests whose handler panicked, answered 500", &counters.panicked),
         ("requests_timed_out", "Requests cut at the request timeout, answered 503", &counters.timed_out),
+        (
+            "header_timeouts",
+            "Connections closed because a request's head took longer than the header-read timeout",
+            &counters.header_timeouts,
+        ),
         ("connection_limit_reached", "Times the connection limit was reached", &counters.limit_reached),
         (
             "connections_turned_away",

@@ -16,6 +16,7 @@ use hyper_util::service::TowerToHyperService;
 use lifecycle_core::{BoxError, CancellationToken, Component, ComponentId, ComponentOptions, Context, Tasks};
 
 use crate::accept::{AcceptErrors, REFUSALS_AT_ONCE, turn_away};
+use crate::activity::{Activity, Watched};
 use crate::backlog;
 use crate::metrics::{MetricsSource, MetricsState, metrics};
 use crate::panic::catch_panic;
@@ -120,6 +121,8 @@ pub(crate) struct Counters {
     pub(crate) panicked: AtomicU64,
     /// Requests cut at the request timeout (answered 503).
     pub(crate) timed_out: AtomicU64,
+    /// Connections closed because a request's head took longer than the header-read timeout.
+    pub(crate) header_timeouts: AtomicU64,
     pub(crate) websockets_open: AtomicU64,
     /// Client connections open (WebSockets included).
     pub(crate) connections_open: AtomicU64,
@@ -187,51 +190,6 @@ impl ConnectionSlot {
 
 /// How often a closing HTTP/1 connection with a request in flight looks again.
 const BUSY_POLL: Duration = Duration::from_millis(20);
-
-/// What one connection is doing: requests in flight, when it last finished one, its protocol.
-struct Activity {
-    in_flight: AtomicU64,
-    last_active: Mutex<Instant>,
-    http2: AtomicBool,
-}
-
-/// Marks the end of a request on its connection when dropped.
-struct Busy(Arc<Activity>);
-
-impl Activity {
-    fn new() -> Self {
-        // A fresh connection counts as active: its first request may be on the wire.
-        Self {
-            in_flight: AtomicU64::new(0),
-            last_active: Mutex::new(Instant::now()),
-            http2: AtomicBool::new(false),
-        }
-    }
-
-    fn begin(self: &Arc<Self>, version: Version) -> Busy {
-        if version == Version::HTTP_2 {
-            self.http2.store(true, Ordering::Release);
-        }
-        self.in_flight.fetch_add(1, Ordering::AcqRel);
-        Busy(Arc::clone(self))
-    }
-
-    /// When the connection will have been quiet for `idle`, or `None` while a request is in flight.
-    fn quiet_until(&self, idle: Duration) -> Option<Instant> {
-        // The count first: `Busy::drop` stamps the time before it decrements, so a zero count
-        // comes with the last request's end.
-        let quiet = self.in_flight.load(Ordering::Acquire) == 0;
-        let last = *self.last_active.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        quiet.then_some(last + idle)
-    }
-}
-
-impl Drop for Busy {
-    fn drop(&mut self) {
-        *self.0.last_active.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Instant::now();
-        self.0.in_flight.fetch_sub(1, Ordering::AcqRel);
-    }
-}
 
 /// The default connection limit: the descriptor limit (`ulimit -n`, read from `/proc`) less
 /// what the rest of the process needs; 1,024 less that when the limit cannot be read.
@@ -331,9 +289,9 @@ impl Connection {
 
     /// Serves the connection, plain or TLS, until the client closes it, it stays idle too long,
     /// or the stop closes it.
-    async fn serve<I>(self, io: I)
+    async fn serve<S>(self, stream: S)
     where
-        I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     {
         let Self { router, context, component, shared, settings } = self;
         // HTTP/2 streams run as tasks of the server's set: the stop waits for them.
@@ -341,6 +299,7 @@ impl Connection {
         let Settings { idle_close_after, header_read_timeout, idle_timeout, request_timeout, .. } = settings;
         let service = TowerToHyperService::new(router);
         let activity = Arc::new(Activity::new());
+        let io = TokioIo::new(Watched::new(stream, Arc::clone(&activity)));
         let watched = Arc::clone(&activity);
         let requests = Arc::clone(&shared);
         // Everything a request goes through is here, in the one service hyper calls, rather than
@@ -382,21 +341,44 @@ impl Connection {
             }
         });
         let mut builder = auto::Builder::new(executor);
-        builder.http1().timer(TokioTimer::new()).header_read_timeout(header_read_timeout);
+        // The header-read timeout is `activity`'s, checked below: hyper's own would arm a timer
+        // per request, and run it while a keep-alive connection waits (see `activity`).
+        builder.http1().timer(TokioTimer::new()).header_read_timeout(None);
         let connection = builder.serve_connection_with_upgrades(io, service);
         tokio::pin!(connection);
+        // A head past its timeout ends the connection (dropping it closes the socket), in every
+        // phase below; the loops wake for it at least once per timeout.
+        let head_late = || {
+            let late = activity.head_deadline(header_read_timeout).is_some_and(|at| at <= Instant::now());
+            if late {
+                shared.counters.header_timeouts.fetch_add(1, Ordering::AcqRel);
+            }
+            late
+        };
+        let head_wake = || {
+            activity
+                .head_deadline(header_read_timeout)
+                .unwrap_or_else(|| Instant::now() + header_read_timeout)
+        };
         // Serving: closed when idle too long, until the stop begins.
         loop {
             let idle_at = activity.quiet_until(idle_timeout);
-            let wake = idle_at.unwrap_or_else(|| Instant::now() + idle_timeout);
+            let wake = idle_at.unwrap_or_else(|| Instant::now() + idle_timeout).min(head_wake());
+            // Biased: the connection first, as it is what wakes this task at every request.
             tokio::select! {
+                biased;
                 _ = connection.as_mut() => return,
                 _ = shared.closing.cancelled() => break,
                 _ = tokio::time::sleep_until(wake.into()) => {
+                    if head_late() {
+                        return;
+                    }
                     let idle = activity.quiet_until(idle_timeout).is_some_and(|at| at <= Instant::now());
-                    if idle && !activity.http2.load(Ordering::Acquire) {
+                    if idle && !activity.is_http2() {
                         connection.as_mut().graceful_shutdown();
-                        let _ = connection.as_mut().await;
+                        // Bounded: the rest of a head that came in behind a request (pipelined)
+                        // would otherwise be waited for.
+                        let _ = tokio::time::timeout(header_read_timeout, connection.as_mut()).await;
                         return;
                     }
                 }
@@ -404,26 +386,44 @@ impl Connection {
         }
         // HTTP/2 gets its GOAWAY at once: the client knows which streams were served.
         // HTTP/1 has no such message, so it waits until quiet (see `idle_close_after`).
-        if !activity.http2.load(Ordering::Acquire) {
+        if !activity.is_http2() {
             loop {
                 let quiet_until = activity.quiet_until(idle_close_after);
                 if quiet_until.is_some_and(|at| at <= Instant::now()) {
                     break;
                 }
-                let wake = quiet_until.unwrap_or_else(|| Instant::now() + BUSY_POLL);
+                let wake = quiet_until.unwrap_or_else(|| Instant::now() + BUSY_POLL).min(head_wake());
                 tokio::select! {
+                    biased;
                     _ = connection.as_mut() => return,
                     // The soft deadline: no more waiting for anyone.
                     _ = shared.requests.cancelled() => break,
-                    _ = tokio::time::sleep_until(wake.into()) => {}
+                    _ = tokio::time::sleep_until(wake.into()) => {
+                        if head_late() {
+                            return;
+                        }
+                    }
                 }
             }
         }
         connection.as_mut().graceful_shutdown();
-        tokio::select! {
-            _ = connection.as_mut() => {}
-            _ = shared.cut.cancelled() => {
-                shared.cut_connections.fetch_add(1, Ordering::AcqRel);
+        // What is left to wait for is a request in flight. A connection without one for the
+        // header-read timeout waits for a head that is late (one that came in behind a request,
+        // pipelined, is not timed by `activity`): it is closed.
+        loop {
+            let stalled_at = activity.quiet_until(header_read_timeout);
+            if stalled_at.is_some_and(|at| at <= Instant::now()) || head_late() {
+                return;
+            }
+            let wake = stalled_at.unwrap_or_else(|| Instant::now() + header_read_timeout).min(head_wake());
+            tokio::select! {
+                biased;
+                _ = connection.as_mut() => return,
+                _ = shared.cut.cancelled() => {
+                    shared.cut_connections.fetch_add(1, Ordering::AcqRel);
+                    return;
+                }
+                _ = tokio::time::sleep_until(wake.into()) => {}
             }
         }
     }
@@ -563,9 +563,14 @@ impl HttpServer {
         self
     }
 
-    /// How long an HTTP/1 client may take to send a request's headers (default 5 s); a slower
-    /// one is disconnected. Without a bound, one client sending its headers a byte at a time
-    /// holds a connection open, and every graceful stop waits for it until its deadline.
+    /// How long an HTTP/1 client may take to send a request's headers, counted from their first
+    /// byte (default 5 s); a slower one is disconnected, and counted in `/metrics`
+    /// (`lifecycle_http_header_timeouts_total`). Without a bound, one client sending its headers
+    /// a byte at a time holds a connection open, and every graceful stop waits for it until its
+    /// deadline. The wait between two requests of a keep-alive connection is the
+    /// [`idle_timeout`](HttpServer::idle_timeout)'s, not this one's. Headers that arrive while
+    /// the request before them is still being answered (pipelining) are bounded by the idle
+    /// timeout instead.
     #[must_use]
     pub fn header_read_timeout(mut self, timeout: Duration) -> Self {
         self.header_read_timeout = timeout;
@@ -908,11 +913,11 @@ impl Component for HttpServer {
                     #[cfg(feature = "tls")]
                     if let Some(acceptor) = tls {
                         if let Some(stream) = connection.tls_handshake(&acceptor, stream).await {
-                            connection.serve(TokioIo::new(stream)).await;
+                            connection.serve(stream).await;
                         }
                         return;
                     }
-                    connection.serve(TokioIo::new(stream)).await;
+                    connection.serve(stream).await;
                 });
             }
         });

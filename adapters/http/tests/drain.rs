@@ -1,7 +1,9 @@
 //! The HTTP server's drain over real sockets: requests in flight finish, draining responses say
 //! `Connection: close`, readiness drops first, tokens are cancelled at the soft deadline, what
 //! ignores them is cut at the hard deadline, and handler tasks are waited for. And a handler that
-//! panics answers 500 over every protocol, while its connection and the service carry on.
+//! panics answers 500 over every protocol, while its connection and the service carry on. And the
+//! limits: connections beyond the limit turned away, a slow head cut at the header-read timeout
+//! (counted from its first byte, so an idle keep-alive connection lasts until the idle timeout).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -704,4 +706,49 @@ async fn a_request_past_the_request_timeout_answers_503_and_its_handler_is_cance
     let scrape = prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_owned()))).unwrap();
     assert_eq!(sample(&scrape, &text, "lifecycle_http_requests_timed_out_total", None), 1.0);
     testing::assert_clean(&served.run.stop().await);
+}
+
+/// A server with these timeouts, and a connection to it that sent one whole request.
+async fn one_request_in(header_read: Duration, idle: Duration) -> (Served, tokio::net::TcpStream) {
+    use tokio::io::AsyncWriteExt;
+    let app = Router::new().route("/", get(|| async { "hello" }));
+    let served =
+        serve_with(builder(), app, |server| server.header_read_timeout(header_read).idle_timeout(idle)).await;
+    let mut stream = tokio::net::TcpStream::connect(served.address).await.unwrap();
+    stream.write_all(b"GET / HTTP/1.1\r\nhost: test\r\n\r\n").await.unwrap();
+    (served, stream)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_keep_alive_connection_outlives_the_header_read_timeout_until_the_idle_timeout() {
+    let (served, mut stream) = one_request_in(Duration::from_millis(300), Duration::from_millis(1500)).await;
+    let closed = closed_within(&mut stream, Duration::from_secs(5)).await;
+    assert!(
+        closed.is_some_and(|after| after >= Duration::from_millis(1400) && after < Duration::from_secs(3)),
+        "closed after {closed:?}: the header-read timeout applies to a request's head, not to the wait between requests"
+    );
+    assert!(served.run.stop().await.is_success());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_next_head_on_a_keep_alive_connection_has_the_header_read_timeout_from_its_first_byte() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (served, mut stream) = one_request_in(Duration::from_millis(400), Duration::from_secs(30)).await;
+    let mut answer = [0u8; 1024];
+    let read = stream.read(&mut answer).await.unwrap();
+    assert!(answer[..read].starts_with(b"HTTP/1.1 200"), "{:?}", String::from_utf8_lossy(&answer[..read]));
+    // Idle for longer than the header-read timeout: still open (the idle timeout is 30 s).
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    // Then half of the next head, and nothing more: cut 400 ms after its first byte.
+    stream.write_all(b"GET / HTTP/1.1\r\n").await.unwrap();
+    let closed = closed_within(&mut stream, Duration::from_secs(5)).await;
+    assert!(
+        closed
+            .is_some_and(|after| after >= Duration::from_millis(350) && after < Duration::from_millis(1500)),
+        "closed after {closed:?}"
+    );
+    let (_, _, text) = get_once(served.address, "/metrics").await;
+    let scrape = prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_owned()))).unwrap();
+    assert_eq!(sample(&scrape, &text, "lifecycle_http_header_timeouts_total", None), 1.0);
+    assert!(served.run.stop().await.is_success());
 }

@@ -1,0 +1,195 @@
+//! What one connection is doing: requests in flight, when it last finished one, whether a
+//! request's head is being read and since when, its protocol.
+//!
+//! The header-read timeout is kept here rather than by hyper's own: hyper arms a timer for every
+//! request (an allocation and a timer-wheel entry each, about 2% of a trivial request's CPU), and
+//! arms it as soon as a keep-alive connection turns idle, so an idle connection was closed at
+//! the header-read timeout (5 s) instead of the idle timeout (60 s). Here the head's clock starts
+//! with its first byte, seen by [`Watched`], and the connection's own loop looks at it when it
+//! wakes, which it does at least once per header-read timeout.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use axum::http::Version;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+pub(crate) struct Activity {
+    /// What the times below count from.
+    opened: Instant,
+    in_flight: AtomicU64,
+    /// When the last request ended, in nanoseconds since `opened`.
+    last_active: AtomicU64,
+    /// When the first byte of a request's head came, in nanoseconds since `opened`, plus one;
+    /// 0 while no head is being read.
+    head_since: AtomicU64,
+    http2: AtomicBool,
+}
+
+/// Marks the end of a request on its connection when dropped.
+pub(crate) struct Busy(Arc<Activity>);
+
+impl Activity {
+    pub(crate) fn new() -> Self {
+        // A fresh connection counts as active: its first request may be on the wire.
+        Self {
+            opened: Instant::now(),
+            in_flight: AtomicU64::new(0),
+            last_active: AtomicU64::new(0),
+            head_since: AtomicU64::new(0),
+            http2: AtomicBool::new(false),
+        }
+    }
+
+    fn now(&self) -> u64 {
+        u64::try_from(self.opened.elapsed().as_nanos()).unwrap_or(u64::MAX - 1)
+    }
+
+    fn at(&self, nanos: u64) -> Instant {
+        self.opened + Duration::from_nanos(nanos)
+    }
+
+    /// A request's head was read: it is in flight until the returned guard drops.
+    pub(crate) fn begin(self: &Arc<Self>, version: Version) -> Busy {
+        if version == Version::HTTP_2 {
+            self.http2.store(true, Ordering::Release);
+        }
+        self.in_flight.fetch_add(1, Ordering::AcqRel);
+        self.head_since.store(0, Ordering::Release);
+        Busy(Arc::clone(self))
+    }
+
+    /// Bytes came from the client: with no request in flight, on HTTP/1, they begin a head.
+    fn received(&self) {
+        if self.head_since.load(Ordering::Acquire) == 0
+            && self.in_flight.load(Ordering::Acquire) == 0
+            && !self.http2.load(Ordering::Acquire)
+        {
+            self.head_since.store(self.now() + 1, Ordering::Release);
+        }
+    }
+
+    pub(crate) fn is_http2(&self) -> bool {
+        self.http2.load(Ordering::Acquire)
+    }
+
+    /// When the connection will have been quiet for `idle`; `None` while a request is in flight
+    /// or a head is being read.
+    pub(crate) fn quiet_until(&self, idle: Duration) -> Option<Instant> {
+        // The count first: `Busy::drop` stamps the time before it decrements, so a zero count
+        // comes with the last request's end.
+        let quiet =
+            self.in_flight.load(Ordering::Acquire) == 0 && self.head_since.load(Ordering::Acquire) == 0;
+        quiet.then(|| self.at(self.last_active.load(Ordering::Acquire)) + idle)
+    }
+
+    /// When the head being read runs out of `timeout`, if one is.
+    pub(crate) fn head_deadline(&self, timeout: Duration) -> Option<Instant> {
+        match self.head_since.load(Ordering::Acquire) {
+            0 => None,
+            since => Some(self.at(since - 1) + timeout),
+        }
+    }
+}
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        self.0.last_active.store(self.0.now(), Ordering::Release);
+        self.0.in_flight.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// A connection's stream, telling its [`Activity`] when bytes come.
+pub(crate) struct Watched<S> {
+    stream: S,
+    activity: Arc<Activity>,
+}
+
+impl<S> Watched<S> {
+    pub(crate) fn new(stream: S, activity: Arc<Activity>) -> Self {
+        Self { stream, activity }
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Watched<S> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut this.stream).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            this.activity.received();
+        }
+        polled
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Watched<S> {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, data: &[u8]) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().stream).poll_write(cx, data)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().stream).poll_write_vectored(cx, data)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().stream).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_head_is_timed_from_its_first_byte_until_its_request_begins() {
+        let activity = Arc::new(Activity::new());
+        assert!(activity.quiet_until(Duration::from_secs(1)).is_some(), "a fresh connection waits quietly");
+        assert_eq!(activity.head_deadline(Duration::from_secs(1)), None);
+        activity.received();
+        let deadline = activity.head_deadline(Duration::from_secs(1));
+        assert!(deadline.is_some_and(|at| at > Instant::now()), "{deadline:?}");
+        assert_eq!(activity.quiet_until(Duration::from_secs(1)), None, "reading a head is not quiet");
+        activity.received();
+        assert_eq!(
+            activity.head_deadline(Duration::from_secs(1)),
+            deadline,
+            "the clock runs from the first byte"
+        );
+
+        let busy = activity.begin(Version::HTTP_11);
+        assert_eq!(activity.head_deadline(Duration::from_secs(1)), None);
+        activity.received(); // the request's body
+        assert_eq!(activity.head_deadline(Duration::from_secs(1)), None, "a body is not a head");
+        drop(busy);
+        assert!(activity.quiet_until(Duration::from_secs(1)).is_some());
+    }
+
+    #[test]
+    fn http2_has_no_head_clock() {
+        let activity = Arc::new(Activity::new());
+        drop(activity.begin(Version::HTTP_2));
+        activity.received(); // frames between streams: pings, settings, window updates
+        assert_eq!(activity.head_deadline(Duration::from_secs(1)), None);
+        assert!(activity.is_http2());
+    }
+}
