@@ -6,7 +6,9 @@
 //! arms it as soon as a keep-alive connection turns idle, so an idle connection was closed at
 //! the header-read timeout (5 s) instead of the idle timeout (60 s). Here the head's clock starts
 //! with its first byte, seen by [`Watched`], and the connection's own loop looks at it when it
-//! wakes, which it does at least once per header-read timeout.
+//! wakes, which it does at least once per header-read timeout. HTTP/2 has no such clock (as with
+//! hyper's): [`Watched`] knows it by its preface, so a client that connects and waits before its
+//! first call is not cut.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -72,6 +74,12 @@ impl Activity {
         }
     }
 
+    /// The client sent the HTTP/2 preface: no head clock from now on.
+    fn http2_preface(&self) {
+        self.http2.store(true, Ordering::Release);
+        self.head_since.store(0, Ordering::Release);
+    }
+
     pub(crate) fn is_http2(&self) -> bool {
         self.http2.load(Ordering::Acquire)
     }
@@ -102,15 +110,44 @@ impl Drop for Busy {
     }
 }
 
+/// What every HTTP/2 connection begins with.
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// How much of the HTTP/2 preface the connection's first bytes matched.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Preface {
+    /// The first this many bytes match so far.
+    Matching(usize),
+    Http1,
+    Http2,
+}
+
+impl Preface {
+    /// With the bytes that came next.
+    fn read(self, data: &[u8]) -> Self {
+        let Self::Matching(matched) = self else { return self };
+        let wanted = &H2_PREFACE[matched..];
+        let compared = data.len().min(wanted.len());
+        if data[..compared] != wanted[..compared] {
+            Self::Http1
+        } else if compared == wanted.len() {
+            Self::Http2
+        } else {
+            Self::Matching(matched + compared)
+        }
+    }
+}
+
 /// A connection's stream, telling its [`Activity`] when bytes come.
 pub(crate) struct Watched<S> {
     stream: S,
     activity: Arc<Activity>,
+    preface: Preface,
 }
 
 impl<S> Watched<S> {
     pub(crate) fn new(stream: S, activity: Arc<Activity>) -> Self {
-        Self { stream, activity }
+        Self { stream, activity, preface: Preface::Matching(0) }
     }
 }
 
@@ -124,6 +161,14 @@ impl<S: AsyncRead + Unpin> AsyncRead for Watched<S> {
         let before = buf.filled().len();
         let polled = Pin::new(&mut this.stream).poll_read(cx, buf);
         if buf.filled().len() > before {
+            // Until the preface is told apart, its bytes are timed as a head: sending them slowly
+            // gains nothing.
+            if let Preface::Matching(_) = this.preface {
+                this.preface = this.preface.read(&buf.filled()[before..]);
+                if this.preface == Preface::Http2 {
+                    this.activity.http2_preface();
+                }
+            }
             this.activity.received();
         }
         polled
@@ -182,6 +227,29 @@ mod tests {
         assert_eq!(activity.head_deadline(Duration::from_secs(1)), None, "a body is not a head");
         drop(busy);
         assert!(activity.quiet_until(Duration::from_secs(1)).is_some());
+    }
+
+    #[test]
+    fn the_http2_preface_is_told_apart_from_a_request_even_in_pieces() {
+        assert_eq!(Preface::Matching(0).read(H2_PREFACE), Preface::Http2);
+        assert_eq!(Preface::Matching(0).read(b"POST / HTTP/1.1\r\n"), Preface::Http1);
+        // "P" could begin either: undecided until a byte says.
+        let after_p = Preface::Matching(0).read(b"P");
+        assert_eq!(after_p, Preface::Matching(1));
+        assert_eq!(after_p.read(b"OST"), Preface::Http1);
+        let half = Preface::Matching(0).read(&H2_PREFACE[..10]);
+        assert_eq!(half.read(&H2_PREFACE[10..]), Preface::Http2);
+        // The preface and the first frames in one read.
+        assert_eq!(Preface::Matching(0).read(&[H2_PREFACE, b"\0\0\0\x04"].concat()), Preface::Http2);
+    }
+
+    #[test]
+    fn an_http2_preface_stops_the_head_clock() {
+        let activity = Arc::new(Activity::new());
+        activity.received();
+        activity.http2_preface();
+        activity.received(); // settings, then nothing for a while
+        assert_eq!(activity.head_deadline(Duration::from_secs(1)), None);
     }
 
     #[test]

@@ -477,14 +477,7 @@ async fn a_panicking_handler_answers_500_over_every_protocol_and_the_service_car
     assert_eq!((status, connection.as_deref()), (500, Some("close")));
 
     // HTTP/2 (prior knowledge): the stream answers 500, the connection serves the next one.
-    let stream = tokio::net::TcpStream::connect(served.address).await.unwrap();
-    let (mut sender, connection) = hyper::client::conn::http2::handshake(
-        hyper_util::rt::TokioExecutor::new(),
-        hyper_util::rt::TokioIo::new(stream),
-    )
-    .await
-    .unwrap();
-    let driving = tokio::spawn(connection);
+    let (mut sender, driving) = http2_client(served.address).await;
     for (path, expected) in [("/boom", 500), ("/", 200)] {
         let request = hyper::Request::get(format!("http://test{path}")).body(Empty::<Bytes>::new()).unwrap();
         let response = sender.send_request(request).await.unwrap();
@@ -500,6 +493,20 @@ async fn a_panicking_handler_answers_500_over_every_protocol_and_the_service_car
     let report = served.run.stop().await;
     assert!(report.is_success(), "a handler's panic is not the server's failure:\n{report}");
     assert!(report.components[0].failures.is_empty(), "{report}");
+}
+
+/// An HTTP/2 connection (prior knowledge) to `address`, and the task driving it.
+async fn http2_client(
+    address: SocketAddr,
+) -> (hyper::client::conn::http2::SendRequest<Empty<Bytes>>, JoinHandle<hyper::Result<()>>) {
+    let stream = tokio::net::TcpStream::connect(address).await.unwrap();
+    let (sender, connection) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(stream),
+    )
+    .await
+    .unwrap();
+    (sender, tokio::spawn(connection))
 }
 
 /// Reads from `stream` until the server closes it; how long that took, at most `limit`.
@@ -750,5 +757,24 @@ async fn the_next_head_on_a_keep_alive_connection_has_the_header_read_timeout_fr
     let (_, _, text) = get_once(served.address, "/metrics").await;
     let scrape = prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_owned()))).unwrap();
     assert_eq!(sample(&scrape, &text, "lifecycle_http_header_timeouts_total", None), 1.0);
+    assert!(served.run.stop().await.is_success());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http2_client_may_wait_past_the_header_read_timeout_before_its_first_call() {
+    let app = Router::new().route("/", get(|| async { "hello" }));
+    let served =
+        serve_with(builder(), app, |server| server.header_read_timeout(Duration::from_millis(300))).await;
+    // The preface and settings go out now; the first request only after the header-read timeout.
+    let (mut sender, driving) = http2_client(served.address).await;
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let request = hyper::Request::get("http://test/").body(Empty::<Bytes>::new()).unwrap();
+    let response = sender.send_request(request).await.expect("the connection is still open");
+    assert_eq!(response.status().as_u16(), 200);
+    drop(sender);
+    let _ = driving.await;
+    let (_, _, text) = get_once(served.address, "/metrics").await;
+    let scrape = prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_owned()))).unwrap();
+    assert_eq!(sample(&scrape, &text, "lifecycle_http_header_timeouts_total", None), 0.0);
     assert!(served.run.stop().await.is_success());
 }
