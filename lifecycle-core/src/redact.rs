@@ -10,36 +10,49 @@
 /// assert_eq!(redact_url("sqlite://orders.db"), "sqlite://orders.db");
 /// // Generated passwords with `/`, `?`, `#` or `@` unencoded are hidden too.
 /// assert_eq!(redact_url("postgres://app:p/a?s#s@w@db/orders"), "postgres://app:***@db/orders");
+/// // Every password written in it, wherever its text appears: a user named like the password
+/// // would tell it.
+/// assert_eq!(redact_url("postgres://app:one@db/app?password=two"), "postgres://app:***@db/app?password=***");
+/// assert_eq!(redact_url("amqp://guest:guest@rabbit/"), "amqp://***:***@rabbit/");
 /// ```
 pub fn redact_url(url: &str) -> String {
-    let mut redacted = url.to_owned();
-    if let Some(password) = password_in(url) {
-        redacted = redacted.replace(password, "***");
-    }
-    redacted
+    scrub_password(url, url)
 }
 
-/// The password written in `url`, if any.
+/// Where passwords are written in `url`, in order, without overlaps: the user info's, then
+/// every `password=` query parameter's.
 ///
 /// The user info ends at the last `@`, not at the first `/`, `?` or `#`: generated passwords
 /// often hold those unencoded (`app:pa/ss#w?rd@db`), and a parser that stops at them finds no
 /// password and leaves it in clear. An `@` in the path or query with user info before it hides
 /// more than the password: the safe side.
-fn password_in(url: &str) -> Option<&str> {
+fn password_ranges(url: &str) -> Vec<std::ops::Range<usize>> {
+    let mut ranges: Vec<std::ops::Range<usize>> = Vec::new();
     let after_scheme = url.find("://").map_or(0, |i| i + 3);
     let rest = &url[after_scheme..];
-    if let Some(at) = rest.rfind('@') {
-        if let Some((_, password)) = rest[..at].split_once(':') {
-            if !password.is_empty() {
-                return Some(password);
+    if let Some(at) = rest.rfind('@')
+        && let Some(colon) = rest[..at].find(':')
+        && colon + 1 < at
+    {
+        ranges.push(after_scheme + colon + 1..after_scheme + at);
+    }
+    if let Some(question) = url.find('?') {
+        let mut offset = question + 1;
+        for pair in url[question + 1..].split('&') {
+            let start = offset + "password=".len();
+            offset += pair.len() + 1;
+            let Some(value) = pair.strip_prefix("password=").filter(|value| !value.is_empty()) else {
+                continue;
+            };
+            if ranges.last().is_none_or(|last| last.end <= start - "password=".len()) {
+                ranges.push(start..start + value.len());
             }
         }
     }
-    let query = url.split_once('?')?.1;
-    query.split('&').find_map(|pair| pair.strip_prefix("password=")).filter(|p| !p.is_empty())
+    ranges
 }
 
-/// `text` with every occurrence of the password in `url` replaced by `***`: for driver errors,
+/// `text` with every occurrence of each password in `url` replaced by `***`: for driver errors,
 /// which may quote what they were given.
 ///
 /// ```
@@ -48,8 +61,9 @@ fn password_in(url: &str) -> Option<&str> {
 /// assert_eq!(scrub_password("bad password hunter2", url), "bad password ***");
 /// ```
 pub fn scrub_password(text: &str, url: &str) -> String {
-    match password_in(url) {
-        Some(password) => text.replace(password, "***"),
-        None => text.to_owned(),
-    }
+    let mut passwords: Vec<&str> = password_ranges(url).into_iter().map(|range| &url[range]).collect();
+    // The longest first: a shorter password inside a longer one would leave the rest of it.
+    passwords.sort_by_key(|password| std::cmp::Reverse(password.len()));
+    passwords.dedup();
+    passwords.into_iter().fold(text.to_owned(), |text, password| text.replace(password, "***"))
 }
