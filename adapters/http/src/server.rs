@@ -570,7 +570,7 @@ impl HttpServer {
     /// deadline. The wait between two requests of a keep-alive connection is the
     /// [`idle_timeout`](HttpServer::idle_timeout)'s, not this one's. Headers that arrive while
     /// the request before them is still being answered (pipelining) are bounded by the idle
-    /// timeout instead.
+    /// timeout while serving, and by this one once the stop has begun.
     #[must_use]
     pub fn header_read_timeout(mut self, timeout: Duration) -> Self {
         self.header_read_timeout = timeout;

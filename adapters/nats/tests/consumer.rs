@@ -41,24 +41,20 @@ fn seen(handler: &Flaky) -> Vec<u64> {
 
 #[tokio::test]
 async fn a_handler_error_naks_and_the_message_comes_back() {
-    naks_and_comes_back(false).await;
+    naks_and_comes_back(false, false).await;
 }
 
 #[tokio::test]
 async fn a_handler_that_panics_naks_like_an_error_and_the_service_carries_on() {
-    naks_and_comes_back(true).await;
+    naks_and_comes_back(true, false).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_handler_that_panics_in_a_task_of_its_own_naks_like_an_error_too() {
-    naks_and_comes_back_with(true, true).await;
+    naks_and_comes_back(true, true).await;
 }
 
-async fn naks_and_comes_back(panics: bool) {
-    naks_and_comes_back_with(panics, false).await;
-}
-
-async fn naks_and_comes_back_with(panics: bool, spawn_handlers: bool) {
+async fn naks_and_comes_back(panics: bool, spawn_handlers: bool) {
     let stream = Stream::create(&unique("NAK")).await;
     stream.publish(1).await;
     let handler = Flaky { fail_until: 1, panics, ..Flaky::default() };

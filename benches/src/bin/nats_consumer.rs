@@ -14,7 +14,9 @@
 //!   with its defaults (prefetch as many as `CONCURRENCY`, handlers inside the fetch task),
 //!   asking as far ahead as the raw loop does, and with a task per message (`spawn_handlers`).
 //!
-//! The two alternate, `ROUNDS` times each; the table has each round's rate and the median's ratio.
+//! The four take turns, `ROUNDS` times each; each consumer is deleted after its measurement. The
+//! tables give each round's rates, then the medians: rates, the rounds' own ratios, and this
+//! process's CPU time per message (the server is another process).
 //! `cargo run --release -p lifecycle-benches --bin nats_consumer [-- --quick]`
 
 use std::time::{Duration, Instant};
@@ -27,7 +29,7 @@ use lifecycle_nats::{Delivery, JetStreamConsumer, MessageHandler};
 const URL: &str = "nats://127.0.0.1:4222";
 const CONCURRENCY: usize = 32;
 const ROUNDS: usize = 11;
-/// What `consumer.messages()` asks for ahead by default (its batch): the adapter's second
+/// What `consumer.messages()` asks for ahead by default (its batch): the adapter's "prefetch 168"
 /// measurement waits on as many (`CONCURRENCY` handled, the rest prefetched).
 const RAW_BATCH: usize = 200;
 
