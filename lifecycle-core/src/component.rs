@@ -6,6 +6,7 @@ use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::Duration;
 
 use crate::{Context, Dependency, RestartPolicy};
@@ -278,21 +279,27 @@ pub trait Component: Send + Sync + 'static {
     }
 
     /// Acquires the resource and spawns the component's tasks; returns once it is ready.
+    ///
+    /// Not written, it does nothing, and the run spends no task on it.
     fn start(&self, ctx: &Context) -> impl Future<Output = Result<(), BoxError>> + Send {
         let _ = ctx;
-        async { Ok(()) }
+        NothingToDo
     }
 
     /// Called when the service turns unready, before any component stops.
+    ///
+    /// Not written, it does nothing, and the run spends no task on it.
     fn drain(&self, ctx: &Context) -> impl Future<Output = Result<(), BoxError>> + Send {
         let _ = ctx;
-        async { Ok(()) }
+        NothingToDo
     }
 
     /// Releases the resource. The component's token is already cancelled.
+    ///
+    /// Not written, it does nothing, and the run spends no task on it.
     fn stop(&self, ctx: &Context) -> impl Future<Output = Result<(), BoxError>> + Send {
         let _ = ctx;
-        async { Ok(()) }
+        NothingToDo
     }
 
     /// Re-reads what can change without a restart (configuration, certificates, log level), on
@@ -320,6 +327,49 @@ pub trait Component: Send + Sync + 'static {
 }
 
 pub(crate) type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// The future of a start, drain or stop hook a component leaves to the trait: done at once.
+/// Private, so that no hook a user writes can return it: the run tells an unwritten hook by this
+/// type alone (see [`WrittenHooks`]), without calling it.
+struct NothingToDo;
+
+impl Future for NothingToDo {
+    type Output = Result<(), BoxError>;
+
+    fn poll(self: Pin<&mut Self>, _: &mut std::task::Context<'_>) -> Poll<Self::Output> {
+        Poll::Ready(Ok(()))
+    }
+}
+
+/// Which of its start, drain and stop hooks a component type writes itself. The run spends a
+/// task on each written hook (it may block, hang or panic) and none on the others, which do
+/// nothing: most components write one or two of the three.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct WrittenHooks {
+    pub(crate) start: bool,
+    pub(crate) drain: bool,
+    pub(crate) stop: bool,
+}
+
+impl WrittenHooks {
+    /// Read off the hooks' return types, at compile time: the trait's defaults return
+    /// [`NothingToDo`], and nothing else can.
+    pub(crate) fn of<T: Component>() -> Self {
+        Self {
+            start: !returns_nothing_to_do::<T, _>(<T as Component>::start),
+            drain: !returns_nothing_to_do::<T, _>(<T as Component>::drain),
+            stop: !returns_nothing_to_do::<T, _>(<T as Component>::stop),
+        }
+    }
+}
+
+/// Whether `hook` returns [`NothingToDo`]. The hook is not called: its future's type is inferred
+/// from its signature, and compared with lifetimes left out (`typeid`), as the hook's future
+/// borrows the component and its context.
+fn returns_nothing_to_do<'a, T: ?Sized, F>(hook: fn(&'a T, &'a Context) -> F) -> bool {
+    let _ = hook;
+    typeid::of::<F>() == typeid::of::<NothingToDo>()
+}
 
 /// [`Component`] with boxed futures, so components of different types live in one registry.
 pub(crate) trait ErasedComponent: Send + Sync + 'static {
@@ -359,6 +409,8 @@ pub(crate) struct SharedComponent {
     pub(crate) hooks: Arc<dyn ErasedComponent>,
     pub(crate) value: Arc<dyn Any + Send + Sync>,
     pub(crate) type_name: &'static str,
+    /// Which hooks it writes, so that the run spends no task on the others.
+    pub(crate) written: WrittenHooks,
     /// Whether it is running now, for typed handles to tell.
     pub(crate) up: Up,
 }
@@ -369,6 +421,7 @@ impl SharedComponent {
             hooks: component.clone(),
             value: component,
             type_name: std::any::type_name::<T>(),
+            written: WrittenHooks::of::<T>(),
             up: Up::default(),
         }
     }
@@ -405,5 +458,39 @@ mod tests {
         assert_eq!(ComponentId::of_type::<Pool<u8>>().as_str(), "pool");
         assert_eq!(ComponentId::of_type::<Db2Pool>().as_str(), "db2_pool");
         let _ = Pool(0u8).0;
+    }
+
+    struct WritesNone;
+    impl Component for WritesNone {}
+
+    struct WritesStop;
+    impl Component for WritesStop {
+        async fn stop(&self, _: &Context) -> Result<(), BoxError> {
+            Ok(())
+        }
+    }
+
+    /// Written without `async`, ready at once like the default: still a hook of its own (the
+    /// call may do its work before it returns the future).
+    struct WritesReadyStartAndDrain;
+    impl Component for WritesReadyStartAndDrain {
+        fn start(&self, _: &Context) -> impl Future<Output = Result<(), BoxError>> + Send {
+            std::future::ready(Ok(()))
+        }
+
+        fn drain(&self, _: &Context) -> impl Future<Output = Result<(), BoxError>> + Send {
+            std::future::ready(Ok(()))
+        }
+    }
+
+    #[test]
+    fn hooks_left_to_the_trait_are_told_from_written_ones() {
+        let none = WrittenHooks { start: false, drain: false, stop: false };
+        assert_eq!(WrittenHooks::of::<WritesNone>(), none);
+        assert_eq!(WrittenHooks::of::<WritesStop>(), WrittenHooks { stop: true, ..none });
+        assert_eq!(
+            WrittenHooks::of::<WritesReadyStartAndDrain>(),
+            WrittenHooks { start: true, drain: true, ..none }
+        );
     }
 }

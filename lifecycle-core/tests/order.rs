@@ -154,3 +154,75 @@ async fn a_component_marked_stops_last_stops_after_every_other_and_starts_before
     // The two marked ones do not wait for each other.
     assert!(overlaps(&log, "telemetry", "metrics", "stop-begin", "stop-end"), "marked ones stop in parallel");
 }
+
+/// A component that writes none of its hooks.
+struct Silent(&'static str, &'static str);
+
+impl lifecycle_core::Component for Silent {
+    fn name(&self) -> lifecycle_core::ComponentId {
+        lifecycle_core::ComponentId::new(self.0)
+    }
+
+    fn dependencies(&self) -> Vec<lifecycle_core::Dependency> {
+        vec![lifecycle_core::Dependency::on(self.1)]
+    }
+}
+
+/// A component that writes only its start, which spawns a task that outlives the token by 100 ms.
+struct StartOnly {
+    log: Log,
+}
+
+impl lifecycle_core::Component for StartOnly {
+    fn name(&self) -> lifecycle_core::ComponentId {
+        lifecycle_core::ComponentId::new("start_only")
+    }
+
+    fn dependencies(&self) -> Vec<lifecycle_core::Dependency> {
+        vec![lifecycle_core::Dependency::on("silent_low")]
+    }
+
+    async fn start(&self, ctx: &lifecycle_core::Context) -> Result<(), lifecycle_core::BoxError> {
+        let (token, log) = (ctx.token().clone(), self.log.clone());
+        ctx.tasks().spawn("flush", async move {
+            token.cancelled().await;
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            log.push("start_only", "task-end");
+        });
+        Ok(())
+    }
+}
+
+/// Hooks a component leaves to the trait run no task, and the order still holds through them:
+/// `top` -> `silent_high` (no hooks) -> `middle` -> `start_only` (its task, no stop hook) ->
+/// `silent_low` (no hooks) -> `bottom`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hooks_left_to_the_trait_keep_the_order_and_the_wait_for_tasks() {
+    let log = Log::default();
+    let mut b = builder();
+    b.add(Probe::new("top", &log).deps(&["silent_high"]));
+    b.add(Silent("silent_high", "middle"));
+    b.add(Probe::new("middle", &log).deps(&["start_only"]));
+    b.add(StartOnly { log: log.clone() });
+    b.add(Silent("silent_low", "bottom"));
+    b.add(Probe::new("bottom", &log));
+    let report = run_until_ready_then_stop(b.build().unwrap()).await;
+
+    assert!(report.is_success(), "{report}");
+    for name in ["top", "silent_high", "middle", "start_only", "silent_low", "bottom"] {
+        assert!(is_stopped(&report, name), "{report}");
+        let component = report.components.iter().find(|c| c.name.as_str() == name).unwrap();
+        assert!(component.start_duration.is_some() && component.stop_duration.is_some(), "{report}");
+    }
+    assert!(log.at("bottom", "start-end").unwrap() <= log.at("middle", "start-begin").unwrap());
+    assert!(log.at("middle", "start-end").unwrap() <= log.at("top", "start-begin").unwrap());
+    assert!(log.at("top", "stop-end").unwrap() <= log.at("middle", "stop-begin").unwrap());
+    // The task of the component without a stop hook is waited for before what it depends on stops.
+    let task_end = log.at("start_only", "task-end").expect("the task was waited for");
+    assert!(log.at("middle", "stop-end").unwrap() <= task_end);
+    assert!(
+        task_end <= log.at("bottom", "stop-begin").unwrap(),
+        "bottom stopped before start_only's task ended"
+    );
+    assert_eq!(log.order("drain-begin").len(), 3, "the written drains ran");
+}

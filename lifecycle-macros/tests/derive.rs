@@ -388,3 +388,30 @@ fn derived_optional_dependencies_match() {
 fn derived_run_to_completion_matches() {
     assert_eq!(Batch.options(), ComponentOptions::new().run_to_completion(true));
 }
+
+/// Only a drain written: the run spends no task on the start and stop the derive leaves to the
+/// trait, and still runs the drain.
+#[derive(Component)]
+#[component(drain = quiesce)]
+struct DrainsOnly {
+    log: Log,
+}
+
+impl DrainsOnly {
+    async fn quiesce(&self, ctx: &Context) -> Result<(), BoxError> {
+        assert!(!ctx.token().is_cancelled(), "a drain runs before the stop cancels the token");
+        push(&self.log, "drain drains_only");
+        Ok(())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_derived_drain_runs_when_it_is_the_only_hook_written() {
+    let log = Log::default();
+    let mut b = builder();
+    b.add(DrainsOnly { log: log.clone() });
+    let report = testing::run_until_ready_then_stop(b.build().unwrap()).await;
+    assert!(report.is_success(), "{report}");
+    assert_eq!(*log.lock().unwrap(), ["drain drains_only"]);
+    assert_eq!(shape(&report), ["drains_only critical=true stopped"]);
+}

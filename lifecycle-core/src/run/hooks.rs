@@ -5,6 +5,8 @@
 //! limit: a hook that blocks its thread cannot stop that clock, because the run's task is free to
 //! move to another worker. A hook given up on is aborted (which takes effect at its next await,
 //! if ever) and remembered, so the end of the run can say what is still holding the process.
+//! A hook the component did not write (the trait's default, which does nothing) is not launched
+//! at all: the start and the stop count it done at once.
 
 use std::future::Future;
 use std::pin::Pin;

@@ -48,6 +48,8 @@ impl Run {
         // Members whose optional dependents were let go while they wait to start again; local,
         // as `waiting_on` is counted afresh by every call.
         let mut released_optional = vec![false; count];
+        // Members with no start hook written, started as they were launched.
+        let mut started_at_once = Vec::new();
         // One waiter for the whole start, rather than one registered and dropped per hook.
         let shutdown = self.shutdown.clone();
         let mut requested = std::pin::pin!(shutdown.requested());
@@ -57,24 +59,30 @@ impl Run {
                 break;
             }
             for index in ready.drain(..) {
-                self.launch_start(index, &mut hooks);
-            }
-            // A scan of every member: only when something waits for a retry at all.
-            let next_retry = match (mode, self.pending.next_due()) {
-                (StartMode::Boot, Some(due)) if self.critical_member_waiting(members) => Some(due),
-                _ => None,
-            };
-            if hooks.is_idle() && next_retry.is_none() {
-                break;
-            }
-            let ended = tokio::select! {
-                biased;
-                _ = &mut requested => continue, // the check above ends the start
-                () = sleep_until(next_retry.unwrap_or_else(Instant::now)), if next_retry.is_some() => {
-                    ready.extend(self.pending.take_due(Instant::now()).filter(|&i| members[i]));
-                    continue;
+                if self.launch_start(index, &mut hooks) {
+                    started_at_once.push(index);
                 }
-                ended = hooks.next(), if !hooks.is_idle() => ended,
+            }
+            let ended = if let Some(index) = started_at_once.pop() {
+                Some((index, HookEnd::Done))
+            } else {
+                // A scan of every member: only when something waits for a retry at all.
+                let next_retry = match (mode, self.pending.next_due()) {
+                    (StartMode::Boot, Some(due)) if self.critical_member_waiting(members) => Some(due),
+                    _ => None,
+                };
+                if hooks.is_idle() && next_retry.is_none() {
+                    break;
+                }
+                tokio::select! {
+                    biased;
+                    _ = &mut requested => continue, // the check above ends the start
+                    () = sleep_until(next_retry.unwrap_or_else(Instant::now)), if next_retry.is_some() => {
+                        ready.extend(self.pending.take_due(Instant::now()).filter(|&i| members[i]));
+                        continue;
+                    }
+                    ended = hooks.next(), if !hooks.is_idle() => ended,
+                }
             };
             let Some((index, end)) = ended else { continue };
             self.started[index] = self.record_start(index, end);
@@ -110,6 +118,9 @@ impl Run {
         // Starts still in flight are cancelled, and each then says how it ended: one that
         // completed in the same instant is started (and gets its stop hook). A hook that ignores
         // the cancellation (it blocks its thread) is not waited for past the deadline.
+        for index in started_at_once {
+            self.started[index] = self.record_start(index, HookEnd::Done);
+        }
         hooks.cancel_all();
         let deadline = self.deadline();
         while let Ok(Some((index, end))) = timeout_at(deadline, hooks.next()).await {
@@ -185,16 +196,22 @@ impl Run {
         Some(now + delay)
     }
 
-    fn launch_start(&mut self, index: usize, hooks: &mut HookSet) {
+    /// Launches component `index`'s start hook; returns true when it has none written, and so
+    /// has started already.
+    fn launch_start(&mut self, index: usize, hooks: &mut HookSet) -> bool {
         if std::mem::replace(&mut self.launched[index], true) {
             self.renew(index);
         }
         self.progress.enter(index, Stage::Starting);
+        if !self.components[index].written.start {
+            return true;
+        }
         let component = Arc::clone(&self.components[index].hooks);
         let ctx = self.contexts[index].clone();
         let limit = Instant::now() + self.limits[index].start_timeout;
         let hook_ctx = ctx.clone();
         hooks.launch(index, &ctx, limit, async move { component.start(&hook_ctx).await });
+        false
     }
 
     /// Prepares component `index` for another start: what is left of its last one (tasks a

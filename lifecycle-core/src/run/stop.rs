@@ -67,7 +67,9 @@ impl Run {
             .unwrap_or_default()
             .saturating_add(self.config.drain_delay);
         let mut hooks = HookSet::new(count, Stage::Draining);
-        for index in (0..count).filter(|&i| started[i] == Started::Yes) {
+        // A drain hook not written has nothing to do: no task, and no stage to go through.
+        let drains = |i: usize| started[i] == Started::Yes && self.components[i].written.drain;
+        for index in (0..count).filter(|&i| drains(i)) {
             self.progress.enter(index, Stage::Draining);
             let component = Arc::clone(&self.components[index].hooks);
             let ctx = self.contexts[index].clone();
@@ -118,6 +120,8 @@ impl Run {
         // order reads naturally in the logs; correctness comes from the counts alone.
         let mut ready: Vec<usize> =
             (0..count).rev().filter(|&i| touched(i) && dependents_left[i] == 0).collect();
+        // Stops that had nothing to run or wait for, done as they were launched.
+        let mut stopped_at_once = Vec::new();
         let shutdown = self.shutdown.clone();
         let mut forced_now = std::pin::pin!(shutdown.forced());
         loop {
@@ -126,7 +130,9 @@ impl Run {
                 if now < deadline {
                     let limit = share(now, deadline, self.limits[index].stop_timeout, below[index]);
                     cut_at_deadline[index] = limit >= deadline;
-                    self.launch_stop(index, started[index], limit, &mut hooks);
+                    if self.launch_stop(index, started[index], limit, &mut hooks) {
+                        stopped_at_once.push(index);
+                    }
                     continue;
                 }
                 // Out of time before its turn came: cancel what it runs and report it as it is.
@@ -142,10 +148,13 @@ impl Run {
                 self.progress.finish(index, outcome);
                 self.release_dependencies(index, started, &mut dependents_left, &mut ready);
             }
-            let ended = tokio::select! {
-                biased;
-                _ = &mut forced_now => break,
-                ended = hooks.next() => ended,
+            let ended = match stopped_at_once.pop() {
+                Some(index) => Some((index, HookEnd::Done)),
+                None => tokio::select! {
+                    biased;
+                    _ = &mut forced_now => break,
+                    ended = hooks.next() => ended,
+                },
             };
             let Some((index, end)) = ended else { break };
             let name = self.contexts[index].name();
@@ -195,15 +204,26 @@ impl Run {
     }
 
     /// The stop of one component: its stop hook if it started, then waiting for its tasks.
-    fn launch_stop(&self, index: usize, started: Started, limit: Instant, hooks: &mut HookSet) {
-        let component = Arc::clone(&self.components[index].hooks);
-        let ctx = self.contexts[index].clone();
+    /// Returns true when that was done at once: no stop hook written, no scope open and no task
+    /// left, so there was nothing to launch.
+    fn launch_stop(&self, index: usize, started: Started, limit: Instant, hooks: &mut HookSet) -> bool {
+        let ctx = &self.contexts[index];
         // Its open scopes, taken before its token is cancelled: told by the token, a scope may
         // end (and leave the list) before the hook below runs, and its end would go unreported.
         let scopes = self.handle.scopes_of(index);
         // Cancelled here rather than inside the hook's task: tokio queues the tasks this wakes on
         // the current worker, which must not be the one a blocking stop hook is about to hold.
         ctx.token().cancel();
+        let hook_written = started == Started::Yes && self.components[index].written.stop;
+        if !hook_written && scopes.is_empty() && ctx.tasks().is_empty() {
+            ctx.tasks().close();
+            // The stage the hook's task would have entered, which starts the stop's clock.
+            let stage = if started == Started::Yes { Stage::Stopping } else { Stage::WaitingForTasks };
+            self.progress.enter(index, stage);
+            return true;
+        }
+        let component = Arc::clone(&self.components[index].hooks);
+        let ctx = ctx.clone();
         let progress = Arc::clone(&self.progress);
         let hook_ctx = ctx.clone();
         hooks.launch(index, &ctx, limit, async move {
@@ -234,6 +254,7 @@ impl Run {
             }
             Ok(())
         });
+        false
     }
 }
 
