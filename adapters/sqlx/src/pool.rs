@@ -397,10 +397,12 @@ impl<DB: Backend> Component for SqlxPool<DB> {
         // running is cancelled there, its holders are given half of the time left to let go,
         // and what is still open then is ended.
         let options = pool.connect_options();
-        let grace_until = Instant::now() + give_up.saturating_duration_since(Instant::now()) / 2;
         // Set once `closing` completed (during the grace), which must not be polled again.
         let mut closed_in_grace = false;
         let grace = async {
+            // Timed from its first poll, which comes once the cancel is sent: the time it took
+            // to connect and send it is not taken from the holders.
+            let grace_until = Instant::now() + give_up.saturating_duration_since(Instant::now()) / 2;
             closed_in_grace = timeout_at(grace_until, closing.as_mut()).await.is_ok();
             closed_in_grace
         };
