@@ -324,9 +324,14 @@ impl Tasks {
         let name = name.into();
         let span = self.span(&name);
         let guard = self.shared.count_in(name);
-        let handle = self
-            .tracker
-            .spawn(NamedTask { inner: CatchUnwind::new(task), guard: Some(guard) }.instrument(span));
+        let task = NamedTask { inner: CatchUnwind::new(task), guard: Some(guard) };
+        // Without a subscriber that takes the span, entering it at every poll is work for nothing
+        // (with `tracing`'s `log` feature, two calls per poll).
+        let handle = if span.is_disabled() {
+            self.tracker.spawn(task)
+        } else {
+            self.tracker.spawn(task.instrument(span))
+        };
         self.shared.keep_abort_handle(handle.abort_handle(), self.tracker.len());
         handle
     }

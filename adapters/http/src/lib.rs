@@ -28,7 +28,7 @@ mod activity;
 mod backlog;
 mod health;
 mod metrics;
-mod panic;
+mod request;
 mod server;
 #[cfg(feature = "tls")]
 mod tls;

@@ -6,8 +6,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use axum::Router;
-use axum::http::{HeaderValue, StatusCode, Version, header};
-use axum::response::IntoResponse;
+use axum::http::Version;
 use axum::routing::get;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
@@ -19,7 +18,7 @@ use crate::accept::{AcceptErrors, REFUSALS_AT_ONCE, turn_away};
 use crate::activity::{Activity, Watched};
 use crate::backlog;
 use crate::metrics::{MetricsSource, MetricsState, metrics};
-use crate::panic::catch_panic;
+use crate::request::{Requests, Served};
 #[cfg(feature = "tls")]
 use crate::tls::TlsConfig;
 use crate::websocket::Sockets;
@@ -141,10 +140,10 @@ pub(crate) struct Counters {
 
 /// State shared by the middleware, the connections and the stop.
 #[derive(Default)]
-struct Shared {
+pub(crate) struct Shared {
     /// Set by the drain hook: HTTP/1 responses then carry `Connection: close`.
-    draining: AtomicBool,
-    counters: Arc<Counters>,
+    pub(crate) draining: AtomicBool,
+    pub(crate) counters: Arc<Counters>,
     /// Parent of every request's token.
     requests: CancellationToken,
     /// Cancelled at stop: each connection shuts down gracefully (HTTP/2 GOAWAY, HTTP/1 close
@@ -301,44 +300,20 @@ impl Connection {
         let activity = Arc::new(Activity::new());
         let io = TokioIo::new(Watched::new(stream, Arc::clone(&activity)));
         let watched = Arc::clone(&activity);
-        let requests = Arc::clone(&shared);
-        // Everything a request goes through is here, in the one service hyper calls, rather than
-        // in an axum middleware, which clones the router's service and boxes two futures per
-        // request (7% of the throughput of a trivial route).
+        let requests =
+            Arc::new(Requests { shared: Arc::clone(&shared), component, timeout: request_timeout });
+        // Everything a request goes through is in `Served`, in the one service hyper calls,
+        // rather than in an axum middleware, which clones the router's service and boxes two
+        // futures per request (7% of the throughput of a trivial route).
         let service = hyper::service::service_fn(move |mut request: hyper::Request<Incoming>| {
             let busy = watched.begin(request.version());
             request.extensions_mut().insert(context.clone());
-            let (method, uri) = (request.method().clone(), request.uri().clone());
-            let http1 = request.version() <= Version::HTTP_11;
-            let (service, component, shared) = (service.clone(), component.clone(), Arc::clone(&requests));
-            async move {
-                let counted = InFlight::begin(&shared);
-                // The call inside the future: a panic while routing is caught with the handler's.
-                let response = async { hyper::service::Service::call(&service, request).await };
-                let response = catch_panic(response, method, uri, &component, &shared.counters);
-                let mut response = match request_timeout {
-                    None => response.await,
-                    // The handler is dropped at the limit, which cancels whatever it awaits.
-                    Some(limit) => match tokio::time::timeout(limit, response).await {
-                        Ok(response) => response,
-                        Err(_) => {
-                            shared.counters.timed_out.fetch_add(1, Ordering::AcqRel);
-                            Ok((StatusCode::SERVICE_UNAVAILABLE, "request timed out\n").into_response())
-                        }
-                    },
-                };
-                // HTTP/2 has no `Connection` header: a GOAWAY does that job at stop. A protocol
-                // switch (a WebSocket) keeps its `Connection: upgrade`.
-                if let Ok(response) = &mut response {
-                    let switching = response.status() == StatusCode::SWITCHING_PROTOCOLS;
-                    if http1 && !switching && shared.draining.load(Ordering::Acquire) {
-                        response.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
-                    }
-                }
-                drop(counted);
-                drop(busy);
-                response
-            }
+            let route =
+                (request.method().clone(), request.uri().clone(), request.version() <= Version::HTTP_11);
+            // This only builds a `oneshot`: routing and the handler run when it is polled, inside
+            // `Served`'s panic catch.
+            let response = hyper::service::Service::call(&service, request);
+            Served::new(response, &requests, route, busy)
         });
         let mut builder = auto::Builder::new(executor);
         // The header-read timeout is `activity`'s, checked below: hyper's own would arm a timer
@@ -426,23 +401,6 @@ impl Connection {
                 _ = tokio::time::sleep_until(wake.into()) => {}
             }
         }
-    }
-}
-
-/// Counts a request in, and out when its response is ready or it is dropped.
-struct InFlight<'a>(&'a Shared);
-
-impl<'a> InFlight<'a> {
-    fn begin(shared: &'a Shared) -> Self {
-        shared.counters.in_flight.fetch_add(1, Ordering::AcqRel);
-        Self(shared)
-    }
-}
-
-impl Drop for InFlight<'_> {
-    fn drop(&mut self) {
-        self.0.counters.in_flight.fetch_sub(1, Ordering::AcqRel);
-        self.0.counters.completed.fetch_add(1, Ordering::AcqRel);
     }
 }
 

@@ -7,6 +7,12 @@
 //! spreads over all of them.
 //!
 //! `cargo run --release -p lifecycle-benches --bin http_steady [-- --quick]` (needs `wrk`)
+//!
+//! `http_steady --serve axum|lifecycle|timeout` serves one of them only, prints its address and
+//! stops when its standard input ends; `http_steady --load ADDRESS REQUESTS CONNECTIONS` sends a
+//! counted keep-alive load. Together, for a count of instructions per request under
+//! `valgrind --tool=callgrind`, which does not move with the machine's load
+//! (`scripts/http-instructions` runs them).
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -136,8 +142,80 @@ fn duration(text: &str) -> f64 {
         }
 }
 
+/// `requests` keep-alive `GET /` requests to `address` over `connections` connections, each
+/// answered `200` (a load with a count, where `wrk` runs for a time).
+fn load(address: &str, requests: usize, connections: usize) {
+    use std::io::{BufRead, BufReader, Read, Write};
+    let each = requests / connections;
+    let clients: Vec<_> = (0..connections)
+        .map(|_| {
+            let address = address.to_owned();
+            std::thread::spawn(move || {
+                let stream =
+                    std::net::TcpStream::connect(&address).unwrap_or_else(|e| panic!("{address}: {e}"));
+                let _ = stream.set_nodelay(true);
+                let mut writer = stream.try_clone().unwrap_or_else(|e| panic!("{e}"));
+                let mut reader = BufReader::new(stream);
+                for _ in 0..each {
+                    writer
+                        .write_all(b"GET / HTTP/1.1\r\nHost: bench\r\n\r\n")
+                        .unwrap_or_else(|e| panic!("{e}"));
+                    let mut line = String::new();
+                    reader.read_line(&mut line).unwrap_or_else(|e| panic!("{e}"));
+                    assert!(line.starts_with("HTTP/1.1 200"), "answered {line:?}");
+                    let mut length = 0;
+                    loop {
+                        line.clear();
+                        reader.read_line(&mut line).unwrap_or_else(|e| panic!("{e}"));
+                        if line == "\r\n" {
+                            break;
+                        }
+                        if let Some((name, value)) = line.split_once(':')
+                            && name.eq_ignore_ascii_case("content-length")
+                        {
+                            length = value.trim().parse().unwrap_or_else(|e| panic!("{e}: {line}"));
+                        }
+                    }
+                    let mut body = vec![0; length];
+                    reader.read_exact(&mut body).unwrap_or_else(|e| panic!("{e}"));
+                }
+            })
+        })
+        .collect();
+    for client in clients {
+        client.join().unwrap_or_else(|_| panic!("a client failed"));
+    }
+}
+
+/// Serves `kind` until standard input ends.
+fn serve_alone(kind: &str) {
+    let server = match kind {
+        "axum" => Server::Axum,
+        "lifecycle" => Server::Lifecycle,
+        "timeout" => Server::LifecycleWithRequestTimeout,
+        other => panic!("--serve axum|lifecycle|timeout, not {other}"),
+    };
+    let (address, runtime, stop) = start(server);
+    println!("{address}");
+    let _ = std::io::Read::read_to_end(&mut std::io::stdin(), &mut Vec::new());
+    stop.cancel();
+    runtime.shutdown_timeout(Duration::from_secs(5));
+}
+
 fn main() {
-    let quick = std::env::args().any(|a| a == "--quick");
+    let args: Vec<String> = std::env::args().collect();
+    if let Some(at) = args.iter().position(|a| a == "--serve") {
+        return serve_alone(args.get(at + 1).map_or("", String::as_str));
+    }
+    if let Some(at) = args.iter().position(|a| a == "--load") {
+        let number = |i: usize| {
+            args.get(at + i)
+                .and_then(|n| n.parse().ok())
+                .unwrap_or_else(|| panic!("--load ADDRESS REQUESTS CONNECTIONS"))
+        };
+        return load(args.get(at + 1).map_or("", String::as_str), number(2), number(3));
+    }
+    let quick = args.iter().any(|a| a == "--quick");
     let (rounds, seconds) = if quick { (2, 1) } else { (11, 2) };
     let servers = [Server::Axum, Server::Lifecycle, Server::LifecycleWithRequestTimeout];
     let mut results: Vec<[Vec<f64>; 4]> = servers.iter().map(|_| Default::default()).collect();
