@@ -26,6 +26,7 @@
 mod accept;
 mod activity;
 mod backlog;
+mod connection;
 mod health;
 mod metrics;
 mod request;
