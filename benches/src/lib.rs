@@ -36,9 +36,9 @@ pub fn heap_peak() -> usize {
 }
 
 /// CPU time (user and system) used so far by this process's threads named `name` (all of them
-/// with `None`), in seconds, from `/proc/self/task`; 10 ms resolution.
+/// with `None`), in seconds, from `/proc/self/task`: the scheduler's own count, to the
+/// nanosecond, where the kernel shows it (`sched`), otherwise the 10 ms ticks of `stat`.
 pub fn cpu_seconds(name: Option<&str>) -> f64 {
-    let ticks_per_second = 100.0; // USER_HZ on Linux
     let Ok(tasks) = std::fs::read_dir("/proc/self/task") else { return 0.0 };
     tasks
         .filter_map(Result::ok)
@@ -47,14 +47,26 @@ pub fn cpu_seconds(name: Option<&str>) -> f64 {
                 std::fs::read_to_string(task.path().join("comm")).is_ok_and(|comm| comm.trim() == name)
             })
         })
-        .filter_map(|task| std::fs::read_to_string(task.path().join("stat")).ok())
-        .map(|stat| {
-            // Fields after the `(comm)`: state is the 3rd field, utime the 14th, stime the 15th.
-            let fields: Vec<&str> = stat.rsplit(')').next().unwrap_or("").split_whitespace().collect();
-            let field = |n: usize| fields.get(n - 3).and_then(|f| f.parse::<f64>().ok()).unwrap_or(0.0);
-            (field(14) + field(15)) / ticks_per_second
-        })
+        .map(|task| exact_cpu_seconds(&task.path()).unwrap_or_else(|| tick_cpu_seconds(&task.path())))
         .sum()
+}
+
+/// A task's time on a CPU from `sched` (`se.sum_exec_runtime`, in milliseconds), if shown.
+fn exact_cpu_seconds(task: &std::path::Path) -> Option<f64> {
+    let sched = std::fs::read_to_string(task.join("sched")).ok()?;
+    let line = sched.lines().find(|line| line.starts_with("se.sum_exec_runtime"))?;
+    let milliseconds: f64 = line.rsplit(':').next()?.trim().parse().ok()?;
+    Some(milliseconds / 1e3)
+}
+
+/// A task's user and system time from `stat`, in ticks of 10 ms.
+fn tick_cpu_seconds(task: &std::path::Path) -> f64 {
+    let ticks_per_second = 100.0; // USER_HZ on Linux
+    let stat = std::fs::read_to_string(task.join("stat")).unwrap_or_default();
+    // Fields after the `(comm)`: state is the 3rd field, utime the 14th, stime the 15th.
+    let fields: Vec<&str> = stat.rsplit(')').next().unwrap_or("").split_whitespace().collect();
+    let field = |n: usize| fields.get(n - 3).and_then(|f| f.parse::<f64>().ok()).unwrap_or(0.0);
+    (field(14) + field(15)) / ticks_per_second
 }
 
 /// The median of `values` (which must not be empty).

@@ -19,6 +19,8 @@ use std::time::{Duration, Instant};
 use axum::http::Version;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
+use crate::request::Requests;
+
 pub(crate) struct Activity {
     /// What the times below count from, as an `Instant` and on the clock [`coarse_nanos`] reads.
     opened: Instant,
@@ -32,9 +34,6 @@ pub(crate) struct Activity {
     head_since: AtomicU64,
     http2: AtomicBool,
 }
-
-/// Marks the end of a request on its connection when dropped.
-pub(crate) struct Busy(Arc<Activity>);
 
 impl Activity {
     pub(crate) fn new() -> Self {
@@ -63,14 +62,20 @@ impl Activity {
         self.opened + Duration::from_nanos(nanos)
     }
 
-    /// A request's head was read: it is in flight until the returned guard drops.
-    pub(crate) fn begin(self: &Arc<Self>, version: Version) -> Busy {
+    /// A request's head was read: it is in flight until [`Activity::end`].
+    pub(crate) fn begin(&self, version: Version) {
         if version == Version::HTTP_2 {
             self.http2.store(true, Ordering::Release);
         }
         self.in_flight.fetch_add(1, Ordering::AcqRel);
         self.head_since.store(0, Ordering::Release);
-        Busy(Arc::clone(self))
+    }
+
+    /// A request [`begun`](Activity::begin) has ended: its response is ready, or it was dropped.
+    pub(crate) fn end(&self) {
+        // The time first: `quiet_until` reads the count first.
+        self.last_active.store(self.now(), Ordering::Release);
+        self.in_flight.fetch_sub(1, Ordering::AcqRel);
     }
 
     /// Bytes came from the client: with no request in flight, on HTTP/1, they begin a head.
@@ -96,7 +101,7 @@ impl Activity {
     /// When the connection will have been quiet for `idle`; `None` while a request is in flight
     /// or a head is being read.
     pub(crate) fn quiet_until(&self, idle: Duration) -> Option<Instant> {
-        // The count first: `Busy::drop` stamps the time before it decrements, so a zero count
+        // The count first: `end` stamps the time before it decrements, so a zero count
         // comes with the last request's end.
         let quiet =
             self.in_flight.load(Ordering::Acquire) == 0 && self.head_since.load(Ordering::Acquire) == 0;
@@ -121,13 +126,6 @@ fn coarse_nanos() -> u64 {
     let now = rustix::time::clock_gettime(rustix::time::ClockId::MonotonicCoarse);
     let (seconds, nanos) = (u64::try_from(now.tv_sec).unwrap_or(0), u64::try_from(now.tv_nsec).unwrap_or(0));
     seconds.saturating_mul(1_000_000_000).saturating_add(nanos)
-}
-
-impl Drop for Busy {
-    fn drop(&mut self) {
-        self.0.last_active.store(self.0.now(), Ordering::Release);
-        self.0.in_flight.fetch_sub(1, Ordering::AcqRel);
-    }
 }
 
 /// What every HTTP/2 connection begins with.
@@ -161,13 +159,14 @@ impl Preface {
 /// A connection's stream, telling its [`Activity`] when bytes come.
 pub(crate) struct Watched<S> {
     stream: S,
-    activity: Arc<Activity>,
+    /// Where the connection's activity is kept.
+    requests: Arc<Requests>,
     preface: Preface,
 }
 
 impl<S> Watched<S> {
-    pub(crate) fn new(stream: S, activity: Arc<Activity>) -> Self {
-        Self { stream, activity, preface: Preface::Matching(0) }
+    pub(crate) fn new(stream: S, requests: Arc<Requests>) -> Self {
+        Self { stream, requests, preface: Preface::Matching(0) }
     }
 }
 
@@ -186,10 +185,10 @@ impl<S: AsyncRead + Unpin> AsyncRead for Watched<S> {
             if let Preface::Matching(_) = this.preface {
                 this.preface = this.preface.read(&buf.filled()[before..]);
                 if this.preface == Preface::Http2 {
-                    this.activity.http2_preface();
+                    this.requests.activity.http2_preface();
                 }
             }
-            this.activity.received();
+            this.requests.activity.received();
         }
         polled
     }
@@ -241,11 +240,11 @@ mod tests {
             "the clock runs from the first byte"
         );
 
-        let busy = activity.begin(Version::HTTP_11);
+        activity.begin(Version::HTTP_11);
         assert_eq!(activity.head_deadline(Duration::from_secs(1)), None);
         activity.received(); // the request's body
         assert_eq!(activity.head_deadline(Duration::from_secs(1)), None, "a body is not a head");
-        drop(busy);
+        activity.end();
         assert!(activity.quiet_until(Duration::from_secs(1)).is_some());
     }
 
@@ -275,7 +274,8 @@ mod tests {
     #[test]
     fn http2_has_no_head_clock() {
         let activity = Arc::new(Activity::new());
-        drop(activity.begin(Version::HTTP_2));
+        activity.begin(Version::HTTP_2);
+        activity.end();
         activity.received(); // frames between streams: pings, settings, window updates
         assert_eq!(activity.head_deadline(Duration::from_secs(1)), None);
         assert!(activity.is_http2());

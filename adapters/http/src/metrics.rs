@@ -150,8 +150,9 @@ pub(crate) fn render(state: &MetricsState) -> Result<String, std::fmt::Error> {
 
     let http = registry.sub_registry_with_prefix("http");
     let counters = &state.counters;
+    let in_flight = AtomicU64::new(counters.in_flight());
     let gauges = [
-        ("requests_in_flight", "Requests being served", &counters.in_flight),
+        ("requests_in_flight", "Requests being served", &in_flight),
         ("connections_open", "Client connections open, WebSockets included", &counters.connections_open),
         ("websockets_open", "WebSockets open", &counters.websockets_open),
         ("shutdown_drained_requests", "Requests finished during the stop", &counters.drained),

@@ -13,6 +13,7 @@ use crate::accept::{AcceptErrors, REFUSALS_AT_ONCE, turn_away};
 use crate::backlog;
 use crate::connection::{Connection, Settings, prepare_accepted};
 use crate::metrics::{MetricsSource, MetricsState, metrics};
+use crate::request::{RequestContext, RequestShared};
 #[cfg(feature = "tls")]
 use crate::tls::TlsConfig;
 use crate::websocket::Sockets;
@@ -33,79 +34,13 @@ const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 /// Descriptors kept for everything but client connections (pools, files, the listener).
 const DESCRIPTORS_KEPT: usize = 256;
 
-/// What a handler can reach through `Extension<RequestContext>`: the stop's signals and the
-/// server's task set. One value per server, shared by its requests (a request costs one
-/// reference count, not a token of its own).
-#[derive(Clone, Debug)]
-pub struct RequestContext {
-    server: Arc<RequestShared>,
-    /// The connection's place under the limit, for a WebSocket to take over; `None` until the
-    /// context is given to a connection.
-    slot: Option<ConnectionSlot>,
-}
-
-#[derive(Debug)]
-struct RequestShared {
-    /// Cancelled at the soft deadline.
-    cancel: CancellationToken,
-    /// The task set, the going-away signal and what WebSockets count.
-    sockets: Sockets,
-}
-
-impl RequestContext {
-    /// Resolves at the server's soft deadline during shutdown: a long handler should finish
-    /// early.
-    pub fn cancelled(&self) -> impl std::future::Future<Output = ()> + Send + '_ {
-        self.server.cancel.cancelled()
-    }
-
-    /// Whether the soft deadline has passed.
-    pub fn is_cancelled(&self) -> bool {
-        self.server.cancel.is_cancelled()
-    }
-
-    /// A token cancelled at the soft deadline, for an API that takes one. A child: cancelling
-    /// it cancels nothing else.
-    pub fn cancel_token(&self) -> CancellationToken {
-        self.server.cancel.child_token()
-    }
-
-    /// Resolves when the server stops (or drains, with [`HttpServer::go_away_at_drain`]): a
-    /// long-lived response (server-sent events, a long poll) should end now, cleanly, so its
-    /// client reconnects elsewhere. WebSockets are closed with 1001 at the same moment.
-    pub fn going_away(&self) -> impl std::future::Future<Output = ()> + Send + '_ {
-        self.server.sockets.going_away.cancelled()
-    }
-
-    /// Whether the server has begun to stop (or drain, with `go_away_at_drain`).
-    pub fn is_going_away(&self) -> bool {
-        self.server.sockets.going_away.is_cancelled()
-    }
-
-    /// The server's task set: tasks a handler spawns here are waited for at stop.
-    pub fn tasks(&self) -> &Tasks {
-        &self.server.sockets.tasks
-    }
-
-    pub(crate) fn sockets(&self) -> &Sockets {
-        &self.server.sockets
-    }
-
-    pub(crate) fn slot(&self) -> Option<&ConnectionSlot> {
-        self.slot.as_ref()
-    }
-
-    /// This context for the requests of one connection, with its place under the limit (one
-    /// extension per request rather than two).
-    fn for_connection(&self, slot: ConnectionSlot) -> Self {
-        Self { server: Arc::clone(&self.server), slot: Some(slot) }
-    }
-}
-
 /// Request counts, for the report's note and for `/metrics`.
 #[derive(Default, Debug)]
 pub(crate) struct Counters {
-    pub(crate) in_flight: AtomicU64,
+    /// Requests begun; with `completed`, what is in flight (one count per request each way
+    /// rather than a count in flight that goes up and down).
+    pub(crate) started: AtomicU64,
+    /// Requests answered (or dropped unanswered).
     pub(crate) completed: AtomicU64,
     pub(crate) drained: AtomicU64,
     pub(crate) cancelled: AtomicU64,
@@ -132,6 +67,15 @@ pub(crate) struct Counters {
     pub(crate) tls_handshakes_failed: AtomicU64,
 }
 
+impl Counters {
+    /// Requests being served now.
+    pub(crate) fn in_flight(&self) -> u64 {
+        // Completed first: a request counted there was counted as started before.
+        let completed = self.completed.load(Ordering::Acquire);
+        self.started.load(Ordering::Acquire).saturating_sub(completed)
+    }
+}
+
 /// State shared by the middleware, the connections and the stop.
 #[derive(Default)]
 pub(crate) struct Shared {
@@ -143,6 +87,9 @@ pub(crate) struct Shared {
     /// Cancelled at stop: each connection shuts down gracefully (HTTP/2 GOAWAY, HTTP/1 close
     /// after the response in flight).
     pub(crate) closing: CancellationToken,
+    /// Set just before `closing` is cancelled (by [`Shared::close_connections`]): each
+    /// connection reads it when it wakes, where polling the token would take its lock twice.
+    pub(crate) closing_begun: AtomicBool,
     /// Cancelled at stop, or at drain with `go_away_at_drain`: long-lived responses end, and
     /// WebSockets are closed with 1001.
     pub(crate) going_away: CancellationToken,
@@ -151,33 +98,33 @@ pub(crate) struct Shared {
     pub(crate) cut_connections: AtomicU64,
 }
 
-/// A connection's place under [`HttpServer::max_connections`]: an upgrade (a WebSocket) takes it
-/// over, since the socket stays open after the HTTP connection is done.
-#[derive(Clone, Debug)]
-pub(crate) struct ConnectionSlot(Arc<Mutex<Option<Place>>>);
+impl Shared {
+    /// Tells every connection to shut down gracefully.
+    pub(crate) fn close_connections(&self) {
+        self.closing_begun.store(true, Ordering::Release);
+        self.closing.cancel();
+    }
+}
 
-/// A place under the limit, counted open until dropped.
+/// A connection's place under [`HttpServer::max_connections`], counted open until dropped. The
+/// connection's [`RequestContext`] holds it; an upgrade (a WebSocket) takes it over, since the
+/// socket stays open after the HTTP connection is done.
 #[derive(Debug)]
 pub(crate) struct Place {
     _permit: tokio::sync::OwnedSemaphorePermit,
     counters: Arc<Counters>,
 }
 
-impl Drop for Place {
-    fn drop(&mut self) {
-        self.counters.connections_open.fetch_sub(1, Ordering::AcqRel);
+impl Place {
+    fn new(permit: tokio::sync::OwnedSemaphorePermit, counters: &Arc<Counters>) -> Self {
+        counters.connections_open.fetch_add(1, Ordering::AcqRel);
+        Self { _permit: permit, counters: Arc::clone(counters) }
     }
 }
 
-impl ConnectionSlot {
-    fn new(permit: tokio::sync::OwnedSemaphorePermit, counters: &Arc<Counters>) -> Self {
-        counters.connections_open.fetch_add(1, Ordering::AcqRel);
-        Self(Arc::new(Mutex::new(Some(Place { _permit: permit, counters: Arc::clone(counters) }))))
-    }
-
-    /// The place, for whoever keeps the connection's socket open from now on.
-    pub(crate) fn take(&self) -> Option<Place> {
-        self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take()
+impl Drop for Place {
+    fn drop(&mut self) {
+        self.counters.connections_open.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -438,7 +385,7 @@ impl HttpServer {
 
     /// Requests being served now.
     pub fn in_flight(&self) -> u64 {
-        self.shared.counters.in_flight.load(Ordering::Acquire)
+        self.shared.counters.in_flight()
     }
 
     /// Requests answered since the start.
@@ -446,10 +393,10 @@ impl HttpServer {
         self.shared.counters.completed.load(Ordering::Acquire)
     }
 
-    /// What every request of this run gets.
-    fn request_context(&self, tasks: &Tasks) -> RequestContext {
+    /// What the requests of this run can reach, shared by every connection's context.
+    fn request_shared(&self, tasks: &Tasks) -> Arc<RequestShared> {
         let shared = &self.shared;
-        let server = Arc::new(RequestShared {
+        Arc::new(RequestShared {
             cancel: shared.requests.clone(),
             sockets: Sockets {
                 tasks: tasks.clone(),
@@ -457,8 +404,7 @@ impl HttpServer {
                 cut: shared.cut.clone(),
                 counters: Arc::clone(&shared.counters),
             },
-        });
-        RequestContext { server, slot: None }
+        })
     }
 
     /// Every setting that cannot work, named, with why.
@@ -539,6 +485,9 @@ impl Component for HttpServer {
             };
             router = router.merge(Router::new().route(path, get(metrics)).with_state(Arc::new(state)));
         }
+        // Turns each handler into its route once, here, as `axum::serve` does: a router served
+        // as it was built does that at every request (an allocation and a clone of the handler).
+        let router: Router = router.with_state(());
         let (shared, tasks, token, name) =
             (Arc::clone(&self.shared), ctx.tasks().clone(), ctx.token().clone(), self.name.clone());
         let shutdown = ctx.shutdown().clone();
@@ -549,7 +498,7 @@ impl Component for HttpServer {
             request_timeout: self.request_timeout,
             tcp_nodelay: self.tcp_nodelay,
         };
-        let context = self.request_context(ctx.tasks());
+        let request_shared = self.request_shared(ctx.tasks());
         let slots = Arc::new(tokio::sync::Semaphore::new(self.max_connections));
         let max_connections = self.max_connections;
         tracing::info!(component = %name, %address, max_connections, "HTTP server listening");
@@ -646,10 +595,10 @@ impl Component for HttpServer {
                     }
                 };
                 // Given back when the connection ends, or kept by the WebSocket it turns into.
-                let slot = ConnectionSlot::new(slot, &shared.counters);
+                let place = Place::new(slot, &shared.counters);
                 let connection = Connection {
                     router: router.clone(),
-                    context: context.for_connection(slot.clone()),
+                    context: RequestContext::for_connection(&request_shared, place),
                     component: name.clone(),
                     shared: Arc::clone(&shared),
                     settings,
@@ -657,7 +606,6 @@ impl Component for HttpServer {
                 #[cfg(feature = "tls")]
                 let tls = tls.clone();
                 tasks.spawn("connection", async move {
-                    let _slot = slot;
                     #[cfg(feature = "tls")]
                     if let Some(acceptor) = tls {
                         if let Some(stream) = connection.tls_handshake(&acceptor, stream).await {
@@ -686,7 +634,7 @@ impl Component for HttpServer {
         let shared = &self.shared;
         shared.draining.store(true, Ordering::Release);
         shared.going_away.cancel();
-        shared.closing.cancel();
+        shared.close_connections();
         let tasks = ctx.tasks();
         tasks.close();
         let hard = ctx.give_up_at(MARGIN, Duration::from_secs(10));

@@ -28,7 +28,8 @@ use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role};
 
 pub use tokio_tungstenite::tungstenite::Message;
 
-use crate::server::{ConnectionSlot, Counters, RequestContext};
+use crate::request::RequestContext;
+use crate::server::Counters;
 
 /// How long the server waits for a client to answer its close frame before it lets go.
 const CLOSE_REPLY_WAIT: Duration = Duration::from_secs(1);
@@ -73,9 +74,9 @@ pub(crate) struct Sockets {
 pub struct WebSocketUpgrade {
     on_upgrade: OnUpgrade,
     accept: HeaderValue,
-    sockets: Sockets,
-    /// The connection's place under the server's connection limit, kept while the socket lives.
-    slot: Option<ConnectionSlot>,
+    /// The request's context: the server's task set and signals, and the connection's place
+    /// under its connection limit, which the socket keeps while it lives.
+    context: RequestContext,
 }
 
 /// Why a request is no WebSocket handshake this server can take.
@@ -152,10 +153,10 @@ impl<S: Send + Sync> FromRequestParts<S> for WebSocketUpgrade {
         let key = headers.get(header::SEC_WEBSOCKET_KEY).ok_or(WebSocketRejection::NoKey)?;
         let accept = HeaderValue::from_str(&derive_accept_key(key.as_bytes()))
             .map_err(|_| WebSocketRejection::NoKey)?;
-        let ctx = parts.extensions.get::<RequestContext>().ok_or(WebSocketRejection::NotUpgradable)?;
-        let (sockets, slot) = (ctx.sockets().clone(), ctx.slot().cloned());
+        let context =
+            parts.extensions.get::<RequestContext>().ok_or(WebSocketRejection::NotUpgradable)?.clone();
         let on_upgrade = parts.extensions.remove::<OnUpgrade>().ok_or(WebSocketRejection::NotUpgradable)?;
-        Ok(Self { on_upgrade, accept, sockets, slot })
+        Ok(Self { on_upgrade, accept, context })
     }
 }
 
@@ -169,12 +170,13 @@ impl WebSocketUpgrade {
         F: FnOnce(WebSocket) -> Fut + Send + 'static,
         Fut: Future<Output = ()> + Send + 'static,
     {
-        let Self { on_upgrade, accept, sockets, slot } = self;
-        let slot = slot.as_ref().and_then(ConnectionSlot::take);
-        let tasks = sockets.tasks.clone();
-        tasks.spawn("websocket", async move {
+        let Self { on_upgrade, accept, context } = self;
+        let place = context.take_place();
+        let sockets = context.sockets().clone();
+        drop(context);
+        sockets.tasks.clone().spawn("websocket", async move {
             sockets.serve(on_upgrade, handler).await;
-            drop(slot);
+            drop(place);
         });
         let mut response = StatusCode::SWITCHING_PROTOCOLS.into_response();
         let headers = response.headers_mut();

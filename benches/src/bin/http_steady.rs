@@ -3,8 +3,9 @@
 //! against plain axum `serve`, on the same tiny handler, in the same process: throughput and
 //! p50/p99 latency measured by `wrk` (an external load generator), and the server's own CPU
 //! time per request (its worker thread's, from `/proc`), which moves far less than throughput
-//! on a shared machine. The three servers take turns round after round so drift on the machine
-//! spreads over all of them.
+//! on a shared machine. The three servers take turns round after round (in the reverse order
+//! every other round), and each ratio is the median of the rounds' ratios to plain axum, so
+//! drift on the machine between rounds cancels out.
 //!
 //! `cargo run --release -p lifecycle-benches --bin http_steady [-- --quick]` (needs `wrk`)
 //!
@@ -216,11 +217,17 @@ fn main() {
         return load(args.get(at + 1).map_or("", String::as_str), number(2), number(3));
     }
     let quick = args.iter().any(|a| a == "--quick");
-    let (rounds, seconds) = if quick { (2, 1) } else { (11, 2) };
+    let (rounds, seconds) = if quick { (2, 1) } else { (15, 2) };
     let servers = [Server::Axum, Server::Lifecycle, Server::LifecycleWithRequestTimeout];
     let mut results: Vec<[Vec<f64>; 4]> = servers.iter().map(|_| Default::default()).collect();
     for round in 0..=rounds {
-        for (i, &server) in servers.iter().enumerate() {
+        // Every other round in the reverse order, so that no server always comes first.
+        let mut order: Vec<usize> = (0..servers.len()).collect();
+        if round % 2 == 1 {
+            order.reverse();
+        }
+        for i in order {
+            let server = servers[i];
             let (address, runtime, stop) = start(server);
             // Warm-up: connections, allocator, caches.
             let _ = wrk(address, 1);
@@ -237,22 +244,26 @@ fn main() {
             }
         }
     }
-    let medians: Vec<[f64; 4]> = results.into_iter().map(|r| r.map(median)).collect();
-    let base = medians[0];
+    // Ratios are the median of each round's ratio to plain axum: a round's servers ran within
+    // seconds of each other, so drift on the machine between rounds cancels out.
+    let ratio = |i: usize, field: usize| {
+        median(results[i][field].iter().zip(&results[0][field]).map(|(ours, axum)| ours / axum).collect())
+    };
     println!("| server | server CPU per request | ratio | requests/s | ratio | p50 | ratio | p99 | ratio |");
     println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|");
-    for (server, m) in servers.iter().zip(&medians) {
+    for (i, server) in servers.iter().enumerate() {
+        let m = results[i].clone().map(median);
         println!(
             "| {} | {:.2} µs | {:.3}x | {:.0} | {:.3}x | {:.0} µs | {:.3}x | {:.0} µs | {:.3}x |",
             server.name(),
             m[3] * 1e6,
-            m[3] / base[3],
+            ratio(i, 3),
             m[0],
-            m[0] / base[0],
+            ratio(i, 0),
             m[1] * 1e6,
-            m[1] / base[1],
+            ratio(i, 1),
             m[2] * 1e6,
-            m[2] / base[2]
+            ratio(i, 2)
         );
     }
 }
