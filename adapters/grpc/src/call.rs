@@ -80,14 +80,19 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, request: Request<axum::body::Body>) -> Self::Future {
+    fn call(&mut self, mut request: Request<axum::body::Body>) -> Self::Future {
         // The clone that was made ready goes with this call (tower's rule); a fresh clone stays.
         let fresh = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, fresh);
         let (component, ends_at) = (self.component.clone(), self.ends_at);
         let mut guard = InFlight::begin(&self.counters);
-        // Put there by the HTTP server for every request: the stop's signals.
-        let context = request.extensions().get::<RequestContext>().cloned();
+        // The stop's signals, from the HTTP server polling this call (tower's `Oneshot` in the
+        // router's route calls this service in its first poll). Put in the request's extensions
+        // too, where a tonic handler (which no axum extractor reaches) finds it.
+        let context = RequestContext::current();
+        if let Some(context) = &context {
+            request.extensions_mut().insert(context.clone());
+        }
         let uri = request.uri().clone();
         // One too far off to represent is no deadline.
         let deadline = client_deadline(request.headers())

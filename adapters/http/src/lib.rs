@@ -38,7 +38,7 @@ pub mod websocket;
 pub use axum;
 pub use health::{HealthPaths, READINESS_FRESH_FOR, health_router};
 pub use prometheus_client;
-pub use request::RequestContext;
+pub use request::{NotServedByHttpServer, RequestContext};
 pub use server::HttpServer;
 #[cfg(feature = "tls")]
 pub use tls::{TlsConfig, TlsError, TlsFile};

@@ -1,7 +1,8 @@
 //! What every request goes through and carries: the service hyper calls for each request of a
-//! connection, which gives the request its [`RequestContext`] and wraps the router's response in
-//! one future ([`Served`]): counted in flight (on the server and on its connection), a panic
-//! turned into a 500, the request timeout, and `Connection: close` while draining.
+//! connection, which wraps the router's response in one future ([`Served`]): counted in flight
+//! (on the server and on its connection), a panic turned into a 500, the request timeout,
+//! `Connection: close` while draining, and the request's [`RequestContext`] within reach of the
+//! handler while it is polled.
 //!
 //! A handler that panics answers `500 Internal Server Error`; its connection and the service
 //! carry on. Without this, a panic in a handler served over HTTP/1 unwinds through the
@@ -14,6 +15,7 @@
 //! in `memcpy` alone), and the request timeout's timer took room in every request's future, used
 //! or not.
 
+use std::cell::Cell;
 use std::convert::Infallible;
 use std::future::Future;
 use std::pin::Pin;
@@ -24,6 +26,8 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::body::Body;
+use axum::extract::FromRequestParts;
+use axum::http::request::Parts;
 use axum::http::uri::PathAndQuery;
 use axum::http::{HeaderValue, Method, Request, Response, StatusCode, Version, header};
 use axum::response::IntoResponse;
@@ -36,11 +40,24 @@ use crate::activity::Activity;
 use crate::server::{Place, Shared};
 use crate::websocket::Sockets;
 
-/// What a handler can reach through `Extension<RequestContext>`: the stop's signals and the
-/// server's task set. One value per connection, shared by its requests (a request costs one
-/// reference count, not a token of its own).
+/// What a handler can reach of the server it runs in: the stop's signals and the server's task
+/// set. One value per connection, shared by its requests (a request costs one reference count,
+/// not a token of its own).
+///
+/// A handler takes it as an extractor (`async fn report(context: RequestContext)`); other code
+/// running in a request (a tower layer, a tonic service) calls [`RequestContext::current`]. It
+/// is within reach while the server polls the request's future, not in the request's
+/// extensions: an extension cost every request an allocation and a map entry, about a point of
+/// CPU against plain axum (docs/BENCHMARKS.md). A layer that moves the request's future to
+/// another task (spawns it) takes it out of reach there: extract it before.
 #[derive(Clone, Debug)]
 pub struct RequestContext(Arc<ConnectionContext>);
+
+thread_local! {
+    /// The context of the request whose future this thread is polling: set by [`Served::poll`]
+    /// around the router's future and put back after, so nested polls see their own.
+    static CURRENT: Cell<Option<RequestContext>> = const { Cell::new(None) };
+}
 
 #[derive(Debug)]
 struct ConnectionContext {
@@ -60,6 +77,21 @@ pub(crate) struct RequestShared {
 }
 
 impl RequestContext {
+    /// The context of the request being served on this thread: `Some` in a handler's future (or
+    /// a layer's) while `HttpServer` polls it, `None` elsewhere (outside a server, or on a task
+    /// the request's future was not polled on).
+    pub fn current() -> Option<Self> {
+        CURRENT
+            .try_with(|current| {
+                let context = current.take();
+                let copy = context.clone();
+                current.set(context);
+                copy
+            })
+            .ok()
+            .flatten()
+    }
+
     /// Resolves at the server's soft deadline during shutdown: a long handler should finish
     /// early.
     pub fn cancelled(&self) -> impl Future<Output = ()> + Send + '_ {
@@ -110,6 +142,59 @@ impl RequestContext {
     }
 }
 
+impl<S: Send + Sync> FromRequestParts<S> for RequestContext {
+    type Rejection = NotServedByHttpServer;
+
+    async fn from_request_parts(_parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
+        Self::current().ok_or(NotServedByHttpServer)
+    }
+}
+
+/// The rejection of a [`RequestContext`] extractor in a request `HttpServer` is not polling: a
+/// router served by something else, or a layer that spawned the request's future onto another
+/// task. Answers `500 Internal Server Error` and says so.
+#[derive(Debug, Clone, Copy)]
+pub struct NotServedByHttpServer;
+
+impl std::fmt::Display for NotServedByHttpServer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(
+            "no RequestContext: the request is not being polled by lifecycle_http::HttpServer (a router served \
+             by something else, or a layer that spawned the request's future onto another task)",
+        )
+    }
+}
+
+impl std::error::Error for NotServedByHttpServer {}
+
+impl IntoResponse for NotServedByHttpServer {
+    fn into_response(self) -> Response<Body> {
+        tracing::error!("{self}");
+        (StatusCode::INTERNAL_SERVER_ERROR, format!("{self}\n")).into_response()
+    }
+}
+
+/// Puts a request's context within reach of the code its future runs ([`RequestContext::current`])
+/// for one poll, and back into the request's future after, even if the poll unwinds.
+struct Entered<'a> {
+    slot: &'a mut Option<RequestContext>,
+    outer: Option<RequestContext>,
+}
+
+impl<'a> Entered<'a> {
+    fn enter(slot: &'a mut Option<RequestContext>) -> Self {
+        // `try_with`: on a thread whose locals are being torn down, the poll goes on without.
+        let outer = CURRENT.try_with(|current| current.replace(slot.take())).ok().flatten();
+        Self { slot, outer }
+    }
+}
+
+impl Drop for Entered<'_> {
+    fn drop(&mut self) {
+        let _ = CURRENT.try_with(|current| *self.slot = current.replace(self.outer.take()));
+    }
+}
+
 /// What a connection's requests share: one reference count per request.
 pub(crate) struct Requests {
     pub(crate) shared: Arc<Shared>,
@@ -136,14 +221,13 @@ impl hyper::service::Service<Request<Incoming>> for RequestService {
     type Error = Infallible;
     type Future = Served<RouteFuture<Infallible>>;
 
-    fn call(&self, mut request: Request<Incoming>) -> Self::Future {
-        request.extensions_mut().insert(self.context.clone());
+    fn call(&self, request: Request<Incoming>) -> Self::Future {
         let route = (request.method().clone(), request.uri().path_and_query().cloned(), request.version());
         // Routing runs here, in axum's code; the route's own services (the user's layers and
         // the handler) run when the future is polled, inside `Served`'s panic catch. Axum's
         // router is always ready, and `call` needs it by `&mut`: a clone is one reference count.
         let response = tower_service::Service::call(&mut self.router.clone(), request);
-        Served::new(response, &self.requests, route)
+        Served::new(response, &self.context, &self.requests, route)
     }
 }
 
@@ -155,6 +239,8 @@ pin_project_lite::pin_project! {
         response: CatchUnwind<F>,
         // Boxed, and only with a request timeout: no timer, and no room for one, without.
         limit: Option<Pin<Box<Sleep>>>,
+        // Lent to `CURRENT` while the router's future is polled.
+        context: Option<RequestContext>,
         // For the log line of a panic: clones of the request's shared buffers, no allocation.
         // Not the whole `Uri`: it would make every request's future 48 bytes larger.
         method: Method,
@@ -171,12 +257,14 @@ impl<F> Served<F> {
     #[inline(always)]
     fn new(
         response: F,
+        context: &RequestContext,
         requests: &Arc<Requests>,
         (method, path, version): (Method, Option<PathAndQuery>, Version),
     ) -> Self {
         Self {
             response: CatchUnwind::new(response),
             limit: requests.timeout.map(|limit| Box::pin(tokio::time::sleep(limit))),
+            context: Some(context.clone()),
             method,
             path,
             http1: version <= Version::HTTP_11,
@@ -197,7 +285,10 @@ where
         let this = self.project();
         let requests = &this.counted.0;
         let counters = &requests.shared.counters;
-        let polled = this.response.poll(cx);
+        let polled = {
+            let _entered = Entered::enter(this.context);
+            this.response.poll(cx)
+        };
         let mut response = match polled {
             Poll::Ready(Ok(Ok(response))) => response,
             Poll::Ready(Ok(Err(never))) => match never {},

@@ -92,7 +92,8 @@ pub enum WebSocketRejection {
     /// `Sec-WebSocket-Key` is missing.
     NoKey,
     /// The connection cannot be upgraded: HTTP/2 (WebSockets over HTTP/2 are not supported), or
-    /// the router is not served by [`HttpServer`](crate::HttpServer).
+    /// the request is not polled by [`HttpServer`](crate::HttpServer) (a router served by
+    /// something else, or a layer that spawned the request's future onto another task).
     NotUpgradable,
 }
 
@@ -153,8 +154,7 @@ impl<S: Send + Sync> FromRequestParts<S> for WebSocketUpgrade {
         let key = headers.get(header::SEC_WEBSOCKET_KEY).ok_or(WebSocketRejection::NoKey)?;
         let accept = HeaderValue::from_str(&derive_accept_key(key.as_bytes()))
             .map_err(|_| WebSocketRejection::NoKey)?;
-        let context =
-            parts.extensions.get::<RequestContext>().ok_or(WebSocketRejection::NotUpgradable)?.clone();
+        let context = RequestContext::current().ok_or(WebSocketRejection::NotUpgradable)?;
         let on_upgrade = parts.extensions.remove::<OnUpgrade>().ok_or(WebSocketRejection::NotUpgradable)?;
         Ok(Self { on_upgrade, accept, context })
     }

@@ -12,7 +12,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use axum::Extension;
 use axum::routing::get;
 use http_body_util::{BodyExt, Empty};
 use hyper::body::Bytes;
@@ -198,7 +197,7 @@ async fn the_soft_deadline_cancels_request_tokens() {
     let notify = Arc::clone(&entered);
     let app = Router::new().route(
         "/report",
-        get(move |Extension(request): Extension<RequestContext>| {
+        get(move |request: RequestContext| {
             let notify = Arc::clone(&notify);
             async move {
                 notify.notify_one();
@@ -260,7 +259,7 @@ async fn tasks_spawned_by_handlers_are_waited_for() {
     let flag = Arc::clone(&finished);
     let app = Router::new().route(
         "/order",
-        axum::routing::post(move |Extension(request): Extension<RequestContext>| {
+        axum::routing::post(move |request: RequestContext| {
             let flag = Arc::clone(&flag);
             async move {
                 request.tasks().spawn("send_confirmation", async move {
@@ -493,6 +492,58 @@ async fn a_panicking_handler_answers_500_over_every_protocol_and_the_service_car
     let report = served.run.stop().await;
     assert!(report.is_success(), "a handler's panic is not the server's failure:\n{report}");
     assert!(report.components[0].failures.is_empty(), "{report}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn handlers_reach_their_request_context_over_every_protocol_and_a_spawning_layer_is_told_why_not() {
+    let app = Router::new()
+        .route(
+            "/context",
+            get(|context: RequestContext| async move { format!("going away: {}", context.is_going_away()) }),
+        )
+        // Still within reach after the handler's future was put aside and polled again.
+        .route(
+            "/later",
+            get(|| async {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                format!("reached: {}", RequestContext::current().is_some())
+            }),
+        )
+        .route(
+            "/spawned",
+            get(|context: RequestContext| async move { format!("{}", context.is_cancelled()) }),
+        )
+        // A layer that moves the request's future onto a task of its own (as no layer should).
+        .route_layer(axum::middleware::from_fn(
+            |request: axum::extract::Request, next: axum::middleware::Next| async move {
+                if request.uri().path() == "/spawned" {
+                    tokio::spawn(next.run(request)).await.unwrap()
+                } else {
+                    next.run(request).await
+                }
+            },
+        ));
+    let served = serve(builder(), app, Duration::from_secs(5), None).await;
+    assert!(RequestContext::current().is_none(), "outside a request, no context");
+
+    let mut client = Client::connect(served.address).await;
+    assert_eq!(client.get("/context").await.unwrap().2, "going away: false");
+    assert_eq!(client.get("/later").await.unwrap().2, "reached: true");
+    let (status, _, body) = client.get("/spawned").await.unwrap();
+    assert_eq!(status, 500);
+    assert!(body.contains("no RequestContext") && body.contains("another task"), "{body}");
+
+    let (mut sender, driving) = http2_client(served.address).await;
+    for (path, expected) in [("/context", "going away: false"), ("/later", "reached: true")] {
+        let request = hyper::Request::get(format!("http://test{path}")).body(Empty::<Bytes>::new()).unwrap();
+        let response = sender.send_request(request).await.unwrap();
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(body, expected, "{path} over HTTP/2");
+    }
+    drop(sender);
+    let _ = driving.await;
+    let report = served.run.stop().await;
+    assert!(report.is_success(), "{report}");
 }
 
 /// An HTTP/2 connection (prior knowledge) to `address`, and the task driving it.

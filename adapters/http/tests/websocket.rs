@@ -11,9 +11,9 @@ use std::time::Duration;
 use futures_util::{SinkExt, StreamExt};
 use lifecycle_core::testing::{self, TestRun, assert_clean, within};
 use lifecycle_core::{Phase, RegistryBuilder};
+use lifecycle_http::axum::Router;
 use lifecycle_http::axum::response::Response;
 use lifecycle_http::axum::routing::get;
-use lifecycle_http::axum::{self, Router};
 use lifecycle_http::websocket::{Message, WebSocket, WebSocketUpgrade};
 use lifecycle_http::{HttpServer, RequestContext};
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
@@ -72,7 +72,7 @@ fn app() -> Router {
         .route("/once", get(once))
         .route(
             "/going-away",
-            get(|axum::Extension(ctx): axum::Extension<RequestContext>| async move {
+            get(|ctx: RequestContext| async move {
                 ctx.going_away().await;
                 "going away"
             }),
