@@ -501,11 +501,11 @@ async fn handlers_reach_their_request_context_over_every_protocol_and_a_spawning
             "/context",
             get(|context: RequestContext| async move { format!("going away: {}", context.is_going_away()) }),
         )
-        // Still within reach after the handler's future was put aside and polled again.
+        // Still within reach after the handler's future returned pending and was polled again.
         .route(
             "/later",
             get(|| async {
-                tokio::time::sleep(Duration::from_millis(20)).await;
+                tokio::task::yield_now().await;
                 format!("reached: {}", RequestContext::current().is_some())
             }),
         )
